@@ -1,0 +1,71 @@
+"""optlab: gradient transformations from the literature, as optax combinators.
+
+Everything public is re-exported here flat (``optlab.sam``, ``optlab.swa`` ...).
+Implementation modules are private and grouped by concern:
+
+=====================  ==================================================
+module                 concern
+=====================  ==================================================
+``_clipping``          gradient clipping family
+``_normalization``     normalization and projection (sign, Newton-Schulz, LARS/LAMB, AdamP ...)
+``_momentum``          momentum and adaptive moments (Adam family, Lion, diffGrad, MARS ...)
+``_second_order``      diagonal Hessian preconditioning (Sophia, AdaHessian)
+``_averaging``         weight averaging inside the optimizer (SWA, EMA, LAWA, Lookahead)
+``_sharpness``         sharpness-aware minimization family
+``_privacy``           differential privacy (DP-SGD)
+``_multi_objective``   combining per-objective gradients (UPGrad, PCGrad, MGDA)
+``_merging``           offline model merging (soups, SLERP, Model Stock)
+``_combinators``       generic wrappers (skip non-finite steps ...)
+``_aliases``           named optimizers: chains of the above
+``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``
+``_flax_utils``        Flax helpers (BatchNorm statistics for averaged weights)
+=====================  ==================================================
+"""
+
+from optlab import _aliases
+from optlab import _averaging
+from optlab import _clipping
+from optlab import _combinators
+from optlab import _flax_utils
+from optlab import _merging
+from optlab import _momentum
+from optlab import _multi_objective
+from optlab import _normalization
+from optlab import _privacy
+from optlab import _registry
+from optlab import _second_order
+from optlab import _sharpness
+from optlab._aliases import *  # noqa: F401,F403
+from optlab._averaging import *  # noqa: F401,F403
+from optlab._clipping import *  # noqa: F401,F403
+from optlab._combinators import *  # noqa: F401,F403
+from optlab._flax_utils import *  # noqa: F401,F403
+from optlab._merging import *  # noqa: F401,F403
+from optlab._momentum import *  # noqa: F401,F403
+from optlab._multi_objective import *  # noqa: F401,F403
+from optlab._normalization import *  # noqa: F401,F403
+from optlab._privacy import *  # noqa: F401,F403
+from optlab._registry import *  # noqa: F401,F403
+from optlab._second_order import *  # noqa: F401,F403
+from optlab._sharpness import *  # noqa: F401,F403
+
+__version__ = "0.1.0"
+
+_MODULES = (
+    _aliases, _averaging, _clipping, _combinators, _flax_utils, _merging, _momentum,
+    _multi_objective, _normalization, _privacy, _registry, _second_order, _sharpness,
+)
+__all__ = sorted({name for module in _MODULES for name in module.__all__})
+
+
+def _check_unique_exports() -> None:
+    seen: dict[str, str] = {}
+    for module in _MODULES:
+        for name in module.__all__:
+            if name in seen:
+                raise ImportError(f"optlab: `{name}` is exported by both {seen[name]} and {module.__name__}")
+            seen[name] = module.__name__
+
+
+_check_unique_exports()
+del _check_unique_exports

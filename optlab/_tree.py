@@ -1,0 +1,51 @@
+"""Tree math that optax.tree does not already provide.
+
+Use ``optax.tree`` (``norm``, ``add``, ``scale``, ``zeros_like``, ``where``, ``cast``,
+``update_moment``, ``bias_correction`` ...) first; add here only what it lacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__: list[str] = []
+
+
+def leaf_norm(x: jax.Array) -> jax.Array:
+    """L2 norm of one array, accumulated in at least float32."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return jnp.sqrt(jnp.sum(x * x))
+
+
+def unitwise_norm(x: jax.Array) -> jax.Array:
+    """Norm per output unit, broadcastable to ``x`` (NFNets convention).
+
+    Scalars and vectors (biases, norm scales) are one unit per element;
+    matrices and higher-rank kernels reduce over every axis but the last
+    (the output axis in Flax's ``(..., in, out)`` layout).
+    """
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if x.ndim <= 1:
+        return jnp.abs(x32)
+    axes = tuple(range(x.ndim - 1))
+    return jnp.sqrt(jnp.sum(x32 * x32, axis=axes, keepdims=True))
+
+
+def safe_div(num: jax.Array, den: jax.Array, fallback: float = 0.0) -> jax.Array:
+    """``num / den`` where ``den != 0`` and ``fallback`` elsewhere, with safe gradients."""
+    nonzero = den != 0
+    return jnp.where(nonzero, num / jnp.where(nonzero, den, 1), fallback)
+
+
+def cast_like(x: jax.Array, like: jax.Array) -> jax.Array:
+    """Cast ``x`` to the dtype of ``like`` (keeps bf16 params bf16)."""
+    return x.astype(jnp.result_type(like))
+
+
+def tree_none_safe_map(fn, tree: Any, *rest: Any) -> Any:
+    """``jax.tree.map`` that leaves ``None`` leaves of ``tree`` as ``None``."""
+    return jax.tree.map(lambda x, *r: None if x is None else fn(x, *r), tree, *rest,
+                        is_leaf=lambda x: x is None)
