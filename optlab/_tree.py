@@ -21,15 +21,16 @@ def leaf_norm(x: jax.Array) -> jax.Array:
 
 
 def unitwise_norm(x: jax.Array) -> jax.Array:
-    """Norm per output unit, broadcastable to ``x`` (NFNets convention).
+    """Norm per output unit, broadcastable to ``x`` (NFNets convention, Flax layouts).
 
-    Scalars and vectors (biases, norm scales) are one unit per element;
-    matrices and higher-rank kernels reduce over every axis but the last
-    (the output axis in Flax's ``(..., in, out)`` layout).
+    Scalars and vectors (biases, norm scales) are one unit, as in the NFNets code
+    and :func:`optax.adaptive_grad_clip`; matrices and higher-rank kernels have one
+    unit per output channel: the norm reduces every axis but the last (the output
+    axis in Flax's ``(..., in, out)`` layout, e.g. ``(h, w, in, out)`` convolutions).
     """
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     if x.ndim <= 1:
-        return jnp.abs(x32)
+        return jnp.broadcast_to(jnp.sqrt(jnp.sum(x32 * x32)), x.shape)
     axes = tuple(range(x.ndim - 1))
     return jnp.sqrt(jnp.sum(x32 * x32, axis=axes, keepdims=True))
 

@@ -46,8 +46,10 @@ class Case:
       kwargs: valid fixed keyword arguments.
       hparams: hypothesis strategies for keyword arguments drawn at random (merged
         over ``kwargs``); keep them inside the valid range.
-      static_args: names ``optax.inject_hyperparams`` must keep static (ints,
-        bools, strings, callables are static automatically).
+      static_args: names ``optax.inject_hyperparams`` must keep static. Python
+        ints given in ``kwargs`` are added automatically (optax would trace them,
+        and integer hyperparameters such as periods fix shapes or loop counts);
+        bools, strings and callables are static in optax already.
       inject: whether ``optax.inject_hyperparams(factory)`` is tested (``False``
         only where the factory takes no numeric hyperparameter, e.g. a wrapper
         whose first argument is an inner transform).
@@ -97,9 +99,10 @@ class Case:
         return self.get_factory()(**{**self.kwargs, **overrides})
 
     def build_injected(self, **overrides) -> optax.GradientTransformation:
-        return optax.inject_hyperparams(self.get_factory(), static_args=self.static_args)(
-            **{**self.kwargs, **overrides}
-        )
+        kwargs = {**self.kwargs, **overrides}
+        ints = {k for k, v in kwargs.items() if isinstance(v, int) and not isinstance(v, bool)}
+        static = tuple(sorted(set(self.static_args) | ints))
+        return optax.inject_hyperparams(self.get_factory(), static_args=static)(**kwargs)
 
 
 @functools.cache
