@@ -1,3 +1,998 @@
-"""TODO."""
+"""Weight averaging inside the optimizer: SWA, EMA, BEMA, LAWA, Switch-EMA, Lookahead.
 
-__all__: list[str] = []
+Every transform here wraps an inner optimizer ``tx``: it runs ``tx``, then keeps an
+average of the *parameters after the update* in its own state. The state is a
+``NamedTuple`` of arrays with a fixed layout (counters are ``int32`` scalars), so the
+wrappers work under ``jax.jit``, ``optax.chain``, ``optax.MultiSteps``,
+``optax.inject_hyperparams`` and ``flax.nnx.Optimizer``.
+
+Conventions shared by all wrappers:
+
+* the iterate produced by the ``t``-th call of ``update`` (``t = 1, 2, ...``) is
+  ``x_t = optax.apply_updates(params, updates)``; the wrapper assumes its updates are
+  applied unchanged (put it last in a chain, or at least after every stage that
+  changes the update);
+* "sampled from ``start_step`` every ``every_k`` steps" means that ``x_t`` is sampled
+  when ``t >= start_step`` and ``(t - start_step) % every_k == 0`` (``t >= 1``);
+* read the average with :func:`optlab.averaged_params`, which finds the averaging
+  state anywhere in a (possibly wrapped) optimizer state.
+
+``swa``, ``ema_params``, ``bema`` and ``lawa`` only *observe* the trajectory: the
+returned updates are those of ``tx``. ``switch_ema`` and ``lookahead`` change the
+trajectory: on their synchronisation steps the returned update moves the live
+parameters onto the averaged (slow) weights, and the stored average is set to
+``optax.apply_updates(params, update)``, exactly what the user then holds (bitwise in
+float32; with bfloat16 parameters XLA may keep the jitted sum in excess precision, a
+one-ulp difference at most).
+
+The averages are kept in the parameters' dtype unless ``accumulator_dtype`` says
+otherwise; each running update is computed in at least float32.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optlab import _base
+from optlab import _tree
+
+__all__ = [
+    "SWAState",
+    "EMAParamsState",
+    "BEMAState",
+    "LAWAState",
+    "SwitchEMAState",
+    "LookaheadState",
+    "swa",
+    "swa_schedule",
+    "ema_params",
+    "bema",
+    "lawa",
+    "switch_ema",
+    "lookahead",
+    "averaged_params",
+]
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def _copy_tree(tree: Any, dtype: Any = None) -> Any:
+    """A fresh copy of ``tree`` (``None`` leaves kept), optionally cast to ``dtype``."""
+    return jax.tree.map(lambda x: jnp.array(x, dtype=dtype or jnp.result_type(x)), tree)
+
+
+def _lerp(m: Any, x: Any, w: jax.Array) -> Any:
+    """``m + w * (x - m)`` per leaf, in at least float32, cast to ``m``'s dtype.
+
+    ``w == 1`` gives ``x`` exactly and ``w == 0`` (or ``x == m``) gives ``m`` exactly.
+    """
+
+    def leaf(m, x):
+        acc = jnp.promote_types(m.dtype, jnp.float32)
+        m32, x32 = m.astype(acc), x.astype(acc)
+        wa = jnp.asarray(w, acc)
+        return jnp.where(wa >= 1, x32, m32 + wa * (x32 - m32)).astype(m.dtype)
+
+    return jax.tree.map(leaf, m, x)
+
+
+def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """``jnp.where(pred, a, b)`` over two trees of the same structure."""
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _cast_updates_like(new_updates: Any, updates: Any) -> Any:
+    return jax.tree.map(lambda n, u: n.astype(jnp.result_type(u)), new_updates, updates)
+
+
+def _sample_now(step: jax.Array, start_step: int, every_k: int) -> jax.Array:
+    """Whether the iterate ``x_step`` (1-based) is sampled."""
+    return (step >= start_step) & ((step - start_step) % every_k == 0)
+
+
+def _inner_update(tx, updates, inner_state, params, extra_args):
+    _base.require_params(params)
+    updates, inner_state = tx.update(updates, inner_state, params, **extra_args)
+    return updates, inner_state, optax.apply_updates(params, updates)
+
+
+# ---------------------------------------------------------------------------
+# SWA
+# ---------------------------------------------------------------------------
+
+
+class SWAState(NamedTuple):
+    """State for :func:`optlab.swa`."""
+
+    inner_state: Any  # state of the wrapped optimizer
+    count: jax.Array  # shape=(), int32: number of `update` calls so far
+    n_averaged: jax.Array  # shape=(), int32: number of sampled iterates in `mean`
+    mean: Any  # running mean of the sampled iterates (the initial params before the first)
+
+
+def swa(
+    tx: optax.GradientTransformation,
+    start_step: int = 0,
+    every_k: int = 1,
+    *,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Stochastic Weight Averaging: running mean of the iterates of ``tx``.
+
+    Runs ``tx`` unchanged and keeps the arithmetic mean of the parameters after the
+    update, sampled at steps ``t >= start_step`` with ``(t - start_step) % every_k == 0``
+    (``t`` counts calls of ``update`` from 1)::
+
+        n <- n + 1;   mean <- mean + (x_t - mean) / n
+
+    so ``mean`` equals ``(x_{t_1} + ... + x_{t_n}) / n`` over the sampled iterates.
+    Before the first sample ``mean`` holds the initial parameters. The paper samples
+    once per epoch (``every_k`` = steps per epoch) with a constant or cyclic learning
+    rate from ``start_step`` on; see :func:`optlab.swa_schedule`. Recompute the
+    BatchNorm statistics of the averaged weights with :func:`optlab.update_bn`.
+
+    State kept: the inner state, a step counter, the number of samples and one copy
+    of the parameters (the mean).
+
+    Args:
+      tx: the inner optimizer.
+      start_step: first step (1-based iterate index) that may be sampled; ``0`` and
+        ``1`` both start at the first iterate.
+      every_k: sample every ``every_k`` steps from ``start_step``.
+      accumulator_dtype: dtype of the mean (default: the parameters' dtype); use
+        ``jnp.float32`` to average bfloat16 parameters without rounding drift.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``tx``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.swa(optax.sgd(0.1), start_step=2, every_k=1)
+      >>> params = jnp.array([1.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(3):
+      ...     updates, state = tx.update(2 * params, state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> optlab.averaged_params(state)  # mean of x_2 = 0.64 and x_3 = 0.512
+      Array([0.576], dtype=float32)
+
+    References:
+      Izmailov, Podoprikhin, Garipov, Vetrov and Wilson, `Averaging Weights Leads to
+      Wider Optima and Better Generalization <https://arxiv.org/abs/1803.05407>`_, 2018.
+    """
+    _base.check_int("swa", minimum=0, start_step=start_step)
+    _base.check_int("swa", every_k=every_k)
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params):
+        return SWAState(
+            inner_state=tx.init(params),
+            count=jnp.zeros([], jnp.int32),
+            n_averaged=jnp.zeros([], jnp.int32),
+            mean=_copy_tree(params, accumulator_dtype),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, inner_state, new_params = _inner_update(
+            tx, updates, state.inner_state, params, extra_args
+        )
+        step = optax.safe_increment(state.count)
+        sample = _sample_now(step, start_step, every_k)
+        n = state.n_averaged + sample.astype(jnp.int32)
+
+        def leaf(m, x):
+            acc = jnp.promote_types(m.dtype, jnp.float32)
+            m32, x32 = m.astype(acc), x.astype(acc)
+            w = 1 / jnp.maximum(n, 1).astype(acc)  # 1 / n in the accumulation dtype
+            new = jnp.where(n == 1, x32, m32 + w * (x32 - m32))
+            return jnp.where(sample, new, m32).astype(m.dtype)
+
+        mean = jax.tree.map(leaf, state.mean, new_params)
+        return updates, SWAState(inner_state, step, n, mean)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def swa_schedule(
+    base_schedule: optax.ScalarOrSchedule,
+    swa_lr: float,
+    start_step: int,
+    anneal_steps: int = 0,
+    anneal_strategy: str = "cos",
+    cycle_length: int | None = None,
+    cycle_max_lr: float | None = None,
+) -> optax.Schedule:
+    """Learning-rate schedule for SWA: ``base_schedule``, then anneal, then constant or cyclic.
+
+    Three phases, joined with ``optax.join_schedules`` (``count`` = number of updates
+    done, as optax schedules receive it):
+
+    1. ``count < start_step``: ``base_schedule(count)`` (a number or an optax schedule);
+    2. the next ``anneal_steps`` steps: from ``base_schedule(start_step)`` to ``swa_lr``
+       with a cosine (``"cos"``) or linear (``"linear"``) ramp, like
+       ``torch.optim.swa_utils.SWALR``;
+    3. afterwards: the constant ``swa_lr`` or, with ``cycle_length = c``, the paper's
+       cyclic schedule that decreases linearly from ``cycle_max_lr`` to ``swa_lr``
+       within each cycle of ``c`` steps (the last step of a cycle uses ``swa_lr``).
+
+    With the cyclic schedule, sample the low-learning-rate iterates, the ends of the
+    cycles: ``optlab.swa(tx, start_step=start_step + anneal_steps + c, every_k=c)``.
+    With a constant ``swa_lr``, sample e.g. once per epoch from
+    ``start_step + anneal_steps``.
+
+    Args:
+      base_schedule: learning rate (number or schedule) before ``start_step``.
+      swa_lr: the SWA learning rate (the minimum of a cycle).
+      start_step: number of steps of the base phase.
+      anneal_steps: length of the ramp from the base to the SWA learning rate.
+      anneal_strategy: ``"cos"`` or ``"linear"``.
+      cycle_length: ``None`` for a constant SWA learning rate, else the cycle length.
+      cycle_max_lr: the learning rate at the start of each cycle (required with
+        ``cycle_length``).
+
+    Returns:
+      An ``optax.Schedule`` (``count -> learning rate``).
+
+    Example:
+      >>> import optax, optlab
+      >>> sched = optlab.swa_schedule(optax.cosine_decay_schedule(0.1, 100), swa_lr=0.05,
+      ...                             start_step=75, anneal_steps=10)
+      >>> tx = optlab.swa(optax.sgd(sched), start_step=85, every_k=10)
+
+    References:
+      Izmailov et al., `Averaging Weights Leads to Wider Optima and Better
+      Generalization <https://arxiv.org/abs/1803.05407>`_, 2018.
+    """
+    name = "swa_schedule"
+    _base.check_learning_rate(name, base_schedule)
+    _base.check_nonnegative(name, swa_lr=swa_lr)
+    _base.check_int(name, minimum=0, start_step=start_step, anneal_steps=anneal_steps)
+    if anneal_strategy not in ("cos", "linear"):
+        raise ValueError(
+            f"`optlab.{name}`: `anneal_strategy` must be 'cos' or 'linear', got"
+            f" anneal_strategy={anneal_strategy!r}."
+        )
+    if cycle_length is not None:
+        _base.check_int(name, cycle_length=cycle_length)
+        if cycle_max_lr is None:
+            raise ValueError(f"`optlab.{name}`: `cycle_max_lr` is required with `cycle_length`.")
+        _base.check_nonnegative(name, cycle_max_lr=cycle_max_lr)
+
+    base = base_schedule if callable(base_schedule) else optax.constant_schedule(base_schedule)
+    start_lr = base(start_step)
+
+    if anneal_strategy == "linear":
+        anneal = optax.linear_schedule(start_lr, swa_lr, max(anneal_steps, 1))
+    else:
+
+        def anneal(count):
+            frac = jnp.clip(count / max(anneal_steps, 1), 0.0, 1.0)
+            return swa_lr + (start_lr - swa_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+    if cycle_length is None:
+        final = optax.constant_schedule(swa_lr)
+    else:
+
+        def final(count):
+            pos = (jnp.mod(count, cycle_length) + 1) / cycle_length
+            return cycle_max_lr + (swa_lr - cycle_max_lr) * pos
+
+    return optax.join_schedules([base, anneal, final], [start_step, start_step + anneal_steps])
+
+
+# ---------------------------------------------------------------------------
+# EMA of the parameters
+# ---------------------------------------------------------------------------
+
+
+class EMAParamsState(NamedTuple):
+    """State for :func:`optlab.ema_params`."""
+
+    inner_state: Any  # state of the wrapped optimizer
+    count: jax.Array  # shape=(), int32: number of `update` calls so far
+    ema: Any  # the (debiased, if `debias`) EMA of the iterates; initial params before step 1
+    decay_product: jax.Array  # shape=(), float32: prod_s decay_s (stays 0 when debias=False)
+
+
+_EMA_WARMUPS = (None, "tf", "power")
+
+
+def ema_params(
+    tx: optax.GradientTransformation,
+    decay: optax.ScalarOrSchedule = 0.999,
+    debias: bool = True,
+    warmup: str | None = None,
+    *,
+    inv_gamma: float = 1.0,
+    power: float = 2.0 / 3.0,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Exponential moving average of the *parameters* (not of the updates).
+
+    Runs ``tx`` unchanged and keeps ``ema_t = d_t * ema_{t-1} + (1 - d_t) * x_t`` of the
+    iterates ``x_t`` (parameters after the ``t``-th update). ``optax.ema`` averages the
+    *updates* (momentum); this averages the weights, for evaluation.
+
+    The decay ``d_t`` (``t`` = number of EMA updates before this one, from 0) is:
+
+    * ``warmup=None``: ``decay`` (a number, or an optax schedule of ``t``);
+    * ``warmup="tf"``: ``min(decay, (1 + t) / (10 + t))``, the ``num_updates`` warmup of
+      ``tf.train.ExponentialMovingAverage``;
+    * ``warmup="power"``: ``min(decay, 1 - (1 + t / inv_gamma) ** -power)``, the
+      power-function warmup of diffusers/timm ``EMAModel`` (``power=2/3`` suits long
+      runs, ``3/4`` short ones); the EMA starts as the first iterate.
+
+    With ``debias=True`` the stored average is the bias-corrected one, the usual
+    zero-initialised EMA divided by ``1 - prod_s d_s`` (Adam's correction, exact
+    also for a time-varying decay), i.e. a weighted average of ``x_1 ... x_t`` whose
+    weights sum to one: the debiased EMA of a constant sequence is that constant. It
+    is stored directly as ``ema <- ema + (1 - d_t) / (1 - prod_{s<=t} d_s) * (x_t - ema)``
+    (no zero start, no division when reading). With ``debias=False`` the EMA starts
+    from the initial parameters (the torch ``AveragedModel`` / timm convention).
+    Before the first update :func:`optlab.averaged_params` returns the initial
+    parameters in both cases.
+
+    State kept: the inner state, a step counter, one copy of the parameters and the
+    running product of the decays (a float32 scalar).
+
+    Args:
+      tx: the inner optimizer.
+      decay: the EMA decay in ``[0, 1)``, or a schedule of the EMA step.
+      debias: apply the bias correction (see above).
+      warmup: ``None``, ``"tf"`` or ``"power"`` (see above).
+      inv_gamma: ``"power"`` warmup: inverse multiplicative factor of ``t``.
+      power: ``"power"`` warmup: exponent.
+      accumulator_dtype: dtype of the EMA (default: the parameters' dtype).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``tx``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.ema_params(optax.sgd(0.0), decay=0.9)  # params stay constant
+      >>> params = jnp.array([2.0])
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(jnp.array([1.0]), state, params)
+      >>> optlab.averaged_params(state)  # debiased EMA of a constant = the constant
+      Array([2.], dtype=float32)
+
+    References:
+      Polyak and Juditsky, `Acceleration of Stochastic Approximation by Averaging
+      <https://doi.org/10.1137/0330046>`_, 1992; Li and Gu, `Understanding SGD with
+      Exponential Moving Average: A Case Study in Linear Regression
+      <https://arxiv.org/abs/2502.14123>`_, 2025; Karras et al., `Analyzing and Improving the Training Dynamics of Diffusion Models
+      <https://arxiv.org/abs/2312.02696>`_, 2024 (power-function EMA).
+    """
+    name = "ema_params"
+    if not callable(decay):
+        _base.check_decay(name, decay=decay)
+    if warmup not in _EMA_WARMUPS:
+        raise ValueError(
+            f"`optlab.{name}`: `warmup` must be one of {_EMA_WARMUPS}, got warmup={warmup!r}."
+        )
+    _base.check_positive(name, inv_gamma=inv_gamma, power=power)
+    tx = optax.with_extra_args_support(tx)
+
+    def decay_at(t):
+        d = decay(t) if callable(decay) else decay
+        d = jnp.asarray(d, jnp.float32)
+        tf = t.astype(jnp.float32)
+        if warmup == "tf":
+            d = jnp.minimum(d, (1.0 + tf) / (10.0 + tf))
+        elif warmup == "power":
+            d = jnp.minimum(d, 1.0 - (1.0 + tf / inv_gamma) ** (-power))
+        return jnp.clip(d, 0.0, 1.0)
+
+    def init_fn(params):
+        return EMAParamsState(
+            inner_state=tx.init(params),
+            count=jnp.zeros([], jnp.int32),
+            ema=_copy_tree(params, accumulator_dtype),
+            decay_product=jnp.asarray(1.0 if debias else 0.0, jnp.float32),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, inner_state, new_params = _inner_update(
+            tx, updates, state.inner_state, params, extra_args
+        )
+        d = decay_at(state.count)
+        if debias:
+            decay_product = state.decay_product * d
+            # 1 - d_t is the new sample's raw weight; the raw weights sum to 1 - prod d.
+            weight = _tree.safe_div(1.0 - d, 1.0 - decay_product)
+        else:
+            decay_product = state.decay_product
+            weight = 1.0 - d
+        ema = _lerp(state.ema, new_params, weight)
+        return updates, EMAParamsState(
+            inner_state, optax.safe_increment(state.count), ema, decay_product
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# BEMA
+# ---------------------------------------------------------------------------
+
+
+class BEMAState(NamedTuple):
+    """State for :func:`optlab.bema`."""
+
+    inner_state: Any  # state of the wrapped optimizer
+    count: jax.Array  # shape=(), int32: number of `update` calls so far
+    theta0: Any  # the snapshot theta_0 (initial params, refreshed during burn-in)
+    ema: Any  # the EMA with the power-law weights beta_t
+    bema: Any  # the bias-corrected average ema + alpha_t (x_t - theta0), for evaluation
+
+
+def bema(
+    tx: optax.GradientTransformation,
+    ema_power: float = 0.5,
+    bias_power: float | None = 0.2,
+    lag: float = 10.0,
+    multiplier: float = 1.0,
+    burn_in: int = 0,
+    every_k: int = 1,
+    min_ema_multiplier: float = 0.0,
+    *,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """BEMA: EMA of the parameters plus a bias correction that removes the lag.
+
+    Algorithm 1 of Block and Zhang (2025). With ``s = t - burn_in`` the number of
+    steps since the snapshot ``theta_0`` and ``x_t`` the iterate::
+
+        beta_t  = max((lag + multiplier * s) ** -ema_power, min_ema_multiplier)
+        alpha_t = (lag + multiplier * s) ** -bias_power
+        ema_t   = (1 - beta_t) * ema_{t-1} + beta_t * x_t
+        bema_t  = ema_t + alpha_t * (x_t - theta_0)
+
+    For ``t <= burn_in`` the snapshot and both averages are reset to ``x_t``; with
+    ``burn_in=0`` the snapshot is the initial parameters. Afterwards the averages are
+    refreshed every ``every_k`` steps (the paper's ``phi``; 400 in its fine-tuning
+    runs, where the average lives on the host: here it is a few element-wise ops, so
+    the default is every step). The correction ``alpha_t (x_t - theta_0)`` is the
+    estimate, exact for a noisy quadratic (Ornstein-Uhlenbeck) model, of the lag of
+    the EMA behind the iterate. ``bias_power=None`` drops it (``alpha_t = 0``): a plain
+    EMA with the power-law weights (the paper's baseline). ``beta_t`` is clipped to
+    ``[0, 1]``.
+
+    Caveat (inherent to the method): ``alpha_t`` decays slowly (``t ** -0.2`` by
+    default), so long after the iterates have settled around a minimum ``mu`` the
+    estimate is ``mu + alpha_t (mu - theta_0)``, extrapolated away from the snapshot.
+    BEMA is designed for fine-tuning horizons, where it removes the EMA's lag in the
+    early, fast-moving phase; for long runs, move the snapshot with ``burn_in`` or
+    prefer :func:`optlab.ema_params`.
+
+    State kept: the inner state, a step counter and three copies of the parameters
+    (``theta0``, ``ema`` and the result ``bema``, read by
+    :func:`optlab.averaged_params`).
+
+    Args:
+      tx: the inner optimizer.
+      ema_power: ``kappa``, exponent of the EMA weight ``beta_t``.
+      bias_power: ``eta``, exponent of the correction weight ``alpha_t``; ``None``
+        disables the correction.
+      lag: ``rho``, offset of the step in both power laws.
+      multiplier: ``gamma``, scale of the step in both power laws.
+      burn_in: ``tau``, number of steps during which the snapshot and averages track
+        the iterate.
+      every_k: ``phi``, refresh period after the burn-in.
+      min_ema_multiplier: lower bound of ``beta_t``.
+      accumulator_dtype: dtype of the three copies (default: the parameters' dtype).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``tx``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.bema(optax.sgd(0.1))
+      >>> params = jnp.array([1.0])
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(2 * params, state, params)
+      >>> optlab.averaged_params(state).shape
+      (1,)
+
+    References:
+      Block and Zhang, `EMA Without the Lag: Bias-Corrected Iterate Averaging Schemes
+      <https://arxiv.org/abs/2508.00180>`_, 2025.
+    """
+    name = "bema"
+    _base.check_nonnegative(name, ema_power=ema_power, lag=lag)
+    if bias_power is not None:
+        _base.check_nonnegative(name, bias_power=bias_power)
+    _base.check_positive(name, multiplier=multiplier)
+    _base.check_unit_interval(name, min_ema_multiplier=min_ema_multiplier)
+    _base.check_int(name, minimum=0, burn_in=burn_in)
+    _base.check_int(name, every_k=every_k)
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params):
+        return BEMAState(
+            inner_state=tx.init(params),
+            count=jnp.zeros([], jnp.int32),
+            theta0=_copy_tree(params, accumulator_dtype),
+            ema=_copy_tree(params, accumulator_dtype),
+            bema=_copy_tree(params, accumulator_dtype),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, inner_state, new_params = _inner_update(
+            tx, updates, state.inner_state, params, extra_args
+        )
+        step = optax.safe_increment(state.count)
+        in_burn_in = step <= burn_in
+        refresh = (~in_burn_in) & ((step - burn_in) % every_k == 0)
+        s = (step - burn_in).astype(jnp.float32)
+        base = jnp.maximum(jnp.asarray(lag, jnp.float32) + multiplier * s, 1e-12)
+        beta = jnp.clip(jnp.maximum(base ** (-ema_power), min_ema_multiplier), 0.0, 1.0)
+        alpha = 0.0 if bias_power is None else base ** (-bias_power)
+
+        def ema_leaf(ema, x):
+            acc = jnp.promote_types(ema.dtype, jnp.float32)
+            ema32, x32, b = ema.astype(acc), x.astype(acc), jnp.asarray(beta, acc)
+            return jnp.where(b >= 1, x32, ema32 + b * (x32 - ema32))  # in `acc`
+
+        def bema_leaf(new_ema, x, theta0):
+            acc = new_ema.dtype
+            return new_ema + jnp.asarray(alpha, acc) * (x.astype(acc) - theta0.astype(acc))
+
+        def choose(old, x, new):
+            # burn-in: track the iterate; refresh step: the new value; else keep.
+            new = jnp.where(refresh, new.astype(old.dtype), old)
+            return jnp.where(in_burn_in, x.astype(old.dtype), new)
+
+        new_ema = jax.tree.map(ema_leaf, state.ema, new_params)
+        new_bema = jax.tree.map(bema_leaf, new_ema, new_params, state.theta0)
+        theta0 = jax.tree.map(choose, state.theta0, new_params, state.theta0)
+        ema = jax.tree.map(choose, state.ema, new_params, new_ema)
+        out = jax.tree.map(choose, state.bema, new_params, new_bema)
+        return updates, BEMAState(inner_state, step, theta0, ema, out)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# LAWA
+# ---------------------------------------------------------------------------
+
+
+class LAWAState(NamedTuple):
+    """State for :func:`optlab.lawa`."""
+
+    inner_state: Any  # state of the wrapped optimizer
+    count: jax.Array  # shape=(), int32: number of `update` calls so far
+    next_slot: jax.Array  # shape=(), int32: ring-buffer slot the next sample overwrites
+    n_filled: jax.Array  # shape=(), int32: number of filled slots, min(samples, k)
+    buffer: Any  # each leaf has shape (k, *param.shape): the last k sampled iterates
+
+
+def lawa(
+    tx: optax.GradientTransformation,
+    k: int = 5,
+    every_k: int = 1,
+    start_step: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """LAWA: the average of the last ``k`` sampled checkpoints (latest weight averaging).
+
+    Runs ``tx`` unchanged and keeps the last ``k`` iterates sampled at steps
+    ``t >= start_step`` with ``(t - start_step) % every_k == 0`` in a ring buffer.
+    :func:`optlab.averaged_params` returns their mean (over the samples taken so far
+    while fewer than ``k``; the initial parameters before the first sample), i.e. a
+    uniform average over a sliding window, unlike SWA's average since ``start_step``.
+    Kaddour (2022) samples once per epoch; Sanyal et al. (2023) sample every few
+    hundred steps, early in training and with high learning rates.
+
+    Memory: the buffer holds ``k`` copies of the parameters (``k x params``), in the
+    parameters' dtype; the mean is computed in float32 when read.
+
+    State kept: the inner state, a step counter, the ring-buffer position, the number
+    of filled slots and the ``(k, ...)`` buffer.
+
+    Args:
+      tx: the inner optimizer.
+      k: number of checkpoints averaged.
+      every_k: sample every ``every_k`` steps (e.g. the steps per epoch).
+      start_step: first step that may be sampled.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``tx``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.lawa(optax.sgd(0.1), k=2)
+      >>> params = jnp.array([1.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(3):
+      ...     updates, state = tx.update(2 * params, state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> optlab.averaged_params(state)  # mean of x_2 = 0.64 and x_3 = 0.512
+      Array([0.576], dtype=float32)
+
+    References:
+      Kaddour, `Stop Wasting My Time! Saving Days of ImageNet and BERT Training with
+      Latest Weight Averaging <https://arxiv.org/abs/2209.14981>`_, 2022; Sanyal et al.,
+      `Early Weight Averaging meets High Learning Rates for LLM Pre-training
+      <https://arxiv.org/abs/2306.03241>`_, 2023.
+    """
+    _base.check_int("lawa", k=k, every_k=every_k)
+    _base.check_int("lawa", minimum=0, start_step=start_step)
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params):
+        return LAWAState(
+            inner_state=tx.init(params),
+            count=jnp.zeros([], jnp.int32),
+            next_slot=jnp.zeros([], jnp.int32),
+            n_filled=jnp.zeros([], jnp.int32),
+            buffer=jax.tree.map(lambda p: jnp.stack([jnp.asarray(p)] * k), params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, inner_state, new_params = _inner_update(
+            tx, updates, state.inner_state, params, extra_args
+        )
+        step = optax.safe_increment(state.count)
+        sample = _sample_now(step, start_step, every_k)
+        slot = state.next_slot
+
+        def leaf(buf, x):
+            old = jax.lax.dynamic_index_in_dim(buf, slot, 0, keepdims=False)
+            new = jnp.where(sample, x.astype(buf.dtype), old)
+            return jax.lax.dynamic_update_index_in_dim(buf, new, slot, 0)
+
+        buffer = jax.tree.map(leaf, state.buffer, new_params)
+        inc = sample.astype(jnp.int32)
+        next_slot = (slot + inc) % k
+        n_filled = jnp.minimum(state.n_filled + inc, k)
+        return updates, LAWAState(inner_state, step, next_slot, n_filled, buffer)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _lawa_mean(state: LAWAState) -> Any:
+    n = state.n_filled
+
+    def leaf(buf):
+        k = buf.shape[0]
+        acc = jnp.promote_types(buf.dtype, jnp.float32)
+        mask = (jnp.arange(k) < n).astype(acc).reshape((k,) + (1,) * (buf.ndim - 1))
+        mean = jnp.sum(buf.astype(acc) * mask, axis=0) / jnp.maximum(n, 1).astype(acc)
+        return jnp.where(n == 0, buf[0], mean.astype(buf.dtype))
+
+    return jax.tree.map(leaf, state.buffer)
+
+
+# ---------------------------------------------------------------------------
+# Switch-EMA
+# ---------------------------------------------------------------------------
+
+
+class SwitchEMAState(NamedTuple):
+    """State for :func:`optlab.switch_ema`."""
+
+    inner_state: Any  # state of the wrapped optimizer
+    count: jax.Array  # shape=(), int32: number of `update` calls so far
+    ema: Any  # EMA of the iterates, started at the initial params
+
+
+def switch_ema(
+    tx: optax.GradientTransformation,
+    decay: float = 0.999,
+    period: int = 1000,
+) -> optax.GradientTransformationExtraArgs:
+    """Switch-EMA: keep an EMA of the parameters and copy it into them every ``period`` steps.
+
+    Each step runs ``tx`` and updates ``ema <- decay * ema + (1 - decay) * x_t`` (the
+    EMA starts at the initial parameters). At steps ``t`` with ``t % period == 0``
+    (the paper switches once per epoch: ``period`` = steps per epoch) the returned
+    update is ``ema - params`` instead of the update of ``tx``, so the live parameters
+    become the EMA; the stored EMA is then set to exactly the parameters the user gets
+    from ``optax.apply_updates``, so after a switch ``params == ema``. The inner state
+    is kept (the paper does not reset the optimizer).
+
+    State kept: the inner state, a step counter and one copy of the parameters.
+
+    Args:
+      tx: the inner optimizer.
+      decay: EMA decay in ``[0, 1)``.
+      period: switch every ``period`` steps.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. Apply its updates unchanged.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.switch_ema(optax.sgd(0.1), decay=0.5, period=2)
+      >>> params = jnp.array([1.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(2):
+      ...     updates, state = tx.update(2 * params, state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool((params == optlab.averaged_params(state)).all())
+      True
+
+    References:
+      Li et al., `Switch EMA: A Free Lunch for Better Flatness and Sharpness
+      <https://arxiv.org/abs/2402.09240>`_, 2024.
+    """
+    _base.check_decay("switch_ema", decay=decay)
+    _base.check_int("switch_ema", period=period)
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params):
+        return SwitchEMAState(
+            inner_state=tx.init(params),
+            count=jnp.zeros([], jnp.int32),
+            ema=_copy_tree(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        inner_updates, inner_state, new_params = _inner_update(
+            tx, updates, state.inner_state, params, extra_args
+        )
+        step = optax.safe_increment(state.count)
+        ema = _lerp(state.ema, new_params, 1.0 - decay)
+        switch = step % period == 0
+
+        def to_ema(e, p):
+            acc = jnp.promote_types(jnp.result_type(p), jnp.float32)
+            return e.astype(acc) - p.astype(acc)
+
+        switch_updates = _cast_updates_like(jax.tree.map(to_ema, ema, params), inner_updates)
+        out_updates = _select(switch, switch_updates, inner_updates)
+        # After a switch the EMA is exactly the parameters the user will hold.
+        switched = optax.apply_updates(params, switch_updates)
+        ema = _select(switch, jax.tree.map(lambda s, e: s.astype(e.dtype), switched, ema), ema)
+        return out_updates, SwitchEMAState(inner_state, step, ema)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Lookahead
+# ---------------------------------------------------------------------------
+
+
+class LookaheadState(NamedTuple):
+    """State for :func:`optlab.lookahead` (not ``optax.LookaheadState``)."""
+
+    inner_state: Any  # state of the wrapped (fast) optimizer
+    count: jax.Array  # shape=(), int32: number of `update` calls so far
+    slow: Any  # the slow weights
+
+
+def lookahead(
+    tx: optax.GradientTransformation,
+    sync_period: int = 5,
+    alpha: float = 0.5,
+    *,
+    reset_state: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Lookahead with the slow weights in the optimizer state (a drop-in wrapper).
+
+    The user's parameters are the *fast* weights, updated by ``tx``. Every
+    ``sync_period`` steps (``t % sync_period == 0``) the slow weights move towards
+    the fast ones and the fast weights restart from them::
+
+        slow <- slow + alpha * (fast - slow);   fast <- slow
+
+    which this wrapper does by returning, on synchronisation steps, the update
+    ``u + (1 - alpha) * (slow - (params + u))`` (``u`` the update of ``tx``): applied,
+    it puts the parameters on the new slow weights, and the stored slow weights are
+    set to exactly the parameters the user then holds. ``alpha=1`` is the inner
+    optimizer (the update is then ``u`` exactly).
+
+    Reading the slow weights: ``optlab.averaged_params(state)`` (right after a
+    synchronisation they equal the live parameters). Evaluate on them, as the paper
+    does, between synchronisations.
+
+    Compared with ``optax.lookahead``: optax keeps both weight sets in the
+    *parameters* (``optax.LookaheadParams(fast, slow)``), so the training loop, the
+    model and checkpoints must handle the pair, and gradients must be taken at
+    ``params.fast``; the memory is the same (one extra copy). Here the parameters
+    stay a plain tree, which is what ``flax.nnx.Optimizer`` and any other loop
+    expect, and the slow weights live in the state. ``optax.lookahead``'s
+    ``slow_step_size`` is ``alpha`` here.
+
+    State kept: the inner state, a step counter and one copy of the parameters.
+
+    Args:
+      tx: the inner (fast) optimizer.
+      sync_period: ``k``, number of fast steps between synchronisations.
+      alpha: slow step size in ``[0, 1]``.
+      reset_state: re-initialise the inner state after each synchronisation.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. Apply its updates unchanged.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.lookahead(optax.sgd(0.1), sync_period=2, alpha=0.5)
+      >>> params = jnp.array([1.0])
+      >>> state = tx.init(params)
+      >>> for _ in range(2):
+      ...     updates, state = tx.update(2 * params, state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> params  # 1 + 0.5 * (0.64 - 1)
+      Array([0.82], dtype=float32)
+
+    References:
+      Zhang, Lucas, Hinton and Ba, `Lookahead Optimizer: k steps forward, 1 step back
+      <https://arxiv.org/abs/1907.08610>`_, 2019.
+    """
+    _base.check_int("lookahead", sync_period=sync_period)
+    _base.check_unit_interval("lookahead", alpha=alpha)
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params):
+        return LookaheadState(
+            inner_state=tx.init(params),
+            count=jnp.zeros([], jnp.int32),
+            slow=_copy_tree(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        inner_updates, inner_state, fast = _inner_update(
+            tx, updates, state.inner_state, params, extra_args
+        )
+        step = optax.safe_increment(state.count)
+        sync = step % sync_period == 0
+
+        def sync_update(u, s, f):
+            acc = jnp.promote_types(jnp.result_type(u), jnp.float32)
+            a = jnp.asarray(alpha, acc)
+            return u.astype(acc) + (1 - a) * (s.astype(acc) - f.astype(acc))
+
+        sync_updates = _cast_updates_like(
+            jax.tree.map(sync_update, inner_updates, state.slow, fast), inner_updates
+        )
+        out_updates = _select(sync, sync_updates, inner_updates)
+        synced = optax.apply_updates(params, sync_updates)
+        slow = _select(sync, synced, state.slow)
+        if reset_state:
+            fresh = tx.init(synced)
+            inner_state = _select(sync, fresh, inner_state)
+        return out_updates, LookaheadState(inner_state, step, slow)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Accessor
+# ---------------------------------------------------------------------------
+
+_READERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
+    SWAState: ("swa", lambda s: s.mean),
+    EMAParamsState: ("ema_params", lambda s: s.ema),
+    BEMAState: ("bema", lambda s: s.bema),
+    LAWAState: ("lawa", _lawa_mean),
+    SwitchEMAState: ("switch_ema", lambda s: s.ema),
+    LookaheadState: ("lookahead", lambda s: s.slow),
+}
+_STATE_TYPES = tuple(_READERS)
+
+
+def _unwrap_flax_variables(tree: Any) -> Any:
+    """Replace Flax NNX ``Variable`` leaves (``nnx.Optimizer.opt_state``) by their values."""
+    if "flax" not in sys.modules:
+        return tree
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover
+        return tree
+    if isinstance(tree, nnx.Optimizer):
+        tree = tree.opt_state
+    return jax.tree.map(
+        lambda x: x.get_value() if isinstance(x, nnx.Variable) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+
+
+def _find_states(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    found = []
+    path_leaves, _ = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: isinstance(x, _STATE_TYPES)
+    )
+    for path, leaf in path_leaves:
+        if isinstance(leaf, _STATE_TYPES):
+            here = prefix + jax.tree_util.keystr(path)
+            found.append((here, leaf))
+            found.extend(_find_states(leaf.inner_state, here + ".inner_state"))
+    return found
+
+
+def averaged_params(state: Any, which: str | int | None = None, params: Any = None) -> Any:
+    """The averaged parameters kept by an averaging wrapper, found anywhere in ``state``.
+
+    Searches the optimizer state tree for the states of :func:`optlab.swa`,
+    :func:`optlab.ema_params`, :func:`optlab.bema`, :func:`optlab.lawa`,
+    :func:`optlab.switch_ema` and :func:`optlab.lookahead`, through ``optax.chain``
+    tuples, ``optlab.named_chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``,
+    ``optax.masked`` / ``optax.partition`` and nested averaging wrappers. It returns:
+    the SWA mean, the (debiased) EMA, the BEMA estimate, the mean of the LAWA buffer,
+    the Switch-EMA average, or Lookahead's slow weights. A ``flax.nnx.Optimizer`` (or
+    its ``opt_state``) is accepted: Flax variables are unwrapped, and the result can be
+    loaded with ``nnx.update(model, averaged_params(optimizer))``.
+
+    Pure and jittable.
+
+    Args:
+      state: an optimizer state (or a ``flax.nnx.Optimizer``).
+      which: when the state holds several averaging states, the one to read: a method
+        name (``"swa"``, ``"ema_params"``, ``"bema"``, ``"lawa"``, ``"switch_ema"``,
+        ``"lookahead"``) or an index in the order found (outer wrappers first).
+      params: optional parameters used to fill the entries that the averaging
+        wrapper did not see (``optax.MaskedNode`` placeholders when it runs under
+        ``optax.masked`` or ``optax.partition``).
+
+    Returns:
+      A tree like the parameters the averaging wrapper saw.
+
+    Raises:
+      ValueError: if no averaging state is found, or several are and ``which`` does
+        not select exactly one.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optax.chain(optax.clip_by_global_norm(1.0), optlab.swa(optax.sgd(0.1)))
+      >>> state = tx.init({"w": jnp.ones(2)})
+      >>> optlab.averaged_params(state)
+      {'w': Array([1., 1.], dtype=float32)}
+    """
+    state = _unwrap_flax_variables(state)
+    found = _find_states(state)
+    if not found:
+        raise ValueError(
+            "`optlab.averaged_params`: no averaging state found in `state` (expected the"
+            " state of optlab.swa, ema_params, bema, lawa, switch_ema or lookahead, possibly"
+            f" inside chains or wrappers); got a state of type {type(state).__name__}."
+        )
+    listing = ", ".join(f"{_READERS[type(s)][0]} at {p or '<root>'}" for p, s in found)
+    if isinstance(which, int) and not isinstance(which, bool):
+        if not -len(found) <= which < len(found):
+            raise ValueError(
+                f"`optlab.averaged_params`: `which` must index one of the {len(found)}"
+                f" averaging states found ({listing}), got which={which}."
+            )
+        chosen = [found[which]]
+    elif which is None:
+        chosen = found
+    else:
+        names = {n for n, _ in _READERS.values()}
+        if which not in names:
+            raise ValueError(
+                f"`optlab.averaged_params`: `which` must be one of {sorted(names)} or an"
+                f" index, got which={which!r}."
+            )
+        chosen = [(p, s) for p, s in found if _READERS[type(s)][0] == which]
+        if not chosen:
+            raise ValueError(
+                f"`optlab.averaged_params`: no `{which}` state found; found: {listing}."
+            )
+    if len(chosen) > 1:
+        raise ValueError(
+            f"`optlab.averaged_params`: {len(chosen)} averaging states found ({listing});"
+            " select one with `which=` (a method name or an index)."
+        )
+    _, chosen_state = chosen[0]
+    avg = _READERS[type(chosen_state)][1](chosen_state)
+    if params is not None:
+        params = _unwrap_flax_variables(params)
+        avg = jax.tree.map(
+            lambda a, p: p if isinstance(a, optax.MaskedNode) else a,
+            avg,
+            params,
+            is_leaf=lambda x: isinstance(x, optax.MaskedNode) or x is None,
+        )
+    return avg

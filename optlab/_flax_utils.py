@@ -1,3 +1,226 @@
-"""TODO."""
+"""Flax helpers for weight averaging: BatchNorm statistics of averaged weights.
 
-__all__: list[str] = []
+Flax is an optional dependency: it is imported inside the functions, never when
+``optlab`` is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["update_bn"]
+
+
+def _default_inputs(batch: Any) -> tuple:
+    if isinstance(batch, (tuple, list)):
+        return (batch[0],)
+    if isinstance(batch, dict):
+        raise TypeError(
+            "`optlab.update_bn`: the batches are dicts; pass `input_fn=lambda batch:"
+            " batch['image']` (or whichever entry is the model input)."
+        )
+    return (batch,)
+
+
+def _inputs(batch: Any, input_fn: Callable | None) -> tuple:
+    if input_fn is None:
+        return _default_inputs(batch)
+    out = input_fn(batch)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _acc(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def update_bn(
+    model_or_apply: Any,
+    variables_or_data: Any,
+    data: Iterable[Any] | None = None,
+    *,
+    input_fn: Callable[[Any], Any] | None = None,
+    jit: bool = True,
+    **apply_kwargs: Any,
+) -> Any:
+    """Recompute BatchNorm running statistics for (averaged) weights over a dataset.
+
+    Averaged weights (SWA, EMA, soups ...) were never run through the network, so the
+    BatchNorm running means and variances collected during training do not match
+    them. Like ``torch.optim.swa_utils.update_bn``, this resets the statistics, runs
+    every batch of ``data`` through the model in training mode and stores the
+    cumulative average over the batches (each batch weighs the same) of the batch
+    means and variances, i.e. what BatchNorm's running update gives with the
+    momentum ``1 - 1/n`` at batch ``n``.
+
+    Two forms:
+
+    * **Flax NNX**: ``update_bn(model, data)``. Every ``nnx.BatchNorm`` of ``model``
+      has its ``mean``/``var`` reset to 0/1 and is switched to batch statistics
+      (``use_running_average=False``) with ``momentum=0`` so that each (jitted)
+      forward pass leaves that batch's statistics in the layer; they are averaged in
+      float32 and written back, and each layer's ``momentum`` and
+      ``use_running_average`` are restored. Other layers keep their mode (e.g.
+      Dropout): set it before the call if it matters. The model is updated in place
+      and returned.
+    * **Flax Linen**: ``update_bn(apply_fn_or_module, variables, data, **apply_kwargs)``
+      calls ``apply_fn(variables, x, mutable=["batch_stats"], **apply_kwargs)`` (pass
+      the flag that puts the model in training mode, e.g. ``train=True``, and any
+      ``rngs``). Each ``nn.BatchNorm`` is run with ``momentum=0`` through a method
+      interceptor (its statistics reset to 0/1 first), so each call returns that
+      batch's statistics; their average replaces ``variables["batch_stats"]`` in the
+      returned copy. Entries of ``batch_stats`` written by other modules follow
+      their own update rule and are averaged the same way.
+
+    Args:
+      model_or_apply: an ``nnx.Module``, or a Linen ``nn.Module`` / its ``apply``.
+      variables_or_data: NNX: the data; Linen: the variables (``{"params": ...,
+        "batch_stats": ...}``).
+      data: Linen only: an iterable of batches (a fresh pass over it is made once).
+      input_fn: ``batch -> model input`` (or a tuple of positional inputs). Default:
+        ``batch[0]`` for tuples/lists (``(x, y)`` batches), the batch itself for
+        arrays.
+      jit: jit the forward pass (one trace for batches of one shape).
+      **apply_kwargs: Linen only: keyword arguments of ``apply`` (``train=True``,
+        ``rngs=...``).
+
+    Returns:
+      NNX: the model (updated in place). Linen: the variables with new
+      ``batch_stats``.
+
+    Raises:
+      ValueError: if ``data`` yields no batch.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optlab
+      >>> from flax import nnx
+      >>> model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+      ...                        nnx.BatchNorm(4, rngs=nnx.Rngs(0)))
+      >>> data = [jax.random.normal(jax.random.key(i), (8, 3)) for i in range(4)]
+      >>> model = optlab.update_bn(model, data)
+      >>> model.layers[1].mean.shape
+      (4,)
+
+    References:
+      Izmailov et al., `Averaging Weights Leads to Wider Optima and Better
+      Generalization <https://arxiv.org/abs/1803.05407>`_, 2018 (Section 3.2);
+      ``torch.optim.swa_utils.update_bn``.
+    """
+    try:
+        from flax import nnx
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("`optlab.update_bn` needs Flax: `pip install flax`.") from e
+
+    if isinstance(model_or_apply, nnx.Module):
+        if data is not None:
+            raise TypeError(
+                "`optlab.update_bn`: for a Flax NNX module call `update_bn(model, data)`"
+                " (the parameters live in the module)."
+            )
+        if apply_kwargs:
+            raise TypeError(
+                "`optlab.update_bn`: keyword arguments "
+                f"{sorted(apply_kwargs)} are for Linen `apply`; with NNX use `input_fn`."
+            )
+        return _update_bn_nnx(model_or_apply, variables_or_data, input_fn, jit)
+    if data is None:
+        raise TypeError(
+            "`optlab.update_bn`: for Linen call `update_bn(module_or_apply, variables, data,"
+            " train=True)`; for NNX pass an `nnx.Module`."
+        )
+    return _update_bn_linen(model_or_apply, variables_or_data, data, input_fn, jit, apply_kwargs)
+
+
+def _update_bn_nnx(model, data, input_fn, jit):
+    from flax import nnx
+
+    bns = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+    if not bns:
+        return model
+    saved = [(bn.momentum, bn.use_running_average) for bn in bns]
+    for bn in bns:
+        bn.mean[...] = jnp.zeros_like(bn.mean[...])
+        bn.var[...] = jnp.ones_like(bn.var[...])
+        bn.momentum = 0.0  # the layer then holds the statistics of the last batch
+        bn.use_running_average = False
+
+    def forward(m, *args):
+        m(*args)
+
+    if jit:
+        forward = nnx.jit(forward)
+    sums = [(jnp.zeros(bn.mean.shape, jnp.float32), jnp.zeros(bn.var.shape, jnp.float32))
+            for bn in bns]
+    n = 0
+    try:
+        for batch in data:
+            forward(model, *_inputs(batch, input_fn))
+            sums = [(s_m + _acc(bn.mean[...]), s_v + _acc(bn.var[...]))
+                    for (s_m, s_v), bn in zip(sums, bns)]
+            n += 1
+    finally:
+        for bn, (momentum, use_ra) in zip(bns, saved):
+            bn.momentum = momentum
+            bn.use_running_average = use_ra
+    if n == 0:
+        raise ValueError("`optlab.update_bn`: `data` yielded no batch.")
+    for bn, (s_m, s_v) in zip(bns, sums):
+        bn.mean[...] = (s_m / n).astype(bn.mean.dtype)
+        bn.var[...] = (s_v / n).astype(bn.var.dtype)
+    return model
+
+
+def _update_bn_linen(apply_or_module, variables, data, input_fn, jit, apply_kwargs):
+    import flax
+    import flax.linen as nn
+
+    apply_fn = apply_or_module.apply if isinstance(apply_or_module, nn.Module) else apply_or_module
+    if not callable(apply_fn):
+        raise TypeError(
+            "`optlab.update_bn`: the first argument must be an `nnx.Module`, a Linen"
+            f" `nn.Module` or its `apply`, got {type(apply_or_module).__name__}."
+        )
+    if "batch_stats" not in variables:
+        return variables
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if not (isinstance(module, nn.BatchNorm) and context.method_name == "__call__"):
+            return next_fun(*args, **kwargs)
+        for name, fill in (("mean", jnp.zeros_like), ("var", jnp.ones_like)):
+            if module.has_variable("batch_stats", name):
+                module.put_variable(
+                    "batch_stats", name, fill(module.get_variable("batch_stats", name))
+                )
+        old = module.momentum
+        object.__setattr__(module, "momentum", 0.0)  # frozen dataclass field
+        try:
+            return next_fun(*args, **kwargs)
+        finally:
+            object.__setattr__(module, "momentum", old)
+
+    def forward(variables, *args):
+        _, mutated = apply_fn(variables, *args, mutable=["batch_stats"], **apply_kwargs)
+        return mutated["batch_stats"]
+
+    if jit:
+        forward = jax.jit(forward)
+    total, n = None, 0
+    with nn.intercept_methods(interceptor):
+        for batch in data:
+            stats = forward(variables, *_inputs(batch, input_fn))
+            stats = jax.tree.map(_acc, stats)
+            total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+            n += 1
+    if n == 0:
+        raise ValueError("`optlab.update_bn`: `data` yielded no batch.")
+    old_stats = variables["batch_stats"]
+    old_leaves, treedef = jax.tree.flatten(old_stats)
+    new_leaves = [(s / n).astype(jnp.result_type(o))
+                  for s, o in zip(jax.tree.leaves(total), old_leaves)]
+    new_stats = jax.tree.unflatten(treedef, new_leaves)
+    if isinstance(variables, flax.core.FrozenDict):
+        return variables.copy({"batch_stats": new_stats})
+    return {**variables, "batch_stats": new_stats}
