@@ -113,6 +113,11 @@ def test_inject_hyperparams_matches(case: Case):
     params = fixed_params(case.tree)
     plain, _, _ = _run(case.build(), case, params, jit=True, max_traces=None)
     injected, states, _ = _run(case.build_injected(), case, params, jit=True)
+    assert states[0].hyperparams, (
+        f"{case.test_id}: inject_hyperparams found no numeric hyperparameter to inject; the"
+        " factory needs explicit keyword parameters (not `lambda **kw`), or set inject=False"
+        " when it has no float hyperparameter"
+    )
     for s in states[1:]:
         assert_same_state_layout(states[0], s)
     tree_allclose(plain, injected, rtol=1e-5, atol=1e-6)

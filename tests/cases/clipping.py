@@ -28,6 +28,7 @@ CASES = [
         id="callable",
         kwargs=dict(max_norm=_size_scaled_threshold),
         static_args=("max_norm",),
+        inject=False,  # the only hyperparameter is a callable: nothing numeric to inject
     ),
     Case(
         "clip_by_value",
