@@ -1,3 +1,839 @@
-"""TODO."""
+"""Normalization and projection of updates, and (cautious) decoupled weight decay.
 
-__all__: list[str] = []
+Every transform here is stateless except :func:`radial_projection` (which keeps the
+state of the transform it wraps) and the weight-decay transforms given a schedule
+(a step counter). Reductions (norms, means, Newton-Schulz products) run in at least
+float32 -- in bfloat16 for the Newton-Schulz iteration on bfloat16 leaves, as Muon
+does -- and every output is cast back to the dtype of the incoming update.
+
+Layout convention: where a transform needs an *output channel* axis (gradient
+centralization, the channel view of AdamP, the ``"reshape"`` rule of the 2-D
+transforms), it is the **last** axis, as in Flax kernels ``(..., in, out)``.
+PyTorch's ``(out, in, ...)`` layout is available through ``channel_axis=0``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optlab import _base
+from optlab import _tree
+
+__all__ = [
+    "normalize_by_global_norm",
+    "normalize_by_leaf_norm",
+    "scale_by_sign",
+    "orthogonalize",
+    "sinkhorn_normalize",
+    "scale_by_trust_ratio",
+    "radial_projection",
+    "RadialProjectionState",
+    "centralize",
+    "add_decayed_weights",
+    "cautious_weight_decay",
+    "WeightDecayScheduleState",
+]
+
+_OTHER_RANKS_ORTHO = ("passthrough", "reshape")
+_OTHER_RANKS_SINKHORN = ("normalize", "reshape")
+
+
+# ---------------------------------------------------------------------------
+# Private helpers
+# ---------------------------------------------------------------------------
+
+
+def _acc(x: jax.Array) -> jax.Array:
+    """``x`` in its accumulation dtype: at least float32."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _check_choice(fn_name: str, name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"`optlab.{fn_name}`: `{name}` must be one of {', '.join(map(repr, choices))},"
+            f" got {name}={value!r}."
+        )
+
+
+def _check_channel_axis(fn_name: str, channel_axis: Any) -> None:
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
+        raise TypeError(
+            f"`optlab.{fn_name}`: `channel_axis` must be a Python int, got"
+            f" channel_axis={channel_axis!r} of type {type(channel_axis).__name__}."
+        )
+
+
+def _reduction_axes(fn_name: str, ndim: int, channel_axis: int) -> tuple[int, ...]:
+    """Every axis but the channel axis (``channel_axis`` may be negative)."""
+    if not -ndim <= channel_axis < ndim:
+        raise ValueError(
+            f"`optlab.{fn_name}`: `channel_axis` must index an axis of every leaf of rank > 1,"
+            f" got channel_axis={channel_axis} for a leaf of rank {ndim}."
+        )
+    keep = channel_axis % ndim
+    return tuple(i for i in range(ndim) if i != keep)
+
+
+def _as_matrix(x: jax.Array) -> jax.Array:
+    """View a rank > 2 kernel ``(..., in, out)`` as ``(prod(...) * in, out)``."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
+# ---------------------------------------------------------------------------
+# Normalized gradient and sign
+# ---------------------------------------------------------------------------
+
+
+def normalize_by_global_norm(
+    eps: jax.typing.ArrayLike = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    """Divides the updates by their global L2 norm.
+
+    ``u <- u / (||u||_2 + eps)`` where the norm is taken over every leaf together, so the
+    output has global norm ``||u|| / (||u|| + eps)``, i.e. 1 up to ``eps``. A zero update
+    stays zero (no NaN, also with ``eps=0``). Same as
+    ``optax.normalize_by_update_norm(scale_factor=1.0, eps=eps)``, with the norm
+    accumulated in float32 for low-precision leaves and extra arguments accepted.
+
+    Args:
+      eps: added to the norm before dividing; >= 0.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. It keeps no state (``EmptyState``).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.normalize_by_global_norm()
+      >>> u, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, tx.init(None))
+      >>> print(u["a"], u["b"])
+      [0.6] [0.8]
+
+    References:
+      Bernstein and Newhouse, `Old Optimizer, New Norm: An Anthology
+      <https://arxiv.org/abs/2409.20325>`_, 2024
+    """
+    _base.check_nonnegative("normalize_by_global_norm", eps=eps)
+
+    def init_fn(params):
+        _base.check_float_tree("normalize_by_global_norm", params)
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        sq = jnp.zeros((), jnp.float32)
+        for leaf in jax.tree.leaves(updates):
+            sq = sq + jnp.sum(jnp.square(_acc(leaf)))
+        inv = _tree.safe_div(1.0, jnp.sqrt(sq) + eps)
+        updates = _tree.tree_none_safe_map(lambda u: (_acc(u) * inv).astype(u.dtype), updates)
+        return updates, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def normalize_by_leaf_norm(
+    eps: jax.typing.ArrayLike = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    """Divides each leaf of the updates by its own L2 norm.
+
+    ``u_l <- u_l / (||u_l||_2 + eps)`` for every leaf ``l`` (the norm of a matrix is its
+    Frobenius norm), so every leaf has norm 1 up to ``eps``. A zero leaf stays zero.
+
+    Args:
+      eps: added to each norm before dividing; >= 0.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. It keeps no state (``EmptyState``).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.normalize_by_leaf_norm()
+      >>> u, _ = tx.update({"a": jnp.array([3.0, 4.0]), "b": jnp.array([-2.0])}, tx.init(None))
+      >>> print(u["a"], u["b"])
+      [0.6 0.8] [-1.]
+
+    References:
+      Bernstein and Newhouse, `Old Optimizer, New Norm: An Anthology
+      <https://arxiv.org/abs/2409.20325>`_, 2024
+    """
+    _base.check_nonnegative("normalize_by_leaf_norm", eps=eps)
+
+    def init_fn(params):
+        _base.check_float_tree("normalize_by_leaf_norm", params)
+        return optax.EmptyState()
+
+    def _normalize(u):
+        u32 = _acc(u)
+        return (u32 * _tree.safe_div(1.0, _tree.leaf_norm(u32) + eps)).astype(u.dtype)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return _tree.tree_none_safe_map(_normalize, updates), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_sign() -> optax.GradientTransformationExtraArgs:
+    """Replaces each element of the updates by its sign.
+
+    ``u <- sign(u)`` in {-1, 0, 1} (signSGD; with momentum before it, Signum). This is
+    ``optax.scale_by_sign`` accepting extra arguments.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. It keeps no state (``EmptyState``).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scale_by_sign()
+      >>> u, _ = tx.update(jnp.array([-0.3, 0.0, 2.0]), tx.init(None))
+      >>> print(u)
+      [-1.  0.  1.]
+
+    References:
+      Bernstein et al., `signSGD: Compressed Optimisation for Non-Convex Problems
+      <https://arxiv.org/abs/1802.04434>`_, 2018;
+      Bernstein and Newhouse, `Old Optimizer, New Norm: An Anthology
+      <https://arxiv.org/abs/2409.20325>`_, 2024
+    """
+    return optax.with_extra_args_support(optax.scale_by_sign())
+
+
+# ---------------------------------------------------------------------------
+# Newton-Schulz orthogonalization (Muon)
+# ---------------------------------------------------------------------------
+
+
+def _newton_schulz(x: jax.Array, coeffs, steps: int, eps) -> jax.Array:
+    """Quintic Newton-Schulz iteration on one matrix, in the dtype of ``x``."""
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:  # iterate on the smaller Gram matrix; f(X^T) = f(X)^T
+        x = x.T
+    a, b, c = (jnp.asarray(k, x.dtype) for k in coeffs)
+    x32 = _acc(x)  # the Frobenius norm is accumulated in float32 even for bfloat16
+    x = (x32 * _tree.safe_div(1.0, _tree.leaf_norm(x32) + eps)).astype(x.dtype)
+
+    def body(_, x):
+        gram = x @ x.T
+        return a * x + (b * gram + c * (gram @ gram)) @ x
+
+    x = jax.lax.fori_loop(0, steps, body, x)
+    return x.T if transposed else x
+
+
+def orthogonalize(
+    ns_steps: int = 5,
+    ns_coeffs: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
+    eps: jax.typing.ArrayLike = 1e-7,
+    *,
+    other_ranks: str = "passthrough",
+) -> optax.GradientTransformationExtraArgs:
+    r"""Orthogonalizes each 2-D leaf of the updates by a Newton-Schulz iteration (Muon).
+
+    For a matrix update ``G`` (m x n) it computes, as Muon does::
+
+        X <- G / (||G||_F + eps)          (transposed first when m > n)
+        repeat ns_steps times:  A = X X^T;  X <- a X + (b A + c A^2) X
+
+    which maps each singular value ``s`` of ``X`` through ``p(s) = a s + b s^3 + c s^5``
+    and leaves the singular vectors alone: the result approximates ``U V^T`` of the SVD
+    ``G = U S V^T``. Muon's coefficients ``(3.4445, -4.7750, 2.0315)`` trade exactness for
+    speed: after 5 steps every singular value with ``s / ||G||_F >= 2e-3`` lands in
+    ``[0.68, 1.21]`` (for random rectangular matrices in ``[0.68, 1.14]``); smaller ones
+    are amplified by at most ``a**ns_steps`` (about 486) and may stay below that band.
+    ``ns_coeffs=(1.5, -0.5, 0.0)`` is the classical cubic iteration, which converges to
+    exactly 1 but slowly.
+
+    The iteration runs in float32 (bfloat16 for bfloat16 leaves, as in Muon) and the
+    result is cast back to the leaf's dtype. A zero leaf stays zero.
+
+    Leaves whose rank is not 2 (biases, scales, scalars, conv kernels) follow
+    ``other_ranks``:
+
+    * ``"passthrough"`` (default): returned unchanged. Muon is meant for the hidden
+      weight matrices; give the other leaves their own optimizer, e.g. with
+      ``optax.partition``.
+    * ``"reshape"``: a rank > 2 kernel in Flax's ``(..., in, out)`` layout is viewed as
+      the matrix ``(prod(shape[:-1]), shape[-1])``, orthogonalized, and reshaped back;
+      rank < 2 leaves pass through unchanged.
+
+    This transform only orthogonalizes: Muon is
+    ``chain(optax.trace(0.95, nesterov=True), orthogonalize(), scale_by_learning_rate(lr))``
+    plus, optionally, a shape-dependent scale (see ``optax.contrib.muon``).
+
+    Args:
+      ns_steps: number of Newton-Schulz iterations; a Python int >= 1 (static under
+        ``optax.inject_hyperparams``: pass ``static_args=("ns_steps",)``).
+      ns_coeffs: the coefficients ``(a, b, c)`` of the quintic iteration.
+      eps: added to the Frobenius norm before the first division; >= 0.
+      other_ranks: ``"passthrough"`` or ``"reshape"``, the rule for leaves of rank != 2.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. It keeps no state (``EmptyState``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optlab
+      >>> g = jax.random.normal(jax.random.key(0), (8, 16))
+      >>> tx = optlab.orthogonalize()
+      >>> u, _ = tx.update(g, tx.init(g))
+      >>> s = jnp.linalg.svd(u, compute_uv=False)
+      >>> bool(s.min() > 0.6 and s.max() < 1.3)
+      True
+
+    References:
+      Jordan et al., `Muon: An optimizer for hidden layers in neural networks
+      <https://kellerjordan.github.io/posts/muon/>`_, 2024;
+      Kovalev, `Understanding Gradient Orthogonalization for Deep Learning via
+      Non-Euclidean Trust-Region Optimization <https://arxiv.org/abs/2503.12645>`_, 2025
+    """
+    fn = "orthogonalize"
+    _base.check_int(fn, ns_steps=ns_steps)
+    if (
+        isinstance(ns_coeffs, (str, bytes))
+        or not hasattr(ns_coeffs, "__len__")
+        or len(ns_coeffs) != 3
+    ):
+        raise ValueError(
+            f"`optlab.{fn}`: `ns_coeffs` must be a sequence of 3 numbers (a, b, c), got"
+            f" ns_coeffs={ns_coeffs!r}."
+        )
+    _base.check_finite(fn, **{f"ns_coeffs[{i}]": k for i, k in enumerate(ns_coeffs)})
+    _base.check_nonnegative(fn, eps=eps)
+    _check_choice(fn, "other_ranks", other_ranks, _OTHER_RANKS_ORTHO)
+    coeffs = tuple(ns_coeffs)
+
+    def init_fn(params):
+        _base.check_float_tree(fn, params)
+        return optax.EmptyState()
+
+    def _orthogonalize(u):
+        if u.ndim < 2 or (u.ndim > 2 and other_ranks == "passthrough"):
+            return u
+        # float32 (at least); bfloat16 leaves iterate in bfloat16, as Muon does.
+        x = u if u.dtype == jnp.bfloat16 else _acc(u)
+        if u.ndim > 2:
+            x = _as_matrix(x)
+        x = _newton_schulz(x, coeffs, ns_steps, eps)
+        return x.reshape(u.shape).astype(u.dtype)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return _tree.tree_none_safe_map(_orthogonalize, updates), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Sinkhorn multi-normalization (SinkGD)
+# ---------------------------------------------------------------------------
+
+
+def sinkhorn_normalize(
+    num_iters: int = 5,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    other_ranks: str = "normalize",
+) -> optax.GradientTransformationExtraArgs:
+    r"""Alternately normalizes the rows and the columns of each 2-D leaf (SinkGD).
+
+    The SR-Sinkhorn procedure of SinkGD: for an ``m x n`` update ``X``, repeat
+    ``num_iters`` times::
+
+        X <- sqrt(n) * Q(X)^-1 X      rows scaled to L2 norm sqrt(n)
+        X <- sqrt(m) * X R(X)^-1      columns scaled to L2 norm sqrt(m)
+
+    where ``Q(X)`` / ``R(X)`` are the diagonal matrices of row / column L2 norms (each
+    with ``eps`` added). Both targets mean "root-mean-square 1 per entry", so the result
+    has Frobenius norm ``sqrt(m n)`` like an Adam or sign update. The last step is the
+    column step, so columns are normalized exactly (up to ``eps``) and rows
+    approximately; the row error shrinks with ``num_iters`` (alternating projections
+    converge linearly). A zero row or column stays zero.
+
+    Leaves whose rank is not 2 follow ``other_ranks``:
+
+    * ``"normalize"`` (default): scaled to root-mean-square 1,
+      ``x <- sqrt(x.size) * x / (||x|| + eps)``, the same per-entry scale the 2-D leaves
+      get (a scalar becomes its sign).
+    * ``"reshape"``: a rank > 2 kernel in Flax's ``(..., in, out)`` layout is treated as
+      the matrix ``(prod(shape[:-1]), shape[-1])``; rank < 2 leaves are normalized as
+      above.
+
+    Computed in float32 (at least) and cast back to the leaf dtype. SinkGD is
+    ``chain(sinkhorn_normalize(), optax.scale_by_learning_rate(lr))``; it keeps no state.
+
+    Args:
+      num_iters: number of row-then-column passes ``L``; a Python int >= 1 (static under
+        ``optax.inject_hyperparams``: pass ``static_args=("num_iters",)``).
+      eps: added to every norm before dividing; >= 0.
+      other_ranks: ``"normalize"`` or ``"reshape"``, the rule for leaves of rank != 2.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. It keeps no state (``EmptyState``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optlab
+      >>> g = jax.random.normal(jax.random.key(0), (4, 9))
+      >>> tx = optlab.sinkhorn_normalize()
+      >>> u, _ = tx.update(g, tx.init(g))
+      >>> print(jnp.round(jnp.linalg.norm(u, axis=0), 3))  # columns: sqrt(4)
+      [2. 2. 2. 2. 2. 2. 2. 2. 2.]
+
+    References:
+      Scetbon et al., `Gradient Multi-Normalization for Stateless and Scalable LLM
+      Training <https://arxiv.org/abs/2502.06742>`_, 2025
+    """
+    fn = "sinkhorn_normalize"
+    _base.check_int(fn, num_iters=num_iters)
+    _base.check_nonnegative(fn, eps=eps)
+    _check_choice(fn, "other_ranks", other_ranks, _OTHER_RANKS_SINKHORN)
+
+    def init_fn(params):
+        _base.check_float_tree(fn, params)
+        return optax.EmptyState()
+
+    def _rms_normalize(x):
+        return x * (math.sqrt(max(x.size, 1)) * _tree.safe_div(1.0, _tree.leaf_norm(x) + eps))
+
+    def _sinkhorn(x):
+        m, n = x.shape
+        sqrt_m, sqrt_n = math.sqrt(m), math.sqrt(n)
+
+        def body(_, x):
+            rows = jnp.sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True))
+            x = x * (sqrt_n * _tree.safe_div(1.0, rows + eps))
+            cols = jnp.sqrt(jnp.sum(jnp.square(x), axis=0, keepdims=True))
+            return x * (sqrt_m * _tree.safe_div(1.0, cols + eps))
+
+        return jax.lax.fori_loop(0, num_iters, body, x)
+
+    def _normalize(u):
+        x = _acc(u)
+        if u.ndim == 2:
+            x = _sinkhorn(x)
+        elif u.ndim > 2 and other_ranks == "reshape":
+            x = _sinkhorn(_as_matrix(x)).reshape(u.shape)
+        else:
+            x = _rms_normalize(x)
+        return x.astype(u.dtype)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return _tree.tree_none_safe_map(_normalize, updates), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Trust ratio (LARS / LAMB)
+# ---------------------------------------------------------------------------
+
+
+def scale_by_trust_ratio(
+    min_norm: jax.typing.ArrayLike = 0.0,
+    trust_coefficient: jax.typing.ArrayLike = 1.0,
+    eps: jax.typing.ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Scales each leaf of the updates by its trust ratio (LARS / LAMB).
+
+    For each leaf with parameter ``w`` and update ``u``::
+
+        ratio = trust_coefficient * max(||w||, min_norm) / (max(||u||, min_norm) + eps)
+        u <- ratio * u        (ratio = 1 where either norm is 0)
+
+    so the update norm becomes ``trust_coefficient * ||w||`` (exactly, with ``eps=0`` and
+    ``min_norm`` below both norms). Numerically the same as
+    ``optax.scale_by_trust_ratio``, with norms accumulated in float32 for low-precision
+    leaves and extra arguments accepted. Needs ``params``.
+
+    Args:
+      min_norm: lower bound applied to both norms; >= 0.
+      trust_coefficient: multiplier of the ratio; >= 0.
+      eps: added to the update norm in the denominator; >= 0.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. It keeps no state (``EmptyState``).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scale_by_trust_ratio()
+      >>> p = {"w": jnp.array([6.0, 8.0])}
+      >>> u, _ = tx.update({"w": jnp.array([0.3, 0.4])}, tx.init(p), p)
+      >>> print(u["w"])  # norm 10 = ||w||
+      [6. 8.]
+
+    References:
+      You et al., `Large Batch Training of Convolutional Networks
+      <https://arxiv.org/abs/1708.03888>`_, 2017;
+      You et al., `Large Batch Optimization for Deep Learning: Training BERT in 76
+      minutes <https://arxiv.org/abs/1904.00962>`_, 2020
+    """
+    fn = "scale_by_trust_ratio"
+    _base.check_nonnegative(fn, min_norm=min_norm, trust_coefficient=trust_coefficient, eps=eps)
+
+    def init_fn(params):
+        _base.check_float_tree(fn, params)
+        return optax.EmptyState()
+
+    def _scale(u, p):
+        u32, p32 = _acc(u), _acc(p)
+        param_norm = optax.safe_norm(p32, min_norm)
+        update_norm = optax.safe_norm(u32, min_norm)
+        ratio = _tree.safe_div(trust_coefficient * param_norm, update_norm + eps)
+        zero_norm = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
+        ratio = jnp.where(zero_norm, 1.0, ratio)
+        return (u32 * ratio).astype(u.dtype)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _base.require_params(params)
+        return _tree.tree_none_safe_map(_scale, updates, params), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Radial projection (AdamP / SGDP)
+# ---------------------------------------------------------------------------
+
+
+class RadialProjectionState(NamedTuple):
+    """State for :func:`optlab.radial_projection`.
+
+    Attributes:
+      inner_state: the state of the wrapped ``inner`` transformation (e.g. Adam's
+        ``ScaleByAdamState``); the projection itself keeps nothing.
+    """
+
+    inner_state: optax.OptState  # the wrapped transform's state
+
+
+def radial_projection(
+    inner: optax.GradientTransformation,
+    delta: jax.typing.ArrayLike = 0.1,
+    wd_ratio: jax.typing.ArrayLike = 0.1,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    channel_axis: int = -1,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Removes the radial component of ``inner``'s update on scale-invariant weights (AdamP/SGDP).
+
+    ``inner`` (e.g. ``optax.scale_by_adam()`` or ``optax.trace(0.9)``) turns the raw
+    gradient ``g`` into the pre-learning-rate direction ``d``. For every leaf ``w`` of
+    rank > 1 the cosine similarity between ``g`` and ``w`` is measured in two views, as
+    in the official AdamP code:
+
+    1. *channel view*: one vector per output channel, the channel axis being
+       ``channel_axis`` (default the **last** axis, Flax's ``(..., in, out)``; use
+       ``channel_axis=0`` for PyTorch's ``(out, in, ...)``), of dimension
+       ``k = w.size / w.shape[channel_axis]``;
+    2. *layer view*: the whole leaf as one vector, ``k = w.size``.
+
+    In the first view where ``max |cos(g, w)| < delta / sqrt(k)`` (the weight looks
+    scale-invariant), the radial part is removed, view by view::
+
+        w_hat = w / (||w|| + eps)          (per channel or per layer)
+        d <- d - w_hat <w_hat, d>          (d becomes orthogonal to w)
+
+    and the weight decay of that leaf is scaled by ``wd_ratio``. Leaves of rank <= 1
+    are never projected. Finally decoupled weight decay is added::
+
+        out = d + weight_decay * wd_factor * w       (wd_factor = wd_ratio or 1)
+
+    so ``chain(radial_projection(optax.scale_by_adam(), weight_decay=wd),
+    optax.scale_by_learning_rate(lr))`` is AdamP (``w <- w (1 - lr wd wd_factor) - lr d``)
+    and ``radial_projection(optax.trace(momentum), weight_decay=wd / (1 - momentum))`` is
+    SGDP (whose official code divides the decay by ``1 - momentum``). Nesterov variants
+    are a property of ``inner`` (``optax.scale_by_adam(nesterov=True)``,
+    ``optax.trace(m, nesterov=True)``). The cosine is ``|<g, w>| / (max(||g||, eps)
+    max(||w||, eps))`` (PyTorch's ``cosine_similarity``); the branch is a ``jnp.where``,
+    so the transform is jit-friendly. Needs ``params``.
+
+    Args:
+      inner: the transformation producing the direction to project; it receives the
+        same ``updates``, ``params`` and extra arguments.
+      delta: cosine threshold scale ``delta``; >= 0 (0 never projects).
+      wd_ratio: weight-decay multiplier on projected leaves; >= 0.
+      weight_decay: decoupled weight-decay coefficient; >= 0.
+      eps: added to norms (and the lower bound of norms in the cosine); >= 0.
+      channel_axis: the output-channel axis of rank > 1 leaves (keyword-only).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      ``RadialProjectionState(inner_state)``: only the state of ``inner``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> adamp = optax.chain(  # AdamP
+      ...     optlab.radial_projection(optax.scale_by_adam(), weight_decay=1e-2),
+      ...     optax.scale_by_learning_rate(1e-3),
+      ... )
+      >>> tx = optlab.radial_projection(optax.scale_by_adam())
+      >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+      >>> grads = {"w": jnp.array([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]]), "b": jnp.ones(2)}
+      >>> updates, state = tx.update(grads, tx.init(params), params)
+      >>> print(jnp.round(jnp.sum(updates["w"] * params["w"], axis=0), 6))  # no radial part
+      [0. 0.]
+
+    References:
+      Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on
+      Scale-invariant Weights <https://arxiv.org/abs/2006.08217>`_, 2021
+    """
+    fn = "radial_projection"
+    _base.check_nonnegative(fn, delta=delta, wd_ratio=wd_ratio, weight_decay=weight_decay, eps=eps)
+    _check_channel_axis(fn, channel_axis)
+    if not hasattr(inner, "init") or not hasattr(inner, "update"):
+        raise TypeError(
+            f"`optlab.{fn}`: `inner` must be an optax.GradientTransformation, got"
+            f" inner={inner!r}."
+        )
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        _base.check_float_tree(fn, params)
+        return RadialProjectionState(inner_state=inner.init(params))
+
+    def _view(d, g, w, axes):
+        """(is scale-invariant in this view, d without its radial component)."""
+        dim = max(math.prod(w.shape[i] for i in axes), 1)
+        dot = jnp.sum(g * w, axis=axes, keepdims=True)
+        g_norm = jnp.sqrt(jnp.sum(jnp.square(g), axis=axes, keepdims=True))
+        w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=axes, keepdims=True))
+        cosine = _tree.safe_div(jnp.abs(dot), jnp.maximum(g_norm, eps) * jnp.maximum(w_norm, eps))
+        invariant = jnp.max(cosine) < delta / math.sqrt(dim)
+        w_hat = w * _tree.safe_div(1.0, w_norm + eps)
+        projected = d - w_hat * jnp.sum(w_hat * d, axis=axes, keepdims=True)
+        return invariant, projected
+
+    def _leaf(d, g, w):
+        d32, g32, w32 = _acc(d), _acc(g), _acc(w)
+        if w.ndim > 1:
+            channel_invariant, channel_proj = _view(
+                d32, g32, w32, _reduction_axes(fn, w.ndim, channel_axis)
+            )
+            layer_invariant, layer_proj = _view(d32, g32, w32, tuple(range(w.ndim)))
+            out = jnp.where(
+                channel_invariant, channel_proj, jnp.where(layer_invariant, layer_proj, d32)
+            )
+            wd_factor = jnp.where(channel_invariant | layer_invariant, wd_ratio, 1.0)
+        else:
+            out, wd_factor = d32, 1.0
+        out = out + (weight_decay * wd_factor) * w32
+        return out.astype(g.dtype)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        _base.require_params(params)
+        direction, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+        out = _tree.tree_none_safe_map(_leaf, direction, updates, params)
+        return out, RadialProjectionState(inner_state=inner_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Gradient centralization
+# ---------------------------------------------------------------------------
+
+
+def centralize(*, channel_axis: int = -1) -> optax.GradientTransformationExtraArgs:
+    """Subtracts from each rank > 1 leaf its mean over every axis but the channel axis.
+
+    Gradient centralization: for a kernel ``W`` with output channels on ``channel_axis``
+    (default the last axis, Flax's ``(..., in, out)`` layout), each output channel's
+    gradient gets mean zero::
+
+        u <- u - mean(u, axis=all axes but channel_axis)
+
+    Leaves of rank <= 1 (biases, scales) are unchanged. ``optax.centralize`` keeps the
+    **first** axis instead (PyTorch's ``(out, in, ...)`` layout); ``channel_axis=0``
+    reproduces it exactly.
+
+    Args:
+      channel_axis: the output-channel axis (keyword-only); ``-1`` for Flax, ``0`` for
+        PyTorch layouts / ``optax.centralize``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. It keeps no state (``EmptyState``).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> g = jnp.array([[1.0, 2.0], [3.0, 6.0]])  # (in=2, out=2)
+      >>> tx = optlab.centralize()
+      >>> u, _ = tx.update(g, tx.init(g))
+      >>> print(u)
+      [[-1. -2.]
+       [ 1.  2.]]
+
+    References:
+      Yong et al., `Gradient Centralization: A New Optimization Technique for Deep Neural
+      Networks <https://arxiv.org/abs/2004.01461>`_, 2020
+    """
+    _check_channel_axis("centralize", channel_axis)
+
+    def init_fn(params):
+        _base.check_float_tree("centralize", params)
+        return optax.EmptyState()
+
+    def _centralize(u):
+        if u.ndim <= 1:
+            return u
+        u32 = _acc(u)
+        axes = _reduction_axes("centralize", u.ndim, channel_axis)
+        mean = jnp.mean(u32, axis=axes, keepdims=True)
+        return (u32 - mean).astype(u.dtype)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return _tree.tree_none_safe_map(_centralize, updates), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Decoupled and cautious weight decay
+# ---------------------------------------------------------------------------
+
+
+class WeightDecayScheduleState(NamedTuple):
+    """State of :func:`optlab.add_decayed_weights` and :func:`optlab.cautious_weight_decay`.
+
+    Used only when ``weight_decay`` is a schedule (a scalar rate keeps ``EmptyState()``).
+
+    Attributes:
+      count: the number of updates so far, the schedule's argument (int32 scalar).
+    """
+
+    count: jax.Array  # shape=(), dtype=int32
+
+
+def _weight_decay(
+    fn: str, weight_decay, mask, cautious: bool
+) -> optax.GradientTransformationExtraArgs:
+    if not callable(weight_decay):
+        _base.check_nonnegative(fn, weight_decay=weight_decay)
+
+    def init_fn(params):
+        _base.check_float_tree(fn, params)
+        if callable(weight_decay):
+            return WeightDecayScheduleState(count=jnp.zeros([], jnp.int32))
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _base.require_params(params)
+        if callable(weight_decay):
+            rate = weight_decay(state.count)
+            state = WeightDecayScheduleState(count=optax.safe_increment(state.count))
+        else:
+            rate = weight_decay
+            if _base.is_concrete_number(weight_decay) and weight_decay == 0:
+                return updates, state
+
+        def _decay(u, p):
+            u32, p32 = _acc(u), _acc(p)
+            if cautious:  # the paper's indicator 1(u * w >= 0), via signs (no underflow)
+                p32 = jnp.where(jnp.sign(u32) * jnp.sign(p32) >= 0, p32, 0.0)
+            return (u32 + rate * p32).astype(u.dtype)
+
+        return _tree.tree_none_safe_map(_decay, updates, params), state
+
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    if mask is not None:
+        tx = optax.masked(tx, mask)
+    return tx
+
+
+def add_decayed_weights(
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: optax.MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Adds decoupled weight decay: ``u <- u + weight_decay * w``.
+
+    ``optax.add_decayed_weights`` with its arguments validated (``weight_decay >= 0``),
+    extra arguments accepted, and the output cast back to the update dtype (a float32
+    schedule value no longer turns bfloat16 updates into float32). Place it after the
+    preconditioner and before the learning rate for AdamW-style decoupled decay.
+    Needs ``params``.
+
+    Args:
+      weight_decay: a scalar >= 0 or a schedule ``step -> rate``.
+      mask: a tree of booleans like ``params`` (or a prefix of it), or a function
+        ``params -> mask``; ``True`` where decay applies. ``None`` decays everything.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      ``EmptyState()`` for a scalar ``weight_decay``;
+      ``WeightDecayScheduleState(count)`` for a schedule (wrapped in
+      ``optax.MaskedState`` when a mask is given).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.add_decayed_weights(0.1)
+      >>> p = jnp.array([1.0, -2.0])
+      >>> u, _ = tx.update(jnp.array([0.5, 0.5]), tx.init(p), p)
+      >>> print(u)
+      [0.6 0.3]
+
+    References:
+      Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+      <https://arxiv.org/abs/1711.05101>`_, 2019
+    """
+    return _weight_decay("add_decayed_weights", weight_decay, mask, cautious=False)
+
+
+def cautious_weight_decay(
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: optax.MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Adds weight decay only where the update and the parameter agree in sign (CWD).
+
+    Cautious Weight Decay, coordinate-wise::
+
+        u <- u + weight_decay * 1(u * w >= 0) * w
+
+    where ``u`` is the base optimizer's direction *before* the learning rate (the step is
+    ``-lr * u``): decay is applied only where it pulls ``w`` toward zero in the same
+    direction the optimizer already moves it, never against the optimizer. Where signs
+    differ the update is unchanged. (The indicator is the paper's ``u * w >= 0``; it
+    differs from ``sign(u) == sign(w)`` only where ``u`` or ``w`` is exactly 0, where the
+    added term is ``weight_decay * w``, i.e. zero when ``w == 0``.)
+
+    Place it between the base direction and the learning rate, e.g. AdamW with CWD::
+
+        chain(optax.scale_by_adam(), cautious_weight_decay(0.1),
+              optax.scale_by_learning_rate(lr))
+
+    Needs ``params``.
+
+    Args:
+      weight_decay: a scalar >= 0 or a schedule ``step -> rate``.
+      mask: a tree of booleans like ``params`` (or a prefix of it), or a function
+        ``params -> mask``; ``True`` where decay applies. ``None`` decays everything.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      ``EmptyState()`` for a scalar ``weight_decay``;
+      ``WeightDecayScheduleState(count)`` for a schedule.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.cautious_weight_decay(0.1)
+      >>> p = jnp.array([1.0, -2.0])
+      >>> u, _ = tx.update(jnp.array([0.5, 0.5]), tx.init(p), p)
+      >>> print(u)  # only the first coordinate (same sign) is decayed
+      [0.6 0.5]
+
+    References:
+      Chen et al., `Cautious Weight Decay <https://arxiv.org/abs/2510.12402>`_, 2025
+    """
+    return _weight_decay("cautious_weight_decay", weight_decay, mask, cautious=True)
