@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import weakref
 from typing import Any, Callable
 
@@ -26,12 +27,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optlab import _base
+
 __all__ = ["get", "available", "describe", "OptimizerInfo"]
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerInfo:
-    """What :func:`optlab.available` reports for one named optimizer."""
+    """What :func:`optlab.available` reports for one named optimizer.
+
+    Attributes:
+      name: the registered name (``optlab.get(name, ...)``).
+      description: one line, by default the first line of the factory's docstring.
+      paper: the source paper, "Title (year)".
+      factory: the function building the optimizer (``optlab.<name>``).
+    """
 
     name: str
     description: str
@@ -45,12 +55,19 @@ class OptimizerInfo:
 _OPTIMIZERS: dict[str, OptimizerInfo] = {}
 # init function of a chain built by `named_chain` -> the names of its stages.
 _CHAIN_STAGES: "weakref.WeakKeyDictionary[Callable, tuple[str, ...]]" = weakref.WeakKeyDictionary()
+# update function of a stage given an explicit name with `label` -> that name.
+_LABELS: "weakref.WeakKeyDictionary[Callable, str]" = weakref.WeakKeyDictionary()
 
 
 def register_optimizer(name: str | None = None, *, paper: str, description: str | None = None):
     """Decorator adding a named-optimizer factory to the registry.
 
-    ``description`` defaults to the first line of the factory's docstring.
+    ``description`` defaults to the first line of the factory's docstring. The
+    registered factory is the decorated one, wrapped so that the ``init`` of the
+    optimizer it builds first checks that every parameter leaf is floating point,
+    raising a ``TypeError`` that names ``optlab.<name>`` (the stages would otherwise
+    raise it under their own names). Signature and docstring are kept
+    (``functools.wraps``), so ``optax.inject_hyperparams`` sees the same arguments.
     """
 
     def decorator(fn):
@@ -59,22 +76,116 @@ def register_optimizer(name: str | None = None, *, paper: str, description: str 
             raise ValueError(f"optlab: optimizer {key!r} registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
         desc = description or (doc[0].strip() if doc else "")
-        _OPTIMIZERS[key] = OptimizerInfo(key, desc, paper, fn)
-        return fn
+
+        @functools.wraps(fn)
+        def factory(*args, **kwargs):
+            return _check_float_params(key, fn(*args, **kwargs))
+
+        _OPTIMIZERS[key] = OptimizerInfo(key, desc, paper, factory)
+        return factory
 
     return decorator
 
 
+def _check_float_params(fn_name: str, tx: optax.GradientTransformation):
+    """``tx`` whose ``init`` first runs ``_base.check_float_tree(fn_name, params)``."""
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params):
+        _base.check_float_tree(fn_name, params)
+        return tx.init(params)
+
+    stages = _CHAIN_STAGES.get(tx.init)
+    if stages is not None:  # keep the recorded stages for `describe`
+        _CHAIN_STAGES[init_fn] = stages
+    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
+
+
+# Outer function names that say nothing about what a stage does.
+_GENERIC_NAMES = frozenset({"init_empty_state", "with_extra_args_support", "init_fn", "update_fn",
+                            "init", "update"})
+
+
+def _outer_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", "").split(".<locals>")[0]
+
+
+def _inner_transforms(fn: Any) -> list[str]:
+    """Names of the transformations a closure captured (wrapped stages), in order."""
+    out = []
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # empty cell
+            continue
+        if isinstance(value, optax.GradientTransformation):
+            out.append(_stage_name(value))
+        elif isinstance(value, dict) and value and all(
+            isinstance(v, optax.GradientTransformation) for v in value.values()
+        ):
+            out.extend(f"{k}: {_stage_name(v)}" for k, v in value.items())
+    return out
+
+
+def _public_name_in_closure(fn: Any) -> str | None:
+    """A captured string naming a public optlab function (the ``fn_name`` of private
+    factory helpers, used for their error messages)."""
+    import optlab  # lazily: the package is fully imported by the time stages are named
+
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if isinstance(value, str) and value in optlab.__all__:
+            return value
+    return None
+
+
 def _stage_name(tx: Any) -> str:
+    """A readable name for one stage: recorded chains and labels first, then inferred.
+
+    The inference reads the factory name off the closures (``scale_by_adam.<locals>.
+    update_fn`` -> ``scale_by_adam``) and recurses into wrapped transformations
+    (``masked(scale_by_trust_ratio)``); private helpers (named by the public function
+    they serve, when they captured its name) and optax's shared stateless
+    ``init_empty_state`` are looked through.
+    """
     stages = _CHAIN_STAGES.get(tx.init)
     if stages is not None:
         return "chain(" + ", ".join(stages) + ")"
-    qualname = getattr(tx.init, "__qualname__", repr(tx.init))
-    return qualname.split(".<locals>")[0]
+    label = _LABELS.get(tx.update)
+    if label is not None:
+        return label
+    for fn in (tx.update, tx.init):
+        name = _outer_name(fn)
+        inner = _inner_transforms(fn)
+        if name and not name.startswith("_") and name not in _GENERIC_NAMES:
+            return f"{name}({', '.join(inner)})" if inner else name
+        if inner:
+            return inner[0] if len(inner) == 1 else "(" + ", ".join(inner) + ")"
+        public = _public_name_in_closure(fn)
+        if public is not None:
+            return public
+    return _outer_name(tx.update) or repr(tx)
+
+
+def label(name: str, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Give ``tx`` the stage name ``name`` in :func:`optlab.describe` (returns ``tx``).
+
+    For stages whose factory name cannot be read off the closure, e.g.
+    ``optax.scale_by_learning_rate`` (which returns a plain ``optax.scale``).
+    """
+    _LABELS[tx.update] = name
+    return tx
 
 
 def named_chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """``optax.chain`` that remembers its stage names for :func:`optlab.describe`."""
+    """``optax.chain`` that remembers its stage names for :func:`optlab.describe`.
+
+    Each stage's name is read off its factory (see :func:`_stage_name`); wrap a stage in
+    :func:`label` to name it explicitly.
+    """
     tx = optax.chain(*transforms)
     _CHAIN_STAGES[tx.init] = tuple(_stage_name(t) for t in transforms)
     return tx
@@ -83,10 +194,18 @@ def named_chain(*transforms: optax.GradientTransformation) -> optax.GradientTran
 def available() -> list[OptimizerInfo]:
     """Every registered named optimizer, sorted by name.
 
+    Returns:
+      A list of :class:`OptimizerInfo` (name, one-line description, paper, factory);
+      ``print(info)`` gives one line per optimizer.
+
     Example:
       >>> import optlab
-      >>> for info in optlab.available():  # doctest: +SKIP
-      ...     print(info)
+      >>> names = [info.name for info in optlab.available()]
+      >>> "adamw" in names and "sophia" in names
+      True
+      >>> print(next(i for i in optlab.available() if i.name == "lion"))
+      ... # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+      lion Lion: ... [Symbolic Discovery of Optimization Algorithms (2023)]
     """
     return [_OPTIMIZERS[k] for k in sorted(_OPTIMIZERS)]
 
@@ -94,9 +213,20 @@ def available() -> list[OptimizerInfo]:
 def get(name: str, /, **kwargs: Any) -> optax.GradientTransformation:
     """Build the named optimizer ``name`` with keyword hyperparameters.
 
+    Args:
+      name: a name listed by :func:`optlab.available` (positional only).
+      **kwargs: the optimizer's hyperparameters, ``learning_rate`` included.
+
+    Returns:
+      The optimizer, as ``optlab.<name>(**kwargs)`` builds it.
+
     Example:
-      >>> import optlab
-      >>> tx = optlab.get("adamw", learning_rate=1e-3)  # doctest: +SKIP
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.get("adamw", learning_rate=1e-3, weight_decay=0.0)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, state = tx.update(params, tx.init(params), params)
+      >>> print(jnp.round(updates["w"], 6))
+      [-0.001  0.001]
 
     Raises:
       KeyError: for an unknown name, listing the closest registered names.
@@ -116,7 +246,9 @@ def _tree_bytes(tree: Any) -> int:
                    for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
 
 
-def describe(tx_or_name: str | optax.GradientTransformation, params: Any = None, **kwargs: Any) -> str:
+def describe(
+    tx_or_name: str | optax.GradientTransformation, params: Any = None, **kwargs: Any
+) -> str:
     """Describe an optimizer: its stages and its state bytes per parameter byte.
 
     Args:
@@ -128,6 +260,16 @@ def describe(tx_or_name: str | optax.GradientTransformation, params: Any = None,
 
     Returns:
       The description, also printed.
+
+    Example:
+      >>> import optlab
+      >>> _ = optlab.describe("sgd", momentum=0.9)
+      ... # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+      sgd ... [A Stochastic Approximation Method (1951); momentum: Polyak (1964)]
+      chain:
+        1. trace
+        2. scale_by_learning_rate
+      state bytes per parameter byte: 1.00
     """
     lines = []
     if isinstance(tx_or_name, str):

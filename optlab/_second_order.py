@@ -1,3 +1,452 @@
-"""TODO."""
+"""Diagonal Hessian preconditioning: Hutchinson's estimator, Sophia, AdaHessian.
 
-__all__: list[str] = []
+Every transform here needs a Hessian-vector product, passed to ``update`` as the
+keyword extra argument ``hvp_fn(params, v) -> H @ v`` (``H`` the Hessian of the loss
+at ``params``; ``v`` and the result have the structure of ``params``). For a loss
+``loss(params) -> scalar``, forward-over-reverse is the cheapest::
+
+    hvp_fn = lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1]
+    updates, state = tx.update(grads, state, params, hvp_fn=hvp_fn)
+
+With Flax NNX, ``optimizer.update(model, grads, hvp_fn=hvp_fn)`` forwards it (the
+``params`` passed to ``hvp_fn`` are then the ``nnx.Param`` state of the model, so
+build ``loss`` on that state with ``nnx.merge``). For a mini-batch loss, close over
+the current batch: ``hvp_fn = lambda p, v: jax.jvp(jax.grad(lambda q: loss(q, batch)),
+(p,), (v,))[1]``.
+
+The random probes come from a PRNG key kept in the state (seeded by ``seed``), so the
+transforms are deterministic and jit-friendly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optlab import _base
+from optlab import _registry
+from optlab import _tree
+
+__all__ = [
+    "HutchinsonState",
+    "ScaleBySophiaState",
+    "ScaleByAdaHessianState",
+    "hutchinson_diag_hessian",
+    "scale_by_sophia",
+    "scale_by_adahessian",
+]
+
+_HVP_HOW = (
+    "a function `hvp_fn(params, v) -> H @ v`, e.g."
+    " `hvp_fn = lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1]`, passed as"
+    " `tx.update(grads, state, params, hvp_fn=hvp_fn)`; with Flax NNX,"
+    " `optimizer.update(model, grads, hvp_fn=hvp_fn)`."
+)
+
+
+_none_safe = _tree.tree_none_safe_map
+
+
+def _cast_tree_like(tree: Any, like: Any) -> Any:
+    return _none_safe(lambda x, y: x.astype(jnp.result_type(y)), tree, like)
+
+
+def _check_int_hparam(fn_name: str, minimum: int, **hparams: Any) -> None:
+    """Like ``_base.check_int``, but let integer arrays through unchecked.
+
+    ``optax.inject_hyperparams`` turns Python ints into int32 arrays (traced in
+    ``update``); ``seed`` and ``update_interval`` work as arrays, so only Python values
+    are checked.
+    """
+    for name, value in hparams.items():
+        if isinstance(value, (jax.Array, np.ndarray)) and jnp.issubdtype(value.dtype, jnp.integer):
+            continue
+        _base.check_int(fn_name, minimum=minimum, **{name: value})
+
+
+# ---------------------------------------------------------------------------
+# Hutchinson's estimator
+# ---------------------------------------------------------------------------
+
+
+class HutchinsonState(NamedTuple):
+    """State for :func:`optlab.hutchinson_diag_hessian`.
+
+    Attributes:
+      key: the raw PRNG key (``uint32[2]``) of the Rademacher probes, split at every
+        call.
+    """
+
+    key: jax.Array  # shape=(2,), dtype=uint32: raw PRNG key, split at every call
+
+
+def _hutchinson(fn_name: str, seed: int) -> optax.GradientTransformationExtraArgs:
+    """Hutchinson's estimator; ``fn_name`` names the public caller in error messages."""
+    _check_int_hparam(fn_name, 0, seed=seed)
+
+    def init_fn(params):
+        _base.check_float_tree(fn_name, params)
+        return HutchinsonState(key=jax.random.PRNGKey(seed))
+
+    def update_fn(updates, state, params=None, *, hvp_fn=None, **extra_args):
+        del extra_args
+        _base.require_params(params)
+        hvp_fn = _base.require_extra_arg(fn_name, "hvp_fn", hvp_fn, _HVP_HOW)
+        key, subkey = jax.random.split(state.key)  # the probes of optax's estimator
+        z = optax.tree.random_like(subkey, params, jax.random.rademacher, dtype=jnp.float32)
+        z = _cast_tree_like(z, params)
+        hz = hvp_fn(params, z)
+        diag = _none_safe(lambda zi, hzi: zi * hzi.astype(zi.dtype), z, hz)
+        return _cast_tree_like(diag, updates), HutchinsonState(key=key)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def hutchinson_diag_hessian(*, seed: int = 0) -> optax.GradientTransformationExtraArgs:
+    r"""Replaces the updates by Hutchinson's estimate of the Hessian diagonal.
+
+    With Rademacher probes :math:`z` (entries :math:`\pm 1` with probability 1/2),
+    :math:`\mathbb{E}[z \odot Hz] = \operatorname{diag}(H)`, so each call returns
+
+    .. math::
+      \hat D = z \odot (H z),
+
+    an unbiased estimate of the diagonal of the Hessian at ``params``. For an exactly
+    diagonal Hessian the estimate is exact (:math:`z_i^2 = 1`). The incoming updates
+    are ignored except for their structure and dtypes. It is the estimator inside
+    :func:`optlab.scale_by_sophia` and :func:`optlab.scale_by_adahessian`, and can be
+    passed to them as ``hessian_diagonal_fn``.
+
+    ``update`` needs ``params`` and the keyword extra argument
+    ``hvp_fn(params, v) -> H @ v`` (see the module docstring), called once per step
+    with a fresh probe (chain ``optax.ema`` after it to average the estimates over
+    steps).
+
+    Args:
+      seed: seed of the PRNG key kept in the state; the key is split at every call.
+
+    Returns:
+      A ``GradientTransformationExtraArgs`` whose state is
+      :class:`HutchinsonState` (one PRNG key).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optlab
+      >>> loss = lambda p: jnp.sum(jnp.array([1.0, 2.0, 3.0]) * p["x"] ** 2)
+      >>> hvp_fn = lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1]
+      >>> params = {"x": jnp.ones(3)}
+      >>> tx = optlab.hutchinson_diag_hessian(seed=0)
+      >>> diag, _ = tx.update(params, tx.init(params), params, hvp_fn=hvp_fn)
+      >>> diag["x"]
+      Array([2., 4., 6.], dtype=float32)
+
+    References:
+      Hutchinson, `A stochastic estimator of the trace of the influence matrix for
+      Laplacian smoothing splines`, 1989.
+
+      Bekas, Kokiopoulou and Saad, `An estimator for the diagonal of a matrix`, 2007.
+    """
+    return _hutchinson("hutchinson_diag_hessian", seed)
+
+
+def _default_estimator(fn_name: str, seed: int) -> optax.GradientTransformationExtraArgs:
+    """Hutchinson's estimator whose errors name ``optlab.<fn_name>`` (the function the
+    user called, e.g. the named optimizer ``sophia``); ``optlab.describe`` shows it as
+    ``hutchinson_diag_hessian``."""
+    return _registry.label("hutchinson_diag_hessian", _hutchinson(fn_name, seed))
+
+
+def _resolve_hessian_fn(fn_name, hessian_diagonal_fn, seed):
+    if hessian_diagonal_fn is None:
+        return _default_estimator(fn_name, seed)
+    return optax.with_extra_args_support(hessian_diagonal_fn)
+
+
+# ---------------------------------------------------------------------------
+# Sophia
+# ---------------------------------------------------------------------------
+
+
+class ScaleBySophiaState(NamedTuple):
+    """State for :func:`optlab.scale_by_sophia`.
+
+    Attributes:
+      count: number of steps taken (int32 scalar).
+      mu: EMA of the gradients (``mu_dtype`` or the parameters' dtype).
+      nu: EMA of the Hessian-diagonal estimates, refreshed every ``update_interval``.
+      hessian_state: the estimator's state (a :class:`HutchinsonState` by default).
+    """
+
+    count: jax.Array  # shape=(), dtype=int32
+    mu: optax.Updates  # EMA of the gradients
+    nu: optax.Updates  # EMA of the Hessian-diagonal estimates
+    hessian_state: Any  # state of the Hessian-diagonal estimator (a PRNG key by default)
+
+
+def scale_by_sophia(
+    b1: jax.typing.ArrayLike = 0.965,
+    b2: jax.typing.ArrayLike = 0.99,
+    eps: jax.typing.ArrayLike = 1e-8,
+    gamma: jax.typing.ArrayLike = 0.01,
+    clip_threshold: jax.typing.ArrayLike | None = 1.0,
+    update_interval: int = 10,
+    *,
+    seed: int = 0,
+    hessian_diagonal_fn: optax.GradientTransformation | None = None,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Rescales updates with Sophia's clipped diagonal-Hessian preconditioner (Sophia-H).
+
+    With gradient :math:`g_t` and a Hessian-diagonal estimate :math:`\hat h` (Hutchinson,
+    :func:`optlab.hutchinson_diag_hessian`, by default):
+
+    .. math::
+      m_t = b_1 m_{t-1} + (1 - b_1) g_t, \qquad \hat m_t = m_t / (1 - b_1^t), \\
+      u_t = \operatorname{clip}\big(\hat m_t / \max(\gamma h_{t-1}, \epsilon),
+            \; [-c, c]\big),
+
+    and every ``update_interval`` steps (steps 0, k, 2k, ...; selected with
+    ``lax.cond`` on the step counter, so the Hessian-vector product only runs on those
+    steps) :math:`h \leftarrow b_2 h + (1 - b_2) \hat h`, evaluated at the current
+    ``params``. Between refreshes ``h`` is kept.
+
+    Parametrization: this matches :func:`optax.contrib.sophia` (and Levanter) exactly
+    (``gamma``, ``eps``, ``clip_threshold``, bias-corrected :math:`m`, the refreshed
+    :math:`h` is used from the next step on, as in the authors' code, which refreshes
+    after the parameter step), so results agree with optax's given the same probes.
+    The paper's Algorithm 3 writes :math:`\max(\gamma h, \epsilon)` with
+    :math:`\gamma = 0.01` and does not bias-correct :math:`m`; the authors' code writes
+    the same ratio as ``m / (rho * h + eps)`` clipped to 1. At step 0 :math:`h = 0`,
+    so the first update is :math:`c \cdot \operatorname{sign}(m)` as in both. A
+    non-finite :math:`m` (from an inf or NaN gradient) is passed through unclipped, so
+    that it shows in the updates instead of becoming :math:`\pm c` forever.
+    Note the effective Hessian decay is about :math:`1 - (1 - b_2)/k`.
+
+    ``update`` needs ``params`` and the keyword extra argument
+    ``hvp_fn(params, v) -> H @ v`` (module docstring), or whatever extra arguments a
+    custom ``hessian_diagonal_fn`` needs.
+
+    Args:
+      b1: decay of the gradient EMA, in [0, 1).
+      b2: decay of the Hessian-diagonal EMA (per refresh), in [0, 1).
+      eps: floor of the denominator, > 0.
+      gamma: scale of the Hessian in the denominator (the paper's :math:`\gamma`), > 0.
+      clip_threshold: per-coordinate clip :math:`c` of the ratio, > 0; ``None`` for no
+        clipping.
+      update_interval: refresh the Hessian estimate every this many steps (Python int).
+      seed: seed of the Hutchinson probes (ignored with ``hessian_diagonal_fn``).
+      hessian_diagonal_fn: a transformation mapping (grads, state, params, **extra)
+        to a Hessian-diagonal estimate; default :func:`optlab.hutchinson_diag_hessian`.
+      mu_dtype: dtype of :math:`m`; default the parameter dtype.
+
+    Returns:
+      A ``GradientTransformationExtraArgs`` whose state is
+      :class:`ScaleBySophiaState`: step count, :math:`m`, :math:`h` (one copy of the
+      parameters each) and the estimator's state (a PRNG key).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum(jnp.array([1.0, 10.0]) * p["x"] ** 2)
+      >>> hvp_fn = lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1]
+      >>> tx = optax.chain(optlab.scale_by_sophia(b1=0.9),
+      ...                  optax.scale_by_learning_rate(0.02))
+      >>> @jax.jit
+      ... def step(params, state):
+      ...     grads = jax.grad(loss)(params)
+      ...     updates, state = tx.update(grads, state, params, hvp_fn=hvp_fn)
+      ...     return optax.apply_updates(params, updates), state
+      >>> params = {"x": jnp.array([1.0, 1.0])}
+      >>> state = tx.init(params)
+      >>> for _ in range(200):
+      ...     params, state = step(params, state)
+      >>> bool(loss(params) < 1e-4)
+      True
+
+    References:
+      Liu, Li, Hall, Liang and Ma, `Sophia: A Scalable Stochastic Second-order
+      Optimizer for Language Model Pre-training <https://arxiv.org/abs/2305.14342>`_,
+      2023.
+    """
+    name = "scale_by_sophia"
+    _base.check_decay(name, b1=b1, b2=b2)
+    _base.check_positive(name, eps=eps, gamma=gamma)
+    if clip_threshold is not None:
+        _base.check_positive(name, clip_threshold=clip_threshold)
+    _check_int_hparam(name, 1, update_interval=update_interval)
+    hessian_fn = _resolve_hessian_fn(name, hessian_diagonal_fn, seed)
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return ScaleBySophiaState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            nu=optax.tree.zeros_like(params),
+            hessian_state=hessian_fn.init(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        _base.require_params(params)
+        grads = updates
+        count_inc = optax.safe_increment(state.count)
+        mu = _cast_tree_like(optax.tree.update_moment(grads, state.mu, b1, 1), state.mu)
+        mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
+        ratio = _none_safe(lambda m, h: m / jnp.maximum(gamma * h, eps), mu_hat, state.nu)
+        if clip_threshold is not None:
+            # A non-finite momentum (from an inf/NaN gradient) stays visible instead of
+            # being clipped to +-c forever.
+            ratio = _none_safe(
+                lambda r, m: jnp.where(jnp.isfinite(m), jnp.clip(r, -clip_threshold,
+                                                                  clip_threshold), m),
+                ratio, mu_hat)
+
+        def refresh(hessian_state, nu):
+            diag, hessian_state = hessian_fn.update(grads, hessian_state, params, **extra_args)
+            nu_new = optax.tree.update_moment(diag, nu, b2, 1)
+            return hessian_state, _cast_tree_like(nu_new, nu)
+
+        hessian_state, nu = jax.lax.cond(
+            state.count % update_interval == 0,
+            refresh,
+            lambda h, n: (h, n),
+            state.hessian_state,
+            state.nu,
+        )
+        new_state = ScaleBySophiaState(count=count_inc, mu=mu, nu=nu, hessian_state=hessian_state)
+        return _cast_tree_like(ratio, updates), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# AdaHessian
+# ---------------------------------------------------------------------------
+
+
+class ScaleByAdaHessianState(NamedTuple):
+    """State for :func:`optlab.scale_by_adahessian`.
+
+    Attributes:
+      count: number of steps taken (int32 scalar).
+      mu: EMA of the gradients.
+      nu: EMA of the squared (spatially averaged) Hessian-diagonal estimates.
+      hessian_state: the estimator's state (a :class:`HutchinsonState` by default).
+    """
+
+    count: jax.Array  # shape=(), dtype=int32
+    mu: optax.Updates  # EMA of the gradients
+    nu: optax.Updates  # EMA of the squared (spatially averaged) Hessian-diagonal estimates
+    hessian_state: Any  # state of the Hessian-diagonal estimator (a PRNG key by default)
+
+
+def _spatial_average(d: jax.Array) -> jax.Array:
+    """Average |d| over the leading (spatial) axes of a rank >= 3 kernel, keep the shape."""
+    if d.ndim < 3:
+        return d
+    axes = tuple(range(d.ndim - 2))
+    d32 = jnp.abs(d.astype(jnp.promote_types(d.dtype, jnp.float32)))
+    return jnp.broadcast_to(jnp.mean(d32, axis=axes, keepdims=True), d.shape).astype(d.dtype)
+
+
+def scale_by_adahessian(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-4,
+    hessian_power: jax.typing.ArrayLike = 1.0,
+    *,
+    spatial_average: bool = True,
+    seed: int = 0,
+    hessian_diagonal_fn: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Rescales updates like Adam, with the squared Hessian diagonal as second moment.
+
+    With gradient :math:`g_t`, a Hessian-diagonal estimate :math:`D_t` computed at
+    every step (Hutchinson, :func:`optlab.hutchinson_diag_hessian`, by default) and
+    :math:`k` = ``hessian_power``:
+
+    .. math::
+      m_t = b_1 m_{t-1} + (1 - b_1) g_t, \qquad v_t = b_2 v_{t-1} + (1 - b_2) D_t^2, \\
+      u_t = \frac{m_t / (1 - b_1^t)}{\big(\sqrt{v_t / (1 - b_2^t)}\big)^{k} + \epsilon}.
+
+    Spatial averaging: with ``spatial_average=True``, for leaves of rank >= 3 (conv
+    kernels in Flax's ``(*spatial, in, out)`` layout) :math:`|D|` is averaged over the
+    leading ``ndim - 2`` (spatial) axes, as the paper does over the kernel window
+    (PyTorch's ``(out, in, kh, kw)`` averaged over ``kh, kw``). Leaves of rank <= 2 use
+    the raw estimate. ``hessian_power=0`` gives (bias-corrected) momentum SGD.
+
+    ``update`` needs ``params`` and the keyword extra argument
+    ``hvp_fn(params, v) -> H @ v`` (module docstring), called once per step.
+
+    Args:
+      b1: decay of the gradient EMA, in [0, 1).
+      b2: decay of the EMA of :math:`D^2`, in [0, 1).
+      eps: added to the denominator, > 0 (the paper uses 1e-4).
+      hessian_power: exponent :math:`k` of the denominator, in [0, 1].
+      spatial_average: average the estimate over spatial axes of rank >= 3 leaves.
+      seed: seed of the Hutchinson probes (ignored with ``hessian_diagonal_fn``).
+      hessian_diagonal_fn: a transformation returning a Hessian-diagonal estimate;
+        default :func:`optlab.hutchinson_diag_hessian`.
+
+    Returns:
+      A ``GradientTransformationExtraArgs`` whose state is
+      :class:`ScaleByAdaHessianState`: step count, :math:`m`, :math:`v` (one copy of
+      the parameters each) and the estimator's state (a PRNG key).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum(jnp.array([1.0, 10.0]) * p["x"] ** 2)
+      >>> hvp_fn = lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1]
+      >>> tx = optax.chain(optlab.scale_by_adahessian(), optax.scale_by_learning_rate(0.1))
+      >>> @jax.jit
+      ... def step(params, state):
+      ...     grads = jax.grad(loss)(params)
+      ...     updates, state = tx.update(grads, state, params, hvp_fn=hvp_fn)
+      ...     return optax.apply_updates(params, updates), state
+      >>> params = {"x": jnp.array([1.0, 1.0])}
+      >>> state = tx.init(params)
+      >>> for _ in range(100):
+      ...     params, state = step(params, state)
+      >>> bool(loss(params) < 1e-2)
+      True
+
+    References:
+      Yao, Gholami, Shen, Mustafa, Keutzer and Mahoney, `ADAHESSIAN: An Adaptive Second
+      Order Optimizer for Machine Learning <https://arxiv.org/abs/2006.00719>`_, 2021
+      (AAAI; arXiv 2020).
+    """
+    name = "scale_by_adahessian"
+    _base.check_decay(name, b1=b1, b2=b2)
+    _base.check_positive(name, eps=eps)
+    _base.check_unit_interval(name, hessian_power=hessian_power)
+    hessian_fn = _resolve_hessian_fn(name, hessian_diagonal_fn, seed)
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return ScaleByAdaHessianState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params),
+            nu=optax.tree.zeros_like(params),
+            hessian_state=hessian_fn.init(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        _base.require_params(params)
+        diag, hessian_state = hessian_fn.update(updates, state.hessian_state, params,
+                                                **extra_args)
+        if spatial_average:
+            diag = _none_safe(_spatial_average, diag)
+        count_inc = optax.safe_increment(state.count)
+        mu = _cast_tree_like(optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
+        nu = _cast_tree_like(optax.tree.update_moment(diag, state.nu, b2, 2), state.nu)
+        mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
+        nu_hat = optax.tree.bias_correction(nu, b2, count_inc)
+        new_updates = _none_safe(
+            lambda m, v: m / (jnp.sqrt(v) ** hessian_power + eps), mu_hat, nu_hat
+        )
+        new_state = ScaleByAdaHessianState(count=count_inc, mu=mu, nu=nu,
+                                           hessian_state=hessian_state)
+        return _cast_tree_like(new_updates, updates), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

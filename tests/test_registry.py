@@ -1,0 +1,133 @@
+"""The named-optimizer registry: ``optlab.available``, ``optlab.get``, ``optlab.describe``."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import optlab
+from helpers import fixed_params, quadratic_loss, run_optimizer, tree_allclose
+from optlab import _aliases, _registry
+
+NAMES = sorted(_aliases.__all__)
+
+
+def test_available_lists_every_named_optimizer_with_description_and_paper():
+    infos = optlab.available()
+    names = [i.name for i in infos]
+    assert names == sorted(names)
+    assert set(NAMES) <= set(names)
+    for info in infos:
+        assert info.description and not info.description.endswith(":"), info.name
+        assert re.search(r"\((19|20)\d\d\)$", info.paper), (info.name, info.paper)
+        line = str(info)
+        assert info.name in line and info.paper in line and "\n" not in line
+        assert optlab.get is not None and callable(info.factory)
+
+
+def test_description_defaults_to_first_docstring_line():
+    info = {i.name: i for i in optlab.available()}["adamw"]
+    assert info.description == optlab.adamw.__doc__.strip().splitlines()[0]
+    assert info.factory is optlab.adamw
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_get_builds_the_same_optimizer(name):
+    hvp_fn = lambda q, v: jax.jvp(jax.grad(quadratic_loss), (q,), (v,))[1]  # noqa: E731
+    extra = (lambda p: {"hvp_fn": hvp_fn}) if name in ("sophia", "adahessian") else None
+    params = fixed_params()
+    p1, _, _ = run_optimizer(optlab.get(name, learning_rate=1e-2), quadratic_loss, params, 2, extra)
+    p2, _, _ = run_optimizer(getattr(optlab, name)(1e-2), quadratic_loss, params, 2, extra)
+    tree_allclose(p1, p2, rtol=0, atol=0)
+
+
+def test_get_passes_keyword_hyperparameters():
+    tx = optlab.get("sgd", learning_rate=0.5, momentum=0.9)
+    params = {"x": jnp.array([1.0])}
+    updates, state = tx.update(params, tx.init(params), params)
+    updates, _ = tx.update(params, state, params)
+    assert float(updates["x"][0]) == pytest.approx(-0.5 * 1.9)
+
+
+def test_get_unknown_name_suggests_close_matches():
+    with pytest.raises(KeyError, match=r"unknown optimizer 'adamww'.*Did you mean 'adamw'"):
+        optlab.get("adamww", learning_rate=1e-3)
+    with pytest.raises(KeyError, match=r"'sophya'.*'sophia'.*optlab\.available\(\)"):
+        optlab.get("sophya", learning_rate=1e-3)
+    with pytest.raises(KeyError, match=r"unknown optimizer 'zzz'\. `optlab\.available\(\)`"):
+        optlab.get("zzz", learning_rate=1e-3)
+
+
+def test_register_twice_raises():
+    with pytest.raises(ValueError, match="registered twice"):
+        _registry.register_optimizer("adamw", paper="x (2020)")(lambda learning_rate: None)
+
+
+def _ratio(text: str) -> float:
+    return float(re.search(r"state bytes per parameter byte: ([0-9.]+)", text).group(1))
+
+
+def test_describe_adamw_prints_chain_and_two_copies_of_state(capsys):
+    text = optlab.describe("adamw")
+    assert capsys.readouterr().out.strip() == text
+    assert "adamw" in text and "Decoupled Weight Decay Regularization (2019)" in text
+    stages = re.findall(r"^\s+\d+\. (.+)$", text, flags=re.M)
+    assert stages == ["scale_by_adam", "add_decayed_weights", "scale_by_learning_rate"]
+    assert _ratio(text) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("name,kwargs,ratio", [
+    ("sgd", {}, 0.0),
+    ("sgd", {"momentum": 0.9}, 1.0),
+    ("amsgrad", {}, 3.0),
+    ("lion", {}, 1.0),
+    ("sinkgd", {}, 0.0),
+    ("sophia", {}, 2.0),
+    ("muon", {}, 1.0),  # momentum on the 256x256 matrix; AdamW's two copies only on the bias
+])
+def test_describe_state_ratio(name, kwargs, ratio):
+    assert _ratio(optlab.describe(name, **kwargs)) == pytest.approx(ratio, abs=0.01)
+
+
+def test_describe_adafactor_is_sublinear():
+    params = {"w": jax.ShapeDtypeStruct((512, 512), jnp.float32)}
+    assert _ratio(optlab.describe("adafactor", params=params)) < 0.01
+    assert _ratio(optlab.describe("adamw", params=params)) == pytest.approx(2.0)
+
+
+def test_describe_names_wrapped_and_nested_stages():
+    text = optlab.describe("cautious_adamw")
+    assert "cautious(scale_by_adam)" in text
+    assert "radial_projection(scale_by_adam)" in optlab.describe("adamp")
+    assert "scale_by_sophia(hutchinson_diag_hessian)" in optlab.describe("sophia")
+    muon = optlab.describe("muon")
+    assert "partition(" in muon and "orthogonalize" in muon and "scale_by_muon_shape" in muon
+    lars = optlab.describe("lars", trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    assert "masked(scale_by_trust_ratio)" in lars
+
+
+def test_describe_transformation_and_bf16_params():
+    tx = optlab.adamw(1e-3, mu_dtype=jnp.bfloat16)
+    params = {"w": jax.ShapeDtypeStruct((64, 64), jnp.float32)}
+    assert _ratio(optlab.describe(tx, params=params)) == pytest.approx(1.5, abs=0.01)
+    plain = optlab.describe(optax.sgd(0.1, momentum=0.9), params=params)
+    assert "transform: chain" in plain and _ratio(plain) == pytest.approx(1.0)
+    text = optlab.describe(optlab.scale_by_sophia())
+    assert "transform: scale_by_sophia(hutchinson_diag_hessian)" in text
+
+
+def test_named_chain_and_label():
+    tx = _registry.named_chain(
+        _registry.label("my stage", optax.scale(2.0)),
+        _registry.named_chain(optlab.scale_by_lion(), optlab.add_decayed_weights(0.1)),
+    )
+    text = optlab.describe(tx)
+    assert "1. my stage" in text
+    assert "2. chain(scale_by_lion, add_decayed_weights)" in text
+    params = {"x": jnp.ones(3)}
+    updates, _ = tx.update(params, tx.init(params), params)  # still an optax.chain
+    tree_allclose(updates, {"x": jnp.full(3, 1.1)})
