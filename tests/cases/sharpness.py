@@ -1,0 +1,147 @@
+"""Sharpness-aware family: every factory wraps an inner ``optax.sgd(0.1)`` and needs ``grad_fn``
+(except the two-call mode, which takes one gradient per call).
+
+The factories are ``functools.partial`` objects rather than ``lambda **kw`` so that
+``optax.inject_hyperparams`` can read their signature; ``mask`` callables are static
+(inject would otherwise treat a callable as a schedule).
+"""
+
+import functools
+
+import hypothesis.strategies as st
+import jax
+import optax
+
+import optlab
+from helpers import Case, register_not_transform
+
+register_not_transform(
+    "sam_policy",
+    "asam_policy",
+    "fisher_policy",
+    "gsam_policy",
+    "looksam_policy",
+    "multistep_policy",
+    "random_policy",
+    "unnormalized_policy",
+    "norm_layer_mask",
+    "sharpness_diagnostics",
+)
+
+GRAD_FN = ("grad_fn",)
+RHO = dict(rho=st.floats(0.0, 0.5))
+
+
+def _wrap(name, inner=None):
+    return functools.partial(getattr(optlab, name), inner or optax.sgd(0.1))
+
+
+def _vectors_only(params):
+    return jax.tree.map(lambda x: x.ndim <= 1, params)
+
+
+CASES = [
+    Case(
+        "sharpness_aware",
+        factory=functools.partial(optlab.sharpness_aware, optax.sgd(0.1), optlab.gsam_policy(0.2)),
+        kwargs=dict(rho=0.05),
+        hparams=RHO,
+        extra_args=GRAD_FN,
+    ),
+    Case("sam", factory=_wrap("sam"), kwargs=dict(rho=0.05), hparams=RHO, extra_args=GRAD_FN),
+    Case(
+        "sam",
+        id="adam",
+        factory=_wrap("sam", optax.adam(1e-2)),
+        kwargs=dict(rho=0.05),
+        hparams=RHO,
+        extra_args=GRAD_FN,
+    ),
+    Case("sam", id="two_call", factory=_wrap("sam"), kwargs=dict(rho=0.05, mode="two_call"),
+         hparams=RHO),
+    Case(
+        "asam",
+        factory=_wrap("asam"),
+        kwargs=dict(rho=0.5, eta=0.01),
+        hparams=dict(rho=st.floats(0.0, 1.0), eta=st.floats(0.0, 0.1)),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "gsam",
+        factory=_wrap("gsam"),
+        kwargs=dict(rho=0.05, alpha=0.1),
+        hparams=dict(**RHO, alpha=st.floats(0.0, 1.0)),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "fisher_sam",
+        factory=_wrap("fisher_sam"),
+        kwargs=dict(rho=0.1, eta=1.0),
+        hparams=dict(**RHO, eta=st.floats(0.0, 2.0)),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "masked_sam",
+        factory=_wrap("masked_sam"),
+        kwargs=dict(rho=0.05, mask=_vectors_only),
+        hparams=RHO,
+        static_args=("mask",),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "masked_sam",
+        id="sam_on",
+        factory=_wrap("masked_sam"),
+        kwargs=dict(rho=0.05),
+        hparams=RHO,
+        static_args=("mask",),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "looksam",
+        factory=_wrap("looksam"),
+        kwargs=dict(rho=0.05, k=2, alpha=0.7),
+        hparams=dict(**RHO, alpha=st.floats(0.0, 1.0)),
+        static_args=("k",),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "looksam",
+        id="two_call",
+        factory=_wrap("looksam"),
+        kwargs=dict(rho=0.05, k=2, alpha=0.7, mode="two_call"),
+        hparams=RHO,
+        static_args=("k",),
+    ),
+    Case(
+        "multistep_sam",
+        factory=_wrap("multistep_sam"),
+        kwargs=dict(rho=0.05, num_steps=2, step_size=0.03),
+        hparams=dict(**RHO, step_size=st.floats(0.01, 0.1)),
+        static_args=("num_steps",),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "multistep_sam",
+        id="two_call",
+        factory=_wrap("multistep_sam"),
+        kwargs=dict(rho=0.05, num_steps=2, mode="two_call"),
+        hparams=RHO,
+        static_args=("num_steps",),
+    ),
+    Case(
+        "random_sam",
+        factory=_wrap("random_sam"),
+        kwargs=dict(rho=0.05, seed=0),
+        hparams=RHO,
+        static_args=("seed",),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "unnormalized_sam",
+        factory=_wrap("unnormalized_sam"),
+        kwargs=dict(rho=0.05),
+        hparams=RHO,
+        extra_args=GRAD_FN,
+    ),
+]
