@@ -173,6 +173,7 @@ def swa(
     tx = optax.with_extra_args_support(tx)
 
     def init_fn(params):
+        _base.check_float_tree("swa", params)
         return SWAState(
             inner_state=tx.init(params),
             count=jnp.zeros([], jnp.int32),
@@ -392,6 +393,7 @@ def ema_params(
         return jnp.clip(d, 0.0, 1.0)
 
     def init_fn(params):
+        _base.check_float_tree("ema_params", params)
         return EMAParamsState(
             inner_state=tx.init(params),
             count=jnp.zeros([], jnp.int32),
@@ -517,6 +519,7 @@ def bema(
     tx = optax.with_extra_args_support(tx)
 
     def init_fn(params):
+        _base.check_float_tree("bema", params)
         return BEMAState(
             inner_state=tx.init(params),
             count=jnp.zeros([], jnp.int32),
@@ -629,6 +632,7 @@ def lawa(
     tx = optax.with_extra_args_support(tx)
 
     def init_fn(params):
+        _base.check_float_tree("lawa", params)
         return LAWAState(
             inner_state=tx.init(params),
             count=jnp.zeros([], jnp.int32),
@@ -730,6 +734,7 @@ def switch_ema(
     tx = optax.with_extra_args_support(tx)
 
     def init_fn(params):
+        _base.check_float_tree("switch_ema", params)
         return SwitchEMAState(
             inner_state=tx.init(params),
             count=jnp.zeros([], jnp.int32),
@@ -835,6 +840,7 @@ def lookahead(
     tx = optax.with_extra_args_support(tx)
 
     def init_fn(params):
+        _base.check_float_tree("lookahead", params)
         return LookaheadState(
             inner_state=tx.init(params),
             count=jnp.zeros([], jnp.int32),

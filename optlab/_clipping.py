@@ -133,6 +133,7 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransfo
     _base.check_positive("clip_by_global_norm", max_norm=max_norm)
 
     def init_fn(params):
+        _base.check_float_tree("clip_by_global_norm", params)
         del params
         return optax.EmptyState()
 
@@ -204,6 +205,7 @@ def clip_by_leaf_norm(
         return g * _clip_factor(jnp.sqrt(_sq_norm(g)), c).astype(jnp.result_type(g))
 
     def init_fn(params):
+        _base.check_float_tree("clip_by_leaf_norm", params)
         del params
         return optax.EmptyState()
 
@@ -271,6 +273,7 @@ def clip_by_value(max_delta: jax.typing.ArrayLike) -> optax.GradientTransformati
     _base.check_positive("clip_by_value", max_delta=max_delta)
 
     def init_fn(params):
+        _base.check_float_tree("clip_by_value", params)
         del params
         return optax.EmptyState()
 
@@ -472,6 +475,7 @@ def clip_by_quantile(
     _base.check_int("clip_by_quantile", window=window, warmup_steps=warmup_steps)
 
     def init_fn(params):
+        _base.check_float_tree("clip_by_quantile", params)
         del params
         return ClipByQuantileState(
             count=jnp.zeros([], jnp.int32), norms=jnp.zeros([window], jnp.float32)
@@ -646,6 +650,7 @@ def clip_by_zscore(
     _base.check_int("clip_by_zscore", warmup_steps=warmup_steps)
 
     def init_fn(params):
+        _base.check_float_tree("clip_by_zscore", params)
         del params
         zero = jnp.zeros([], jnp.float32)
         return ClipByZScoreState(count=jnp.zeros([], jnp.int32), mean=zero, var=zero)

@@ -80,6 +80,41 @@ def _reduction_axes(fn_name: str, ndim: int, channel_axis: int) -> tuple[int, ..
     return tuple(i for i in range(ndim) if i != keep)
 
 
+def _explicit_sharding(x: jax.Array) -> Any:
+    """The sharding of ``x`` if its type shards an axis over an explicit mesh axis, else None.
+
+    Only arrays in jax's explicit sharding mode (``AxisType.Explicit``, sharding in types)
+    qualify; in the default mode this is None and callers do nothing.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    explicit = set(getattr(getattr(sharding, "mesh", None), "explicit_axes", ()) or ())
+    if not spec or not explicit:
+        return None
+    used = set()
+    for entry in spec:
+        if entry is None:
+            continue
+        used.update(entry if isinstance(entry, tuple) else (entry,))
+    return sharding if used & explicit else None
+
+
+def _per_leaf_replicated(f, x: jax.Array) -> jax.Array:
+    """``f(x)`` on a replicated copy of an explicitly sharded ``x``, resharded back.
+
+    Newton-Schulz contracts sharded axes and the kernel view reshapes them, which explicit
+    sharding rejects; a single matrix is small, so it is gathered (as Muon implementations
+    do), transformed, and returned with the sharding of ``x``. In the default sharding mode
+    this is just ``f(x)`` (XLA picks the layout).
+    """
+    sharding = _explicit_sharding(x)
+    if sharding is None:
+        return f(x)
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    y = f(jax.sharding.reshard(x, replicated))
+    return jax.sharding.reshard(y, sharding)
+
+
 def _as_matrix(x: jax.Array) -> jax.Array:
     """View a rank > 2 kernel ``(..., in, out)`` as ``(prod(...) * in, out)``."""
     return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
@@ -200,7 +235,13 @@ def scale_by_sign() -> optax.GradientTransformationExtraArgs:
       Bernstein and Newhouse, `Old Optimizer, New Norm: An Anthology
       <https://arxiv.org/abs/2409.20325>`_, 2024
     """
-    return optax.with_extra_args_support(optax.scale_by_sign())
+    inner = optax.with_extra_args_support(optax.scale_by_sign())
+
+    def init_fn(params):
+        _base.check_float_tree("scale_by_sign", params)
+        return inner.init(params)
+
+    return optax.GradientTransformationExtraArgs(init_fn, inner.update)
 
 
 # ---------------------------------------------------------------------------
@@ -315,10 +356,11 @@ def orthogonalize(
             return u
         # float32 (at least); bfloat16 leaves iterate in bfloat16, as Muon does.
         x = u if u.dtype == jnp.bfloat16 else _acc(u)
-        if u.ndim > 2:
-            x = _as_matrix(x)
-        x = _newton_schulz(x, coeffs, ns_steps, eps)
-        return x.reshape(u.shape).astype(u.dtype)
+
+        def ns(x):
+            return _newton_schulz(_as_matrix(x), coeffs, ns_steps, eps).reshape(x.shape)
+
+        return _per_leaf_replicated(ns, x).astype(u.dtype)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -415,7 +457,7 @@ def sinkhorn_normalize(
         if u.ndim == 2:
             x = _sinkhorn(x)
         elif u.ndim > 2 and other_ranks == "reshape":
-            x = _sinkhorn(_as_matrix(x)).reshape(u.shape)
+            x = _per_leaf_replicated(lambda x: _sinkhorn(_as_matrix(x)).reshape(x.shape), x)
         else:
             x = _rms_normalize(x)
         return x.astype(u.dtype)

@@ -507,3 +507,11 @@ def test_missing_params_raises():
     params = fixed_params()
     with pytest.raises(ValueError, match="params"):
         tx.update(params, tx.init(params))
+
+
+@pytest.mark.parametrize("name", ["swa", "ema_params", "bema", "lawa", "switch_ema", "lookahead"])
+def test_integer_params_raise(name):
+    # Integer averages would silently truncate: the wrapper rejects them before the inner init.
+    tx = getattr(optlab, name)(optax.sgd(0.1))
+    with pytest.raises(TypeError, match=f"optlab.{name}`.*floating point"):
+        tx.init({"w": jnp.ones(3), "i": jnp.arange(3, dtype=jnp.int32)})

@@ -581,7 +581,11 @@ def test_bad_hyperparameters_raise(factory, kwargs, param, exc):
         factory(**kwargs)
 
 
-@pytest.mark.parametrize("name", ["centered_clip", "scale_by_clipped_adagrad"])
+@pytest.mark.parametrize(
+    "name",
+    ["centered_clip", "scale_by_clipped_adagrad", "clip_by_global_norm", "clip_by_leaf_norm",
+     "clip_by_value", "clip_by_quantile", "clip_by_zscore"],
+)
 def test_param_shaped_state_needs_float_params(name):
     with pytest.raises(TypeError, match=f"{name}.*floating"):
         TRANSFORMS[name]().init({"w": jnp.ones(3, jnp.int32)})

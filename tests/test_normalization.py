@@ -645,9 +645,36 @@ def test_channel_axis_out_of_range_raises(tx):
 @pytest.mark.parametrize(
     "tx",
     [optlab.normalize_by_leaf_norm(), optlab.orthogonalize(), optlab.scale_by_trust_ratio(),
-     optlab.add_decayed_weights(0.1)],
-    ids=["leaf_norm", "orthogonalize", "trust_ratio", "add_decayed_weights"],
+     optlab.add_decayed_weights(0.1), optlab.scale_by_sign()],
+    ids=["leaf_norm", "orthogonalize", "trust_ratio", "add_decayed_weights", "sign"],
 )
 def test_integer_params_raise(tx):
     with pytest.raises(TypeError, match="floating point"):
         tx.init({"w": jnp.ones((2, 2), jnp.int32)})
+
+
+@pytest.mark.parametrize(
+    "tx",
+    [optlab.orthogonalize(), optlab.orthogonalize(other_ranks="reshape"),
+     optlab.sinkhorn_normalize(other_ranks="reshape")],
+    ids=["orthogonalize", "orthogonalize-reshape", "sinkhorn-reshape"],
+)
+def test_explicit_sharding_traces_and_keeps_shardings(tx):
+    # Sharding in types (AxisType.Explicit) rejects matmuls contracting a sharded axis and
+    # reshapes merging sharded axes; the matrices are gathered per leaf and resharded back.
+    # A 1 x 1 mesh is enough to exercise the type rules (tests/test_sharding.py uses 8 devices).
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((1, 1), ("x", "y"), axis_types=(AxisType.Explicit,) * 2,
+                         devices=jax.devices()[:1])
+    specs = {"w": P("x", "y"), "k": P(None, "y", "x")}
+    g = {"w": jax.random.normal(jax.random.key(0), (4, 3)),
+         "k": jax.random.normal(jax.random.key(1), (2, 4, 3))}
+    want, _ = jax.jit(tx.update)(g, tx.init(g))
+    with jax.sharding.set_mesh(mesh):
+        sharded = {n: jax.device_put(x, NamedSharding(mesh, specs[n])) for n, x in g.items()}
+        got, _ = jax.jit(tx.update)(sharded, tx.init(sharded))
+        for name, spec in specs.items():
+            assert jax.typeof(got[name]).sharding.spec == spec
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
