@@ -94,9 +94,11 @@ def _upcast_fields(state: Any, updates: Any, fields: tuple[str, ...]) -> Any:
 
 
 def _wrap_optax(
+    fn_name: str,
     inner: optax.GradientTransformation,
     init_cast: Callable[[Any], Any] | None = None,
     moment_fields: tuple[str, ...] = (),
+    post: Callable[[Any, Any], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Re-export an optax transform: extra args ignored, dtypes of state and updates kept.
 
@@ -104,10 +106,13 @@ def _wrap_optax(
     ``nu_dtype``); every later state is cast back to the dtypes of the state it
     replaces, so the layout never changes, and updates keep the dtype of the
     incoming gradients. ``moment_fields`` are upcast before the update (see
-    :func:`_upcast_fields`).
+    :func:`_upcast_fields`). ``post(updates, new_state)``, when given, rewrites the
+    inner updates before they are cast. ``init`` rejects integer params (``fn_name``
+    is the public name used in the message).
     """
 
     def init_fn(params):
+        _base.check_float_tree(fn_name, params)
         state = inner.init(params)
         return init_cast(state) if init_cast is not None else state
 
@@ -115,9 +120,24 @@ def _wrap_optax(
         del extra_args
         work_state = _upcast_fields(state, updates, moment_fields) if moment_fields else state
         new_updates, new_state = inner.update(updates, work_state, params)
+        if post is not None:
+            new_updates = post(new_updates, new_state)
         return _cast_like(new_updates, updates), _cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _visible_nonfinite(direction: Any, momentum: Any) -> Any:
+    """Where ``momentum`` is NaN/inf, return it instead of the (finite) ``direction``.
+
+    A sign of an infinite momentum is a finite +-1 step forever; returning the
+    momentum itself keeps the corruption visible in the updates.
+    """
+
+    def leaf(d, m):
+        return jnp.where(jnp.isfinite(m), d, m.astype(d.dtype))
+
+    return _map(leaf, direction, momentum)
 
 
 # ---------------------------------------------------------------------------
@@ -167,6 +187,7 @@ def scale_by_momentum(
     """
     _base.check_decay("scale_by_momentum", b1=b1)
     return _wrap_optax(
+        "scale_by_momentum",
         optax.trace(decay=b1, nesterov=nesterov, accumulator_dtype=accumulator_dtype),
         moment_fields=("trace",),
     )
@@ -279,7 +300,9 @@ def scale_by_adam(
             fields["nu_max"] = optax.tree.cast(state.nu_max, nu_dtype)
         return state._replace(**fields)
 
-    return _wrap_optax(inner, init_cast, ("mu", "nu", "nu_max") if amsgrad else ("mu", "nu"))
+    return _wrap_optax(
+        name, inner, init_cast, ("mu", "nu", "nu_max") if amsgrad else ("mu", "nu")
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -350,6 +373,7 @@ def scale_by_diffgrad(
     adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
 
     def init_fn(params):
+        _base.check_float_tree(name, params)
         return ScaleByDiffGradState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params),
@@ -515,6 +539,7 @@ def scale_by_ademamix(
     mu_dtype = _canonical_dtype(mu_dtype)
 
     def init_fn(params):
+        _base.check_float_tree(name, params)
         return ScaleByAdEMAMixState(
             count=jnp.zeros([], jnp.int32),
             m1=optax.tree.zeros_like(params, dtype=mu_dtype),
@@ -630,6 +655,7 @@ def mars_correction(
         _base.check_positive(name, max_norm=max_norm)
 
     def init_fn(params):
+        _base.check_float_tree(name, params)
         return MarsCorrectionState(prev_grad=optax.tree.zeros_like(params))
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -723,6 +749,7 @@ def with_grad_sign(
     sign_factor = 1.0 if inner_is_direction else -1.0
 
     def init_fn(params):
+        _base.check_float_tree("with_grad_sign", params)
         return WithGradSignState(inner_state=inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -788,17 +815,24 @@ def cautious(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
+        _base.check_float_tree("cautious", params)
         return CautiousState(inner_state=inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         u, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
 
         def mask_leaf(u_leaf, g):
-            prod = u_leaf.astype(jnp.float32) * g.astype(jnp.float32)
+            u32, g32 = u_leaf.astype(jnp.float32), g.astype(jnp.float32)
+            prod = u32 * g32
             agree = (prod > 0) if inner_is_direction else (prod < 0)
             kept = jnp.sum(agree.astype(jnp.float32)) / max(agree.size, 1)
-            scaled = u_leaf.astype(jnp.float32) / jnp.maximum(kept, eps)
-            return jnp.where(agree, scaled, 0.0).astype(u_leaf.dtype)
+            scaled = u32 / jnp.maximum(kept, eps)
+            # NaN/inf must stay visible: the mask is False for NaN, which would hide it.
+            # Keep the inner update there (NaN too where only the gradient is non-finite).
+            bad = ~(jnp.isfinite(u32) & jnp.isfinite(g32))
+            return jnp.where(bad, u32 + 0.0 * g32, jnp.where(agree, scaled, 0.0)).astype(
+                u_leaf.dtype
+            )
 
         return _map(mask_leaf, u, updates), CautiousState(inner_state=inner_state)
 
@@ -888,6 +922,7 @@ def scale_by_optimistic_amsgrad(
     _base.check_nonnegative(name, eps=eps)
 
     def init_fn(params):
+        _base.check_float_tree(name, params)
         zeros = lambda: optax.tree.zeros_like(params)
         return ScaleByOptimisticAMSGradState(
             count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros(), nu_max=zeros(), hint=zeros()
@@ -963,8 +998,10 @@ def scale_by_lion(
     """
     _base.check_decay("scale_by_lion", b1=b1, b2=b2)
     return _wrap_optax(
+        "scale_by_lion",
         optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=_canonical_dtype(mu_dtype)),
         moment_fields=("mu",),
+        post=lambda u, new_state: _visible_nonfinite(u, new_state.mu),
     )
 
 
@@ -1011,12 +1048,16 @@ def scale_by_signum(b1: jax.typing.ArrayLike = 0.9) -> optax.GradientTransformat
     _base.check_decay("scale_by_signum", b1=b1)
 
     def init_fn(params):
+        _base.check_float_tree("scale_by_signum", params)
         return ScaleBySignumState(mu=optax.tree.zeros_like(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-        new_updates = _map(lambda g, m: jnp.sign(m).astype(g.dtype), updates, mu)
+        # Where the momentum is NaN/inf its sign would be a finite step forever: return it.
+        new_updates = _map(
+            lambda g, m: jnp.where(jnp.isfinite(m), jnp.sign(m), m).astype(g.dtype), updates, mu
+        )
         return new_updates, _cast_like(ScaleBySignumState(mu=mu), state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -1092,13 +1133,17 @@ def scale_by_adafactor(
         **kwargs,
     )
 
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return inner.init(params)
+
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _base.require_params(params)
         new_updates, new_state = inner.update(updates, state, params)
         return _cast_like(new_updates, updates), _cast_like(new_state, state)
 
-    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -1122,7 +1167,8 @@ class ScaleBySGDSaIState(NamedTuple):
 
 def _gsnr(g: jax.Array, eps: Any) -> jax.Array:
     """g-SNR of one leaf: ``||g|| / (std(g) + eps)``, or ``||g||`` when ``std(g) == 0``."""
-    g32 = g.astype(jnp.float32).ravel()
+    # Full reductions only (no reshape): traces with explicitly sharded leaves.
+    g32 = g.astype(jnp.float32)
     n = g32.size
     norm = jnp.sqrt(jnp.sum(g32 * g32))
     if n <= 1:  # torch's unbiased std of one element is NaN, replaced by 0
@@ -1186,6 +1232,7 @@ def scale_by_sgd_sai(
     _base.check_nonnegative(name, eps=eps)
 
     def init_fn(params):
+        _base.check_float_tree(name, params)
         return ScaleBySGDSaIState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params),
@@ -1194,6 +1241,8 @@ def scale_by_sgd_sai(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
+        # A clear error instead of lax.cond's "branch outputs" structure mismatch.
+        _base.check_same_structure(name, updates, state.mu, "updates", "params")
         first = state.count == 0
         # Computed only on the first step (a real branch on accelerators).
         scale = jax.lax.cond(

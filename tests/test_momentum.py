@@ -809,3 +809,96 @@ def test_tuple_trees_give_the_same_updates_as_dicts(name):
     from_dict, _ = _trajectory(ALL_TRANSFORMS[name](), gs, params)
     from_tuple, _ = _trajectory(ALL_TRANSFORMS[name](), as_tuple(gs), as_tuple(params))
     tree_allclose(as_tuple(from_dict), from_tuple, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: non-finite gradients stay visible, integer params, tree mismatch
+# ---------------------------------------------------------------------------
+
+
+def _two_steps_with_bad_first(tx, bad, good=None):
+    """Step 1: gradient with ``bad`` in entry 0; step 2: a finite gradient. Both updates."""
+    g_bad = jnp.array([bad, 1.0, -2.0], jnp.float32)
+    g_good = jnp.array([0.5, 1.0, -2.0], jnp.float32) if good is None else good
+    params = jnp.zeros(3, jnp.float32)
+    state = tx.init(params)
+    u1, state = tx.update(g_bad, state, params)
+    u2, state = tx.update(g_good, state, params)
+    return u1, u2
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optlab.scale_by_lion(),
+        lambda: optlab.scale_by_signum(0.9),
+        lambda: optlab.cautious(optax.sgd(0.1, momentum=0.9)),
+        lambda: optlab.cautious(optlab.scale_by_signum(0.9), inner_is_direction=True),
+    ],
+    ids=["lion", "signum", "cautious", "cautious_direction"],
+)
+def test_nonfinite_gradient_stays_visible_in_this_and_next_update(make, bad):
+    u1, u2 = _two_steps_with_bad_first(make(), bad)
+    # The poisoned entry is non-finite in both updates (the momentum stays non-finite),
+    # not a finite sign / masked zero; the finite entries of step 1 are left alone.
+    assert not np.isfinite(np.asarray(u1)[0]) and not np.isfinite(np.asarray(u2)[0])
+    assert np.all(np.isfinite(np.asarray(u1)[1:]))
+
+
+def test_signum_and_lion_keep_sign_of_finite_momentum_after_fix():
+    g = jnp.array([0.3, -2.0, 0.0])
+    for tx in (optlab.scale_by_lion(), optlab.scale_by_signum(0.9)):
+        d, _ = tx.update(g, tx.init(g))
+        np.testing.assert_array_equal(np.asarray(d), [1.0, -1.0, 0.0])
+
+
+def test_cautious_finite_inner_update_with_nan_gradient_is_nan():
+    # The inner update ignores the gradient's value (constant direction): the NaN gradient
+    # must still show up instead of a mask that is False for NaN.
+    const = optax.GradientTransformation(
+        lambda p: optax.EmptyState(), lambda u, s, p=None: (jax.tree.map(jnp.ones_like, u), s)
+    )
+    tx = optlab.cautious(const, inner_is_direction=True)
+    u, _ = tx.update(jnp.array([np.nan, 1.0]), tx.init(jnp.zeros(2)), jnp.zeros(2))
+    # Entry 1 agrees and is rescaled by 1 / kept fraction (1 of 2 entries agree).
+    assert np.isnan(np.asarray(u)[0]) and np.asarray(u)[1] == 2.0
+
+
+_ALL_FACTORIES = {
+    "scale_by_momentum": lambda: optlab.scale_by_momentum(),
+    "scale_by_adam": lambda: optlab.scale_by_adam(),
+    "scale_by_diffgrad": lambda: optlab.scale_by_diffgrad(),
+    "scale_by_ademamix": lambda: optlab.scale_by_ademamix(),
+    "mars_correction": lambda: optlab.mars_correction(),
+    "with_grad_sign": lambda: optlab.with_grad_sign(optlab.scale_by_adam()),
+    "cautious": lambda: optlab.cautious(optax.adam(1e-3)),
+    "scale_by_optimistic_amsgrad": lambda: optlab.scale_by_optimistic_amsgrad(),
+    "scale_by_lion": lambda: optlab.scale_by_lion(),
+    "scale_by_signum": lambda: optlab.scale_by_signum(),
+    "scale_by_adafactor": lambda: optlab.scale_by_adafactor(),
+    "scale_by_sgd_sai": lambda: optlab.scale_by_sgd_sai(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ALL_FACTORIES))
+def test_integer_params_raise_type_error_at_init(name):
+    params = {"w": jnp.ones(3, jnp.float32), "steps": jnp.arange(3, dtype=jnp.int32)}
+    with pytest.raises(TypeError, match=rf"optlab\.{name}`.*params.*int32"):
+        _ALL_FACTORIES[name]().init(params)
+
+
+def test_sgd_sai_mismatched_gradient_tree_names_both_trees():
+    tx = optlab.scale_by_sgd_sai()
+    params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"optlab\.scale_by_sgd_sai.*`updates`.*`params`.*tree"):
+        tx.update({"a": jnp.ones(3)}, state, params)
+
+
+def test_sgd_sai_gsnr_of_a_matrix_equals_flattened():
+    g = jnp.arange(12.0).reshape(3, 4) ** 1.5
+    flat = g.ravel()
+    std = np.std(np.asarray(flat), ddof=1)
+    expected = np.linalg.norm(np.asarray(flat)) / (std + 1e-8)
+    np.testing.assert_allclose(float(_momentum._gsnr(g, 1e-8)), expected, rtol=1e-6)
