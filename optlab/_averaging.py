@@ -110,7 +110,14 @@ def _inner_update(tx, updates, inner_state, params, extra_args):
 
 
 class SWAState(NamedTuple):
-    """State for :func:`optlab.swa`."""
+    """State for :func:`optlab.swa`.
+
+    Attributes:
+      inner_state: state of the wrapped optimizer
+      count: shape=(), int32: number of `update` calls so far
+      n_averaged: shape=(), int32: number of sampled iterates in `mean`
+      mean: running mean of the sampled iterates (the initial params before the first)
+    """
 
     inner_state: Any  # state of the wrapped optimizer
     count: jax.Array  # shape=(), int32: number of `update` calls so far
@@ -295,7 +302,14 @@ def swa_schedule(
 
 
 class EMAParamsState(NamedTuple):
-    """State for :func:`optlab.ema_params`."""
+    """State for :func:`optlab.ema_params`.
+
+    Attributes:
+      inner_state: state of the wrapped optimizer
+      count: shape=(), int32: number of `update` calls so far
+      ema: the (debiased, if `debias`) EMA of the iterates; initial params before step 1
+      decay_product: shape=(), float32: prod_s decay_s (stays 0 when debias=False)
+    """
 
     inner_state: Any  # state of the wrapped optimizer
     count: jax.Array  # shape=(), int32: number of `update` calls so far
@@ -427,7 +441,15 @@ def ema_params(
 
 
 class BEMAState(NamedTuple):
-    """State for :func:`optlab.bema`."""
+    """State for :func:`optlab.bema`.
+
+    Attributes:
+      inner_state: state of the wrapped optimizer
+      count: shape=(), int32: number of `update` calls so far
+      theta0: the snapshot theta_0 (initial params, refreshed during burn-in)
+      ema: the EMA with the power-law weights beta_t
+      bema: the bias-corrected average ema + alpha_t (x_t - theta0), for evaluation
+    """
 
     inner_state: Any  # state of the wrapped optimizer
     count: jax.Array  # shape=(), int32: number of `update` calls so far
@@ -570,7 +592,15 @@ def bema(
 
 
 class LAWAState(NamedTuple):
-    """State for :func:`optlab.lawa`."""
+    """State for :func:`optlab.lawa`.
+
+    Attributes:
+      inner_state: state of the wrapped optimizer
+      count: shape=(), int32: number of `update` calls so far
+      next_slot: shape=(), int32: ring-buffer slot the next sample overwrites
+      n_filled: shape=(), int32: number of filled slots, min(samples, k)
+      buffer: each leaf has shape (k, *param.shape): the last k sampled iterates
+    """
 
     inner_state: Any  # state of the wrapped optimizer
     count: jax.Array  # shape=(), int32: number of `update` calls so far
@@ -682,7 +712,13 @@ def _lawa_mean(state: LAWAState) -> Any:
 
 
 class SwitchEMAState(NamedTuple):
-    """State for :func:`optlab.switch_ema`."""
+    """State for :func:`optlab.switch_ema`.
+
+    Attributes:
+      inner_state: state of the wrapped optimizer
+      count: shape=(), int32: number of `update` calls so far
+      ema: EMA of the iterates, started at the initial params
+    """
 
     inner_state: Any  # state of the wrapped optimizer
     count: jax.Array  # shape=(), int32: number of `update` calls so far
@@ -769,7 +805,13 @@ def switch_ema(
 
 
 class LookaheadState(NamedTuple):
-    """State for :func:`optlab.lookahead` (not ``optax.LookaheadState``)."""
+    """State for :func:`optlab.lookahead` (not ``optax.LookaheadState``).
+
+    Attributes:
+      inner_state: state of the wrapped (fast) optimizer
+      count: shape=(), int32: number of `update` calls so far
+      slow: the slow weights
+    """
 
     inner_state: Any  # state of the wrapped (fast) optimizer
     count: jax.Array  # shape=(), int32: number of `update` calls so far
