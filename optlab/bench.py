@@ -1,0 +1,475 @@
+"""The main job: optlab's named optimizers on scikit-learn's bundled digits data.
+
+Run it with::
+
+    python3 -m pip install -e ".[bench]" && python3 -m optlab.bench
+
+It trains a small Flax NNX MLP classifier (64 -> 128 -> 128 -> 10, ReLU) on
+:func:`sklearn.datasets.load_digits` (1,797 8x8 images shipped inside scikit-learn, no
+download; a fixed stratified 75/25 train/test split) with each chosen optimizer over
+several seeds, then
+
+* prints a table: optimizer, learning rate, final test accuracy (mean +- std over
+  seeds), final training loss, steps per second, compile time, and the optimizer's
+  state bytes per parameter byte;
+* writes the table as markdown and a plot of the mean training-loss curves (PNG).
+
+Each seed changes the initialization and the mini-batch order; the split is fixed.
+All seeds of one optimizer train at once: the train step is ``jax.vmap``-ed over the
+seeds, ``lax.scan``-ed over a chunk of steps and compiled once per optimizer. One
+"step" in the steps/s column therefore updates every seed's model once; compile time
+is measured separately (ahead-of-time ``lower().compile()``) and excluded.
+
+Names accepted by ``--optimizers`` are those of :func:`optlab.available` plus
+``sam-<name>``: ``optlab.sam(optlab.get(<name>, ...), rho=0.05)``, sharpness-aware
+minimization around any named optimizer (it receives the mini-batch gradient
+function as the ``grad_fn`` extra argument of ``update``). Every optimizer is also
+given ``value`` and ``hvp_fn``, so optimizers that need a Hessian-vector product
+(Sophia, AdaHessian) run too; optimizers that do not use them ignore them.
+
+Flags: ``--optimizers``, ``--seeds``, ``--steps``, ``--batch-size``, ``--lr``
+(per-optimizer overrides, ``name=value,...``), ``--out`` (PNG path; the markdown
+table is written next to it with the suffix ``.md``), ``--no-progress``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optlab
+
+DEFAULT_OPTIMIZERS = ("sgd", "adamw", "lion", "adamp", "ademamix", "muon", "lamb", "sam-adamw")
+DEFAULT_SEEDS = 3
+DEFAULT_STEPS = 400
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_OUT = "bench_out/digits_loss.png"
+SAM_RHO = 0.05
+HIDDEN = (128, 128)
+
+# Per-optimizer learning rates for this task: the best of a sweep over 1e-4 .. 1 with the
+# defaults above, scored on a validation split of the training data (never the test
+# split); benchmarks/digits_lr_sweep.py reproduces it, benchmarks/results/ has the tables.
+# Names not listed use FALLBACK_LR.
+LEARNING_RATES: dict[str, float] = {
+    # the default set
+    "sgd": 0.3,
+    "adamw": 0.01,
+    "lion": 3e-4,
+    "adamp": 0.01,
+    "ademamix": 0.01,
+    "muon": 0.01,
+    "lamb": 0.01,
+    "sam-adamw": 0.01,
+    # the other named optimizers (coarser grid: 1e-4, 1e-3, 3e-3 ... 1)
+    "adafactor": 0.1,
+    "adahessian": 0.3,
+    "amsgrad": 0.03,
+    "cautious_adamw": 3e-3,
+    "cautious_lion": 1e-3,
+    "diffgrad": 0.01,
+    "grams": 0.03,
+    "lars": 1.0,
+    "mars_adamw": 0.01,
+    "sgd_sai": 0.03,
+    "sgdp": 0.1,
+    "signum": 1e-3,
+    "sinkgd": 1e-3,
+    "sophia": 1e-3,
+}
+FALLBACK_LR = 1e-3
+# Named optimizers this job cannot run, and why.
+UNSUPPORTED = {
+    "dpsgd": "it needs per-example gradients and the l2_norm_clip / noise_multiplier"
+    " hyperparameters (see optlab.dpsgd)",
+}
+
+
+# ---------------------------------------------------------------------------
+# Data and model
+# ---------------------------------------------------------------------------
+
+
+def load_data(test_size: float = 0.25, split_seed: int = 0):
+    """Digits as float32 features in [0, 1] and int32 labels: (x_train, y_train, x_test, y_test)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int32)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_size, random_state=split_seed, stratify=y
+    )
+    return x_tr, y_tr, x_te, y_te
+
+
+def make_mlp(seed: int, n_in: int = 64, n_out: int = 10, hidden: tuple[int, int] = HIDDEN):
+    """A Flax NNX MLP (two hidden ReLU layers) initialized from ``seed``."""
+    from flax import nnx
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            h1, h2 = hidden
+            self.linear1 = nnx.Linear(n_in, h1, rngs=rngs)
+            self.linear2 = nnx.Linear(h1, h2, rngs=rngs)
+            self.head = nnx.Linear(h2, n_out, rngs=rngs)
+
+        def __call__(self, x):
+            x = jax.nn.relu(self.linear1(x))
+            x = jax.nn.relu(self.linear2(x))
+            return self.head(x)
+
+    return MLP(nnx.Rngs(seed))
+
+
+# ---------------------------------------------------------------------------
+# Optimizers
+# ---------------------------------------------------------------------------
+
+
+def learning_rate_for(name: str, overrides: dict[str, float] | None = None) -> float:
+    """The learning rate used for ``name`` (``sam-x`` uses x's)."""
+    overrides = overrides or {}
+    base = name[4:] if name.startswith("sam-") else name
+    for table in (overrides, LEARNING_RATES):
+        for key in (name, base):
+            if key in table:
+                return table[key]
+    return FALLBACK_LR
+
+
+def build_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    """``optlab.get(name, learning_rate=...)``, or SAM around it for ``sam-<name>``."""
+    if name.startswith("sam-") and name not in {i.name for i in optlab.available()}:
+        if not hasattr(optlab, "sam"):
+            raise ValueError(f"optimizer {name!r}: this optlab has no `optlab.sam` wrapper.")
+        return optlab.sam(optlab.get(name[4:], learning_rate=learning_rate), rho=SAM_RHO)
+    return optlab.get(name, learning_rate=learning_rate)
+
+
+def check_names(names: Sequence[str]) -> None:
+    """Raise a ValueError naming unknown or unsupported optimizers, listing the known ones."""
+    known = {i.name for i in optlab.available()} - set(UNSUPPORTED)
+    for n in names:
+        base = n[4:] if n.startswith("sam-") else n
+        if base in UNSUPPORTED:
+            raise ValueError(f"optimizer {n!r} is not supported here: {UNSUPPORTED[base]}")
+    bad = [n for n in names if n not in known and not (n.startswith("sam-") and n[4:] in known)]
+    if bad:
+        raise ValueError(
+            f"unknown optimizer(s) {bad}; known: {sorted(known)} (and sam-<name> for any of them)"
+        )
+
+
+def tree_bytes(tree: Any) -> int:
+    return int(
+        sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+    )
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Result:
+    """One optimizer's outcome over all seeds."""
+
+    name: str
+    learning_rate: float
+    accuracy: np.ndarray  # (seeds,) final test accuracy
+    losses: np.ndarray  # (seeds, steps) training mini-batch loss per step
+    steps_per_s: float  # vmapped steps (all seeds at once) per second, compile excluded
+    compile_s: float
+    state_ratio: float  # optimizer state bytes / parameter bytes (one model)
+
+    @property
+    def accuracy_mean(self) -> float:
+        return float(np.mean(self.accuracy))
+
+    @property
+    def accuracy_std(self) -> float:
+        return float(np.std(self.accuracy))
+
+    @property
+    def final_loss(self) -> float:
+        """Mean over seeds of the mean training loss over the last 10% of the steps."""
+        tail = max(1, self.losses.shape[1] // 10)
+        return float(np.mean(self.losses[:, -tail:]))
+
+
+def _chunk_length(steps: int, max_chunk: int = 50) -> int:
+    """Largest divisor of ``steps`` that is <= max_chunk (one compiled chunk length)."""
+    return max(d for d in range(1, min(steps, max_chunk) + 1) if steps % d == 0)
+
+
+def train_one(
+    name: str,
+    data,
+    seeds: int,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    progress=None,
+) -> Result:
+    """Train ``seeds`` models with optimizer ``name``; the steps of all seeds run vmapped."""
+    from flax import nnx
+
+    x_tr, y_tr, x_te, y_te = (jnp.asarray(a) for a in data)
+    n_train = x_tr.shape[0]
+    tx = build_optimizer(name, learning_rate)
+
+    graphdef, _ = nnx.split(make_mlp(0))
+    per_seed = [nnx.to_pure_dict(nnx.split(make_mlp(s))[1]) for s in range(seeds)]
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *per_seed)
+    state_ratio = tree_bytes(jax.eval_shape(tx.init, per_seed[0])) / tree_bytes(per_seed[0])
+    opt_state = jax.vmap(tx.init)(params)
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(1234), s))(jnp.arange(seeds))
+
+    def loss_fn(p, xb, yb):
+        logits = nnx.merge(graphdef, p)(xb)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    def one_step(p, s, key, t):
+        idx = jax.random.randint(jax.random.fold_in(key, t), (batch_size,), 0, n_train)
+        xb, yb = x_tr[idx], y_tr[idx]
+
+        def batch_loss(q):
+            return loss_fn(q, xb, yb)
+
+        value, grads = jax.value_and_grad(batch_loss)(p)
+        updates, s = tx.update(
+            grads,
+            s,
+            p,
+            value=value,
+            grad_fn=jax.grad(batch_loss),
+            hvp_fn=lambda q, v: jax.jvp(jax.grad(batch_loss), (q,), (v,))[1],
+        )
+        return optax.apply_updates(p, updates), s, value
+
+    chunk = _chunk_length(steps)
+
+    def run_chunk(p, s, keys, t0):
+        def body(carry, t):
+            p, s = carry
+            p, s, v = jax.vmap(one_step, in_axes=(0, 0, 0, None))(p, s, keys, t)
+            return (p, s), v
+
+        (p, s), values = jax.lax.scan(body, (p, s), t0 + jnp.arange(chunk, dtype=jnp.int32))
+        return p, s, values  # values: (chunk, seeds)
+
+    t0 = jnp.zeros((), jnp.int32)
+    start = time.perf_counter()
+    lowered = jax.jit(run_chunk, donate_argnums=(0, 1)).lower(params, opt_state, keys, t0)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+
+    losses = []
+    start = time.perf_counter()
+    for i in range(steps // chunk):
+        params, opt_state, values = compiled(params, opt_state, keys, t0 + i * chunk)
+        losses.append(values)
+        jax.block_until_ready(values)
+        if progress is not None:
+            progress.update(chunk)
+    run_s = time.perf_counter() - start
+
+    accuracy = jax.jit(
+        jax.vmap(lambda p: jnp.mean(jnp.argmax(nnx.merge(graphdef, p)(x_te), -1) == y_te))
+    )(params)
+    return Result(
+        name=name,
+        learning_rate=learning_rate,
+        accuracy=np.asarray(accuracy),
+        losses=np.asarray(jnp.concatenate(losses)).T,
+        steps_per_s=steps / run_s,
+        compile_s=compile_s,
+        state_ratio=state_ratio,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------
+
+
+def format_table(results: Sequence[Result], seeds: int, steps: int, batch_size: int) -> str:
+    """The results as a markdown table with a one-line caption."""
+    lines = [
+        f"Digits MLP, {steps} steps, batch {batch_size}, {seeds} seed(s); accuracy is on the"
+        " held-out 25% (mean +- std over seeds); one step updates all seeds (vmapped),"
+        " compile time excluded from steps/s.",
+        "",
+        "| optimizer | learning rate | test accuracy | final train loss | steps/s | compile s"
+        " | state bytes / param byte |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.learning_rate:g} | {r.accuracy_mean:.4f} +- {r.accuracy_std:.4f}"
+            f" | {r.final_loss:.4f} | {r.steps_per_s:.0f} | {r.compile_s:.2f}"
+            f" | {r.state_ratio:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_losses(results: Sequence[Result], path: str | os.PathLike) -> None:
+    """Mean (over seeds) training-loss curves, smoothed, with a min-max band; log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for r in results:
+        steps = r.losses.shape[1]
+        window = max(1, steps // 40)
+        kernel = np.ones(window) / window
+
+        def smooth(y):
+            return np.convolve(y, kernel, mode="valid")
+
+        x = np.arange(window, steps + 1)
+        mean = smooth(r.losses.mean(0))
+        (line,) = ax.plot(x, mean, label=f"{r.name} ({r.accuracy_mean:.3f})", lw=1.5)
+        if r.losses.shape[0] > 1:
+            lo = smooth(r.losses.min(0))
+            hi = smooth(r.losses.max(0))
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (mini-batch, smoothed)")
+    ax.set_title("optlab on digits: mean over seeds (legend: test accuracy)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(
+    optimizers: Sequence[str] = DEFAULT_OPTIMIZERS,
+    seeds: int = DEFAULT_SEEDS,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    out: str | os.PathLike = DEFAULT_OUT,
+    learning_rates: dict[str, float] | None = None,
+    progress: bool = True,
+) -> tuple[list[Result], str]:
+    """Run the benchmark, write the plot to ``out`` and the table to ``out`` with ``.md``.
+
+    Returns:
+      The per-optimizer results and the markdown table.
+    """
+    check_names(optimizers)
+    for label, value in (("seeds", seeds), ("steps", steps), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"`{label}` must be >= 1, got {value}")
+    data = load_data()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(optimizers) * steps, unit="step", desc="digits", file=sys.stderr)
+    results = []
+    try:
+        for name in optimizers:
+            if bar is not None:
+                bar.set_postfix_str(name)
+            lr = learning_rate_for(name, learning_rates)
+            results.append(train_one(name, data, seeds, steps, batch_size, lr, progress=bar))
+    finally:
+        if bar is not None:
+            bar.close()
+    table = format_table(results, seeds, steps, batch_size)
+    out = Path(out)
+    plot_losses(results, out)
+    out.with_suffix(".md").write_text(table)
+    return results, table
+
+
+def _parse_lrs(text: str) -> dict[str, float]:
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--lr expects name=value pairs, got {item!r}")
+        out[name.strip()] = float(value)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m optlab.bench",
+        description="Benchmark optlab's named optimizers on scikit-learn's digits data.",
+    )
+    parser.add_argument(
+        "--optimizers",
+        default=",".join(DEFAULT_OPTIMIZERS),
+        help="comma list of names from optlab.available(), or sam-<name> (default: %(default)s)",
+    )
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="default: %(default)s")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="default: %(default)s")
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--lr",
+        type=_parse_lrs,
+        default={},
+        help="learning-rate overrides, e.g. adamw=1e-3,sgd=0.05"
+    )
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help="plot path (PNG); the markdown table goes next to it as .md (default: %(default)s)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--list", action="store_true", help="list the available optimizer names and exit"
+    )
+    args = parser.parse_args(argv)
+    if args.list:
+        for info in optlab.available():
+            print(info)
+        return 0
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
+    try:
+        check_names(names)
+    except ValueError as e:
+        parser.error(str(e))
+    start = time.perf_counter()
+    _, table = run(
+        names,
+        seeds=args.seeds,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        out=args.out,
+        learning_rates=args.lr,
+        progress=not args.no_progress,
+    )
+    print()
+    print(table)
+    out = Path(args.out)
+    print(f"plot: {out}\ntable: {out.with_suffix('.md')}")
+    print(f"total time: {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
