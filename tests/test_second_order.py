@@ -305,3 +305,20 @@ def test_flax_nnx_forwards_hvp_fn():
         grads = nnx.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
         optimizer.update(model, grads, hvp_fn=_hvp_fn(loss_on_state))
     assert float(loss_on_state(nnx.state(model, nnx.Param))) < 0.5 * l0
+
+
+def test_rademacher_probes_match_optax_random_like():
+    # One batched Threefry call (for compile time) draws exactly optax's per-leaf probes.
+    from optlab._second_order import _rademacher_like
+
+    tree = {"a": jnp.ones((4, 3)), "b": [jnp.ones(()), jnp.ones((0,)),
+                                        jnp.ones((7,), jnp.bfloat16)],
+            "c": None, "d": jnp.ones((2, 3, 5))}
+    for seed in range(5):
+        key = jax.random.PRNGKey(seed)
+        ours = jax.jit(_rademacher_like)(key, tree)
+        ref = optax.tree.random_like(key, tree, jax.random.rademacher, dtype=jnp.float32)
+        assert jax.tree.structure(ours) == jax.tree.structure(ref)
+        for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+            assert x.dtype == y.dtype == jnp.float32 and x.shape == y.shape
+            np.testing.assert_array_equal(x, y)
