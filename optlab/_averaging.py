@@ -89,8 +89,7 @@ def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def _cast_updates_like(new_updates: Any, updates: Any) -> Any:
-    return jax.tree.map(lambda n, u: n.astype(jnp.result_type(u)), new_updates, updates)
+_cast_updates_like = _tree.tree_cast_like
 
 
 def _sample_now(step: jax.Array, start_step: int, every_k: int) -> jax.Array:

@@ -57,9 +57,7 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
-def _f32(x: jax.Array) -> jax.Array:
-    """``x`` in at least float32 (complex stays complex)."""
-    return x.astype(jnp.promote_types(jnp.result_type(x), jnp.float32))
+_f32 = _tree.to_acc  # at least float32 (complex stays complex)
 
 
 def _sq_norm(x: jax.Array) -> jax.Array:

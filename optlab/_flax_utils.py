@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterable
 import jax
 import jax.numpy as jnp
 
+from optlab import _tree
+
 __all__ = ["update_bn"]
 
 
@@ -32,8 +34,7 @@ def _inputs(batch: Any, input_fn: Callable | None) -> tuple:
     return out if isinstance(out, tuple) else (out,)
 
 
-def _acc(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+_acc = _tree.to_acc
 
 
 def update_bn(

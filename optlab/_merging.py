@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optlab import _base
+from optlab import _base, _tree
 
 __all__ = [
     "uniform_soup",
@@ -76,9 +76,7 @@ def _check_all(fn: str, ref: Any, models: Sequence[Any], ref_name: str, arg: str
         _check_compatible(fn, ref, m, ref_name, f"{arg}[{i}]")
 
 
-def _acc(x: Any) -> jax.Array:
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+_acc = _tree.to_acc
 
 
 def _map(fn: Callable, *trees: Any) -> Any:

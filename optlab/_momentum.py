@@ -57,9 +57,7 @@ def _map(fn: Callable, tree: Any, *rest: Any) -> Any:
     return _tree.tree_none_safe_map(fn, tree, *rest)
 
 
-def _cast_like(tree: Any, like: Any) -> Any:
-    """Cast every leaf of ``tree`` to the dtype of the matching leaf of ``like``."""
-    return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.result_type(y)), tree, like)
+_cast_like = _tree.tree_cast_like
 
 
 def _check_optional_int(fn_name: str, minimum: int = 1, **hparams: Any) -> None:

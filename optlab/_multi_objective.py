@@ -40,8 +40,7 @@ def _stacked_leaves(fn_name: str, updates) -> tuple[list[jax.Array], object, int
     return leaves, treedef, m
 
 
-def _f32(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+_f32 = _tree.to_acc
 
 
 def _gramian(leaves: list[jax.Array], m: int) -> jax.Array:

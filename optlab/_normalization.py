@@ -48,9 +48,7 @@ _OTHER_RANKS_SINKHORN = ("normalize", "reshape")
 # ---------------------------------------------------------------------------
 
 
-def _acc(x: jax.Array) -> jax.Array:
-    """``x`` in its accumulation dtype: at least float32."""
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+_acc = _tree.to_acc
 
 
 def _check_choice(fn_name: str, name: str, value: Any, choices: Sequence[str]) -> None:

@@ -97,8 +97,7 @@ _MODES = ("grad_fn", "two_call")
 # ---------------------------------------------------------------------------
 
 
-def _f32(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+_f32 = _tree.to_acc
 
 
 def _vdot(a: Any, b: Any) -> jax.Array:
@@ -116,8 +115,7 @@ def _scale(tree: Any, s: jax.Array) -> Any:
     return jax.tree.map(lambda x: _f32(x) * s, tree)
 
 
-def _cast_like(tree: Any, like: Any) -> Any:
-    return jax.tree.map(lambda x, y: x.astype(jnp.result_type(y)), tree, like)
+_cast_like = _tree.tree_cast_like
 
 
 def _pmean(tree: Any, axis_name: Any) -> Any:

@@ -14,9 +14,19 @@ import jax.numpy as jnp
 __all__: list[str] = []
 
 
+def to_acc(x: Any) -> jax.Array:
+    """``x`` in its accumulation dtype: at least float32 (float64 and complex kept).
+
+    Reductions (norms, means, dot products) run in this dtype; results are cast back
+    to the leaf dtype so that bfloat16 updates stay bfloat16.
+    """
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def leaf_norm(x: jax.Array) -> jax.Array:
     """L2 norm of one array, accumulated in at least float32."""
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    x = to_acc(x)
     return jnp.sqrt(jnp.sum(x * x))
 
 
@@ -28,7 +38,7 @@ def unitwise_norm(x: jax.Array) -> jax.Array:
     unit per output channel: the norm reduces every axis but the last (the output
     axis in Flax's ``(..., in, out)`` layout, e.g. ``(h, w, in, out)`` convolutions).
     """
-    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    x32 = to_acc(x)
     if x.ndim <= 1:
         return jnp.broadcast_to(jnp.sqrt(jnp.sum(x32 * x32)), x.shape)
     axes = tuple(range(x.ndim - 1))
@@ -41,9 +51,13 @@ def safe_div(num: jax.Array, den: jax.Array, fallback: float = 0.0) -> jax.Array
     return jnp.where(nonzero, num / jnp.where(nonzero, den, 1), fallback)
 
 
-def cast_like(x: jax.Array, like: jax.Array) -> jax.Array:
-    """Cast ``x`` to the dtype of ``like`` (keeps bf16 params bf16)."""
-    return x.astype(jnp.result_type(like))
+def tree_cast_like(tree: Any, like: Any) -> Any:
+    """Cast every leaf of ``tree`` to the dtype of the matching leaf of ``like``.
+
+    Unlike ``optax.tree.cast_like`` it also casts where the ``like`` leaf is a Python
+    scalar (``jnp.result_type``) and accepts scalar leaves in ``tree``.
+    """
+    return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.result_type(y)), tree, like)
 
 
 def tree_none_safe_map(fn, tree: Any, *rest: Any) -> Any:
