@@ -124,7 +124,8 @@ class PerturbationPolicy(NamedTuple):
         ``w - lr g``, weight prediction) or any other point (a random point between the
         last iterate and ``w``). Under the driver's ``mask`` the unselected leaves are
         ``None`` in ``grads``, ``params`` and ``point`` (``jax.tree.map`` and
-        ``optax.tree.*`` skip them; norms are then over the selected leaves).
+        ``optax.tree.*`` skip them; norms are then over the selected leaves; a state
+        shaped like ``params`` that ``perturb`` rewrites must keep its other leaves).
         ``grad_fn(point) -> grads`` (same convention) is for multi-step ascents; most
         policies ignore it (``**unused``).
       combine: ``(grads, perturbed_grads, state, step) -> (direction, state)`` on full
