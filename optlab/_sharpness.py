@@ -444,6 +444,12 @@ def _no_state(params: Any) -> tuple:
     return ()
 
 
+def _vdot(a: Any, b: Any) -> jax.Array:
+    """``<a, b>`` as a sum of products: ``optax.tree.vdot``'s ``jnp.vdot`` contracts the
+    sharded axes, which explicit sharding refuses."""
+    return optax.tree.sum(optax.tree.mul(a, b))
+
+
 def _along(tree: Any, length: jax.Array) -> Any:
     """``length * tree / ||tree||`` (zero for a zero tree)."""
     return optax.tree.scale(_tree.safe_div(length, optax.tree.norm(tree)), tree)
@@ -475,7 +481,7 @@ def _asam(rho, eta):
 def _fisher(rho, eta):
     def perturb(grads, params, state, step, **unused):
         finv_g = jax.tree.map(lambda g: g / (1.0 + eta * g * g), grads)
-        s = _tree.safe_div(_at(rho, step), jnp.sqrt(optax.tree.vdot(finv_g, grads)))
+        s = _tree.safe_div(_at(rho, step), jnp.sqrt(_vdot(finv_g, grads)))
         return optax.tree.add_scale(params, s, finv_g), state
 
     return PerturbationPolicy(_no_state, perturb)
@@ -485,8 +491,8 @@ def _gsam(rho, alpha):
     def combine(grads, perturbed_grads, state, step):
         del step
         coef = _tree.safe_div(
-            optax.tree.vdot(grads, perturbed_grads),
-            optax.tree.vdot(perturbed_grads, perturbed_grads),
+            _vdot(grads, perturbed_grads),
+            _vdot(perturbed_grads, perturbed_grads),
         )
         g_perp = optax.tree.add_scale(grads, -coef, perturbed_grads)
         return optax.tree.add_scale(perturbed_grads, -alpha, g_perp), state
@@ -500,9 +506,7 @@ def _looksam(rho, k, alpha):
         if perturbed_grads is None:  # no perturbation this step: re-use g_v
             s = alpha * _tree.safe_div(optax.tree.norm(grads), optax.tree.norm(g_v))
             return optax.tree.add_scale(grads, s, g_v), g_v
-        coef = _tree.safe_div(
-            optax.tree.vdot(grads, perturbed_grads), optax.tree.vdot(grads, grads)
-        )
+        coef = _tree.safe_div(_vdot(grads, perturbed_grads), _vdot(grads, grads))
         return perturbed_grads, optax.tree.add_scale(perturbed_grads, -coef, grads)
 
     return PerturbationPolicy(optax.tree.zeros_like, _sam(rho).perturb, combine, every=k)
@@ -1113,7 +1117,7 @@ def sharpness_diagnostics(
 
     v = _along(optax.tree.random_like(key, params, dtype=jnp.float32), 1.0)
     v = jax.lax.fori_loop(0, num_power_iters, power_step, v)
-    eig = _tree.safe_div(optax.tree.vdot(v, hvp(v)), optax.tree.vdot(v, v))
+    eig = _tree.safe_div(_vdot(v, hvp(v)), _vdot(v, v))
     loss32 = jnp.asarray(loss, jnp.float32)
     perturbed32 = jnp.asarray(perturbed_loss, jnp.float32)
     return {
