@@ -1,13 +1,16 @@
-"""Flax helpers: BatchNorm statistics of averaged weights, SAM's ``grad_fn`` in NNX and
-extra ``update`` arguments through Linen's ``TrainState``.
+"""Flax helpers: BatchNorm statistics of averaged weights, Flax variables unwrapped, SAM's
+``grad_fn`` in NNX and extra ``update`` arguments through Linen's ``TrainState``.
 
 Flax is an optional dependency: it is imported inside the functions, never when
-``optlab`` is imported.
+``optlab`` is imported. This module imports only optax and ``_tree``; ``_averaging`` imports
+:func:`unwrap_variables` from it (so it sits below the averaging module).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,23 @@ import optax
 from optlab import _tree
 
 __all__ = ["apply_gradients", "nnx_grad_fn", "update_bn"]
+
+
+def unwrap_variables(tree: Any) -> Any:
+    """``tree`` with Flax NNX ``Variable`` leaves replaced by their values; an
+    ``nnx.Optimizer`` becomes its ``opt_state``. Anything else is returned as is (and
+    Flax is not imported unless the caller already did)."""
+    if "flax" not in sys.modules:
+        return tree
+    from flax import nnx
+
+    if isinstance(tree, nnx.Optimizer):
+        tree = tree.opt_state
+    return jax.tree.map(
+        lambda x: x.get_value() if isinstance(x, nnx.Variable) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
 
 
 def _default_inputs(batch: Any) -> tuple:
@@ -34,9 +54,6 @@ def _inputs(batch: Any, input_fn: Callable | None) -> tuple:
         return _default_inputs(batch)
     out = input_fn(batch)
     return out if isinstance(out, tuple) else (out,)
-
-
-_acc = _tree.to_acc
 
 
 def update_bn(
@@ -154,14 +171,17 @@ def _update_bn_nnx(model, data, input_fn, jit):
 
     if jit:
         forward = nnx.jit(forward)
-    sums = [(jnp.zeros(bn.mean.shape, jnp.float32), jnp.zeros(bn.var.shape, jnp.float32))
-            for bn in bns]
+    sums = [
+        (jnp.zeros(bn.mean.shape, jnp.float32), jnp.zeros(bn.var.shape, jnp.float32)) for bn in bns
+    ]
     n = 0
     try:
         for batch in data:
             forward(model, *_inputs(batch, input_fn))
-            sums = [(s_m + _acc(bn.mean[...]), s_v + _acc(bn.var[...]))
-                    for (s_m, s_v), bn in zip(sums, bns)]
+            sums = [
+                (s_m + _tree.to_acc(bn.mean[...]), s_v + _tree.to_acc(bn.var[...]))
+                for (s_m, s_v), bn in zip(sums, bns)
+            ]
             n += 1
     finally:
         for bn, (momentum, use_ra) in zip(bns, saved):
@@ -214,15 +234,16 @@ def _update_bn_linen(apply_or_module, variables, data, input_fn, jit, apply_kwar
     with nn.intercept_methods(interceptor):
         for batch in data:
             stats = forward(variables, *_inputs(batch, input_fn))
-            stats = jax.tree.map(_acc, stats)
+            stats = jax.tree.map(_tree.to_acc, stats)
             total = stats if total is None else jax.tree.map(jnp.add, total, stats)
             n += 1
     if n == 0:
         raise ValueError("`optlab.update_bn`: `data` yielded no batch.")
     old_stats = variables["batch_stats"]
     old_leaves, treedef = jax.tree.flatten(old_stats)
-    new_leaves = [(s / n).astype(jnp.result_type(o))
-                  for s, o in zip(jax.tree.leaves(total), old_leaves)]
+    new_leaves = [
+        (s / n).astype(jnp.result_type(o)) for s, o in zip(jax.tree.leaves(total), old_leaves)
+    ]
     new_stats = jax.tree.unflatten(treedef, new_leaves)
     if isinstance(variables, flax.core.FrozenDict):
         return variables.copy({"batch_stats": new_stats})

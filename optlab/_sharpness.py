@@ -20,7 +20,7 @@ Flax: ``nnx.Optimizer.update(model, grads, grad_fn=...)`` forwards the keyword; 
 :class:`optlab.TrainState` forwards it from ``apply_gradients``.
 
 Loops that cannot pass a function (one gradient per ``update`` call, parameters moved
-to the perturbed point in between): use ``optax.contrib.sam(base_tx,
+to the perturbed point in between): use ``optax.contrib.sam(inner,
 optax.chain(optax.contrib.normalize(), optax.sgd(rho)))``, which is SAM in that style
 (``sync_period=2``, tested equal to :func:`sam`). optlab has no such mode: it needs the
 unperturbed point, its gradient and a phase counter in the state of every policy, and
@@ -99,14 +99,14 @@ def _perturbed_grads_only(grads, perturbed_grads, state, step):
 class PerturbationPolicy(NamedTuple):
     """Where a sharpness-aware method takes its second gradient, and what it does with it.
 
-    A policy is three plain functions on pytrees (and a period); :func:`sharpness_aware`
+    A policy is three plain functions on pytrees and a period; :func:`sharpness_aware`
     drives them. Each step, at parameters ``w`` with gradient ``g`` and step count
     ``step`` (int32, from 0)::
 
         point, state = perturb(g, w, state, step, grad_fn=...)
         g_p = grad_fn(point)                  # the driver's only gradient call
         d, state = combine(g, g_p, state, step)
-        updates = base_tx.update(d, base_state, w)
+        updates = inner.update(d, inner_state, w)
 
     Hyperparameters live in the policy (closures); a schedule is evaluated at ``step``.
     The driver hands over float trees in at least float32 (bfloat16 leaves upcast), casts
@@ -133,7 +133,7 @@ class PerturbationPolicy(NamedTuple):
         such as ``(1 - a) g + a g_p`` (finite-difference gradient-norm penalty, mixed
         random perturbation) or projections (GSAM) go here; so do state updates that
         need ``g_p`` (moments of weight prediction).
-      every: perturb only when ``step % every == 0`` (``grad_fn`` is then not called on
+      every_k: perturb only when ``step % every_k == 0`` (``grad_fn`` is then not called on
         the other steps, under ``lax.cond``); there ``combine`` gets
         ``perturbed_grads=None`` and must give a direction from ``g`` and its state.
 
@@ -155,7 +155,7 @@ class PerturbationPolicy(NamedTuple):
     init: Callable[[Any], Any]
     perturb: Callable[..., tuple[Any, Any]]
     combine: Callable[[Any, Any, Any, jax.Array], tuple[Any, Any]] = _perturbed_grads_only
-    every: int = 1
+    every_k: int = 1
 
 
 class SharpnessAwareState(NamedTuple):
@@ -163,12 +163,12 @@ class SharpnessAwareState(NamedTuple):
 
     Attributes:
       count: steps taken (int32), the ``step`` handed to the policy.
-      base_state: state of the base optimizer.
+      inner_state: state of the wrapped optimizer ``inner``.
       policy_state: state of the policy (LookSAM's ``g_v``, the random key, or ``()``).
     """
 
     count: jax.Array
-    base_state: optax.OptState
+    inner_state: optax.OptState
     policy_state: Any
 
 
@@ -237,15 +237,14 @@ def _mask_flags(fn_name: str, mask: Any, params: Any, treedef) -> list[bool]:
 
 
 def _sharpness_aware(
-    fn_name: str, base_tx: Any, policy: PerturbationPolicy, mask: Any, axis_name: Any
+    fn_name: str, inner: Any, policy: PerturbationPolicy, mask: Any, axis_name: Any
 ) -> optax.GradientTransformationExtraArgs:
     """The driver; ``fn_name`` is the public function that errors name."""
-    if not hasattr(base_tx, "init") or not hasattr(base_tx, "update"):
+    if not hasattr(inner, "init") or not hasattr(inner, "update"):
         raise TypeError(
-            f"`optlab.{fn_name}`: `base_tx` must be an optax GradientTransformation, got"
-            f" {base_tx!r}."
+            f"`optlab.{fn_name}`: `inner` must be an optax GradientTransformation, got {inner!r}."
         )
-    base = optax.with_extra_args_support(base_tx)
+    base = optax.with_extra_args_support(inner)
 
     def pmean(tree):
         return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
@@ -298,37 +297,37 @@ def _sharpness_aware(
 
             return run
 
-        if policy.every == 1:
+        if policy.every_k == 1:
             d, pstate = casted(perturbed_step)(state.policy_state)
         else:
             d, pstate = jax.lax.cond(
-                step % policy.every == 0,
+                step % policy.every_k == 0,
                 casted(perturbed_step),
                 casted(plain_step),
                 state.policy_state,
             )
-        new_updates, base_state = base.update(d, state.base_state, params, **extra_args)
-        return new_updates, SharpnessAwareState(optax.safe_increment(step), base_state, pstate)
+        new_updates, inner_state = base.update(d, state.inner_state, params, **extra_args)
+        return new_updates, SharpnessAwareState(optax.safe_increment(step), inner_state, pstate)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def sharpness_aware(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     policy: PerturbationPolicy,
     *,
     mask: Any = None,
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Sharpness-aware wrapper of ``base_tx`` with a pluggable perturbation policy.
+    """Sharpness-aware wrapper of ``inner`` with a pluggable perturbation policy.
 
     One step at ``w`` with gradient ``g``: ``point = policy.perturb(g, w, ...)``,
     ``g_p = grad_fn(point)``, ``d = policy.combine(g, g_p, ...)`` and the update is
-    ``base_tx.update(d, base_state, w)`` (see :class:`PerturbationPolicy`; policies with
-    ``every = k > 1`` call ``grad_fn`` every ``k`` steps only).
+    ``inner.update(d, inner_state, w)`` (see :class:`PerturbationPolicy`; policies with
+    ``every_k > 1`` call ``grad_fn`` every ``every_k`` steps only).
 
     Args:
-      base_tx: the base optimizer (any optax transformation), applied to ``d``.
+      inner: the base optimizer (any optax transformation), applied to ``d``.
       policy: a :class:`PerturbationPolicy` (``optlab.sam_policy(rho)`` ...).
       mask: which parameter leaves are perturbed: a pytree of Python bools with the
         structure of ``params`` (``True`` = perturbed) or a callable ``params -> mask``
@@ -355,7 +354,7 @@ def sharpness_aware(
       >>> params = optax.apply_updates(params, updates)
 
     State:
-      :class:`SharpnessAwareState` ``(count, base_state, policy_state)``.
+      :class:`SharpnessAwareState` ``(count, inner_state, policy_state)``.
 
     References:
       Foret et al., `Sharpness-Aware Minimization for Efficiently Improving
@@ -366,8 +365,8 @@ def sharpness_aware(
             "`optlab.sharpness_aware`: `policy` must be a PerturbationPolicy (e.g."
             f" `optlab.sam_policy()`), got {policy!r}."
         )
-    _base.check_int("sharpness_aware", every=policy.every)
-    return _sharpness_aware("sharpness_aware", base_tx, policy, mask, axis_name)
+    _base.check_int("sharpness_aware", every_k=policy.every_k)
+    return _sharpness_aware("sharpness_aware", inner, policy, mask, axis_name)
 
 
 # ---------------------------------------------------------------------------
@@ -500,7 +499,7 @@ def _gsam(rho, alpha):
     return _sam(rho)._replace(combine=combine)
 
 
-def _looksam(rho, k, alpha):
+def _looksam(rho, every_k, alpha):
     def combine(grads, perturbed_grads, g_v, step):
         del step
         if perturbed_grads is None:  # no perturbation this step: re-use g_v
@@ -509,7 +508,7 @@ def _looksam(rho, k, alpha):
         coef = _tree.safe_div(_vdot(grads, perturbed_grads), _vdot(grads, grads))
         return perturbed_grads, optax.tree.add_scale(perturbed_grads, -coef, grads)
 
-    return PerturbationPolicy(optax.tree.zeros_like, _sam(rho).perturb, combine, every=k)
+    return PerturbationPolicy(optax.tree.zeros_like, _sam(rho).perturb, combine, every_k=every_k)
 
 
 def _multistep(rho, num_steps, step_size, normalize):
@@ -620,20 +619,20 @@ def gsam_policy(
 
 
 def looksam_policy(
-    rho: optax.ScalarOrSchedule = 0.05, k: int = 5, alpha: jax.typing.ArrayLike = 0.7
+    rho: optax.ScalarOrSchedule = 0.05, every_k: int = 5, alpha: jax.typing.ArrayLike = 0.7
 ) -> PerturbationPolicy:
-    """LookSAM's policy: SAM every ``k`` steps, ``g_v`` re-used in between (see :func:`looksam`).
+    """LookSAM's policy: SAM every ``every_k`` steps, ``g_v`` re-used in between.
 
-    ``rho``: radius (>= 0) or a schedule; ``k``: period (int >= 1); ``alpha`` >= 0. Its
-    state is ``g_v`` (shapes and dtypes of the params).
+    See :func:`looksam`. ``rho``: radius (>= 0) or a schedule; ``every_k``: period (int
+    >= 1); ``alpha`` >= 0. Its state is ``g_v`` (shapes and dtypes of the params).
 
     Example:
       >>> import optax, optlab
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.looksam_policy(rho=0.05, k=5))
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.looksam_policy(rho=0.05, every_k=5))
     """
     _base.check_nonnegative("looksam_policy", rho=rho, alpha=alpha)
-    _base.check_int("looksam_policy", k=k)
-    return _looksam(rho, k, alpha)
+    _base.check_int("looksam_policy", every_k=every_k)
+    return _looksam(rho, every_k, alpha)
 
 
 def multistep_policy(
@@ -676,21 +675,21 @@ def random_policy(rho: optax.ScalarOrSchedule = 0.05, seed: int = 0) -> Perturba
 
 
 def sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     *,
     mask: Any = None,
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Sharpness-Aware Minimization: ``base_tx`` applied to the gradient at ``w + e``.
+    """Sharpness-Aware Minimization: ``inner`` applied to the gradient at ``w + e``.
 
     ``e = rho g / ||g||``, the first-order solution of ``max_{||e|| <= rho} L(w + e)``;
-    the update is ``base_tx`` of ``grad_fn(w + e)``, taken at ``w``. ``rho = 0`` is
-    exactly ``base_tx``. For loops that cannot pass ``grad_fn`` (two ``update`` calls per
+    the update is ``inner`` of ``grad_fn(w + e)``, taken at ``w``. ``rho = 0`` is
+    exactly ``inner``. For loops that cannot pass ``grad_fn`` (two ``update`` calls per
     step), use ``optax.contrib.sam`` (see the module notes).
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
       mask: the perturbed leaves (see :func:`sharpness_aware`).
       axis_name: m-sharpness axis (see :func:`sharpness_aware`).
@@ -718,18 +717,18 @@ def sam(
         optimizer.update(model, grads, grad_fn=optlab.nnx_grad_fn(model, loss_fn))
 
     State:
-      :class:`SharpnessAwareState` ``(count, base_state, ())``.
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
 
     References:
       Foret et al., `Sharpness-Aware Minimization for Efficiently Improving
       Generalization <https://arxiv.org/abs/2010.01412>`_, 2021
     """
     _base.check_nonnegative("sam", rho=rho)
-    return _sharpness_aware("sam", base_tx, _sam(rho), mask, axis_name)
+    return _sharpness_aware("sam", inner, _sam(rho), mask, axis_name)
 
 
 def unnormalized_sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     *,
     mask: Any = None,
@@ -738,7 +737,7 @@ def unnormalized_sam(
     """Unnormalized SAM (USAM): the gradient at ``w + rho g`` (no normalization).
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation scale (>= 0) or a schedule.
       mask: the perturbed leaves (see :func:`sharpness_aware`).
       axis_name: m-sharpness axis (see :func:`sharpness_aware`).
@@ -751,18 +750,18 @@ def unnormalized_sam(
       >>> tx = optlab.unnormalized_sam(optax.sgd(0.1), rho=0.05)
 
     State:
-      :class:`SharpnessAwareState` ``(count, base_state, ())``.
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
 
     References:
       Andriushchenko and Flammarion, `Towards Understanding Sharpness-Aware Minimization
       <https://arxiv.org/abs/2206.06232>`_, 2022
     """
     _base.check_nonnegative("unnormalized_sam", rho=rho)
-    return _sharpness_aware("unnormalized_sam", base_tx, _unnormalized(rho), mask, axis_name)
+    return _sharpness_aware("unnormalized_sam", inner, _unnormalized(rho), mask, axis_name)
 
 
 def asam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.5,
     eta: jax.typing.ArrayLike = 0.01,
     *,
@@ -777,7 +776,7 @@ def asam(
     (e.g. one ReLU layer scaled by ``c`` and the next by ``1 / c``).
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0; the paper uses about 10x SAM's) or a schedule.
       eta: offset of ``T`` so that zero weights are still perturbed (>= 0).
       mask: the perturbed leaves (see :func:`sharpness_aware`).
@@ -791,18 +790,18 @@ def asam(
       >>> tx = optlab.asam(optax.sgd(0.1), rho=0.5, eta=0.01)
 
     State:
-      :class:`SharpnessAwareState` ``(count, base_state, ())``.
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
 
     References:
       Kwon et al., `ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant
       Learning of Deep Neural Networks <https://arxiv.org/abs/2102.11600>`_, 2021
     """
     _base.check_nonnegative("asam", rho=rho, eta=eta)
-    return _sharpness_aware("asam", base_tx, _asam(rho, eta), mask, axis_name)
+    return _sharpness_aware("asam", inner, _asam(rho, eta), mask, axis_name)
 
 
 def gsam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     alpha: jax.typing.ArrayLike = 0.1,
     *,
@@ -818,7 +817,7 @@ def gsam(
     schedule.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
       alpha: weight of the orthogonal component (>= 0).
       mask: the perturbed leaves (see :func:`sharpness_aware`).
@@ -832,18 +831,18 @@ def gsam(
       >>> tx = optlab.gsam(optax.sgd(0.1), rho=0.05, alpha=0.1)
 
     State:
-      :class:`SharpnessAwareState` ``(count, base_state, ())``.
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
 
     References:
       Zhuang et al., `Surrogate Gap Guided Sharpness-Aware Minimization
       <https://arxiv.org/abs/2203.08065>`_, 2022
     """
     _base.check_nonnegative("gsam", rho=rho, alpha=alpha)
-    return _sharpness_aware("gsam", base_tx, _gsam(rho, alpha), mask, axis_name)
+    return _sharpness_aware("gsam", inner, _gsam(rho, alpha), mask, axis_name)
 
 
 def fisher_sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.1,
     eta: jax.typing.ArrayLike = 1.0,
     *,
@@ -857,7 +856,7 @@ def fisher_sam(
     ``e^T diag(f) e <= rho^2``. ``eta = 0`` is SAM.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
       eta: weight of the squared gradient in the Fisher (>= 0).
       mask: the perturbed leaves (see :func:`sharpness_aware`).
@@ -871,18 +870,18 @@ def fisher_sam(
       >>> tx = optlab.fisher_sam(optax.sgd(0.1), rho=0.1, eta=1.0)
 
     State:
-      :class:`SharpnessAwareState` ``(count, base_state, ())``.
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
 
     References:
       Kim et al., `Fisher SAM: Information Geometry and Sharpness Aware Minimisation
       <https://arxiv.org/abs/2206.04920>`_, 2022
     """
     _base.check_nonnegative("fisher_sam", rho=rho, eta=eta)
-    return _sharpness_aware("fisher_sam", base_tx, _fisher(rho, eta), mask, axis_name)
+    return _sharpness_aware("fisher_sam", inner, _fisher(rho, eta), mask, axis_name)
 
 
 def masked_sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     *,
     mask: Any = norm_layer_mask,
@@ -895,7 +894,7 @@ def masked_sam(
     bias of normalization layers (SAM-ON); the descent still updates every parameter.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
       mask: pytree of Python bools or callable ``params -> mask`` (``True`` =
         perturbed); defaults to :func:`norm_layer_mask`.
@@ -910,37 +909,37 @@ def masked_sam(
       >>> only_w = optlab.masked_sam(optax.sgd(0.1), mask={"w": True, "b": False})
 
     State:
-      :class:`SharpnessAwareState` ``(count, base_state, ())``.
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
 
     References:
       Mueller et al., `Normalization Layers Are All That Sharpness-Aware Minimization
       Needs <https://arxiv.org/abs/2306.04226>`_, 2023
     """
     _base.check_nonnegative("masked_sam", rho=rho)
-    return _sharpness_aware("masked_sam", base_tx, _sam(rho), mask, axis_name)
+    return _sharpness_aware("masked_sam", inner, _sam(rho), mask, axis_name)
 
 
 def looksam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
-    k: int = 5,
+    every_k: int = 5,
     alpha: jax.typing.ArrayLike = 0.7,
     *,
     mask: Any = None,
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """LookSAM: SAM every ``k`` steps, the stored orthogonal gradient re-used in between.
+    """LookSAM: SAM every ``every_k`` steps, the stored orthogonal gradient re-used between.
 
-    On a perturbation step (``count % k == 0``) the descent is SAM's ``g_s = g_p`` and
+    On a perturbation step (``count % every_k == 0``) the descent is SAM's ``g_s = g_p`` and
     ``g_v = g_s - (<g, g_s> / ||g||^2) g`` (the part of ``g_s`` orthogonal to ``g``) is
     stored. Other steps skip ``grad_fn`` (under ``lax.cond``) and descend along
-    ``g + alpha (||g|| / ||g_v||) g_v``: about ``1 + 1/k`` gradients per step. ``k = 1``
+    ``g + alpha (||g|| / ||g_v||) g_v``: about ``1 + 1/every_k`` gradients per step. ``every_k = 1``
     is SAM.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
-      k: perturbation period (int >= 1).
+      every_k: perturbation period (int >= 1).
       alpha: weight of the re-used component (>= 0).
       mask: the perturbed leaves (see :func:`sharpness_aware`).
       axis_name: m-sharpness axis (see :func:`sharpness_aware`).
@@ -950,22 +949,22 @@ def looksam(
 
     Example:
       >>> import optax, optlab
-      >>> tx = optlab.looksam(optax.sgd(0.1), rho=0.05, k=5, alpha=0.7)
+      >>> tx = optlab.looksam(optax.sgd(0.1), rho=0.05, every_k=5, alpha=0.7)
 
     State:
-      :class:`SharpnessAwareState` ``(count, base_state, g_v)``, ``g_v`` like the params.
+      :class:`SharpnessAwareState` ``(count, inner_state, g_v)``, ``g_v`` like the params.
 
     References:
       Liu et al., `Towards Efficient and Scalable Sharpness-Aware Minimization
       <https://arxiv.org/abs/2203.02714>`_, 2022
     """
     _base.check_nonnegative("looksam", rho=rho, alpha=alpha)
-    _base.check_int("looksam", k=k)
-    return _sharpness_aware("looksam", base_tx, _looksam(rho, k, alpha), mask, axis_name)
+    _base.check_int("looksam", every_k=every_k)
+    return _sharpness_aware("looksam", inner, _looksam(rho, every_k, alpha), mask, axis_name)
 
 
 def multistep_sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     num_steps: int = 3,
     step_size: jax.typing.ArrayLike | None = None,
@@ -983,7 +982,7 @@ def multistep_sam(
     ``lax.fori_loop``). One step with the default ``step_size = rho`` is SAM.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: radius of the perturbation ball (>= 0) or a schedule.
       num_steps: ascent steps (int >= 1).
       step_size: ascent step size (> 0); ``None`` means ``rho``.
@@ -999,7 +998,7 @@ def multistep_sam(
       >>> tx = optlab.multistep_sam(optax.sgd(0.1), rho=0.05, num_steps=3, step_size=0.02)
 
     State:
-      :class:`SharpnessAwareState` ``(count, base_state, ())``.
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
 
     References:
       Zheng et al., `Regularizing Neural Networks via Adversarial Model Perturbation
@@ -1010,11 +1009,11 @@ def multistep_sam(
     if step_size is not None:
         _base.check_positive("multistep_sam", step_size=step_size)
     policy = _multistep(rho, num_steps, step_size, normalize)
-    return _sharpness_aware("multistep_sam", base_tx, policy, mask, axis_name)
+    return _sharpness_aware("multistep_sam", inner, policy, mask, axis_name)
 
 
 def random_sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     seed: int = 0,
     *,
@@ -1028,7 +1027,7 @@ def random_sam(
     draws the same direction.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
       seed: PRNG seed (int >= 0).
       mask: the perturbed leaves (see :func:`sharpness_aware`).
@@ -1042,7 +1041,7 @@ def random_sam(
       >>> tx = optlab.random_sam(optax.sgd(0.1), rho=0.05, seed=0)
 
     State:
-      :class:`SharpnessAwareState` ``(count, base_state, key)``.
+      :class:`SharpnessAwareState` ``(count, inner_state, key)``.
 
     References:
       Liu et al., `Random Sharpness-Aware Minimization
@@ -1050,7 +1049,7 @@ def random_sam(
     """
     _base.check_nonnegative("random_sam", rho=rho)
     _base.check_int("random_sam", minimum=0, seed=seed)
-    return _sharpness_aware("random_sam", base_tx, _random(rho, seed), mask, axis_name)
+    return _sharpness_aware("random_sam", inner, _random(rho, seed), mask, axis_name)
 
 
 # ---------------------------------------------------------------------------

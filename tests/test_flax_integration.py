@@ -26,7 +26,6 @@ The idioms, also useful as documentation:
 
 from __future__ import annotations
 
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -199,10 +198,14 @@ def test_linen_sam_with_grad_fn_trains():
     assert final < DECREASE * initial
 
 
-@pytest.mark.parametrize("make_tx", [
-    lambda: optlab.swa(optlab.adamw(LR), start_step=31, every_k=1),
-    lambda: optlab.ema_params(optlab.adamw(LR), decay=0.9),
-], ids=["swa", "ema_params"])
+@pytest.mark.parametrize(
+    "make_tx",
+    [
+        lambda: optlab.swa(optlab.adamw(LR), start_step=31, every_k=1),
+        lambda: optlab.ema_params(optlab.adamw(LR), decay=0.9),
+    ],
+    ids=["swa", "ema_params"],
+)
 def test_linen_averaged_params(make_tx):
     state, loss, initial, final = linen_train(make_tx())
     averaged = optlab.averaged_params(state.opt_state)

@@ -101,9 +101,9 @@ CASES = [
     Case(
         "looksam",
         factory=_wrap("looksam"),
-        kwargs=dict(rho=0.05, k=2, alpha=0.7),
+        kwargs=dict(rho=0.05, every_k=2, alpha=0.7),
         hparams=dict(**RHO, alpha=st.floats(0.0, 1.0)),
-        static_args=("k",),
+        static_args=("every_k",),
         extra_args=GRAD_FN,
     ),
     Case(
