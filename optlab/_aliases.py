@@ -95,12 +95,13 @@ MaskOrFn = optax.MaskOrFn
 # ---------------------------------------------------------------------------
 
 
-def _chain(name: str, *stages: tuple[str, Any] | None, needs: dict | None = None):
+def _chain(name: str, *stages: tuple[str, Any] | None, needs: dict | None = None,
+           lead_axes: int = 0):
     """The named optimizer ``optlab.<name>``: ``optax.named_chain`` of the stages that are
     not None (its state is a dict keyed by stage name, which ``optlab.describe`` prints),
     whose ``init`` refuses non-float params and ``update`` missing ``needs``, naming it."""
     return _base.public(name, optax.named_chain(*(s for s in stages if s is not None)),
-                        **(needs or {}))
+                        lead_axes, **(needs or {}))
 
 
 def _lr(learning_rate: optax.ScalarOrSchedule, flip_sign: bool = True):
@@ -1445,4 +1446,5 @@ def dpsgd(
         ("dp_aggregate", _dp_aggregate(l2_norm_clip, noise_multiplier, seed)),
         None if momentum is None else ("trace", optax.trace(decay=momentum, nesterov=nesterov)),
         ("scale_by_learning_rate", _lr(learning_rate)),
+        lead_axes=1,  # per-example gradients
     )

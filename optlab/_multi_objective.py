@@ -160,7 +160,7 @@ def upgrad(
         return _combine(leaves, treedef, jnp.mean(v, axis=0)), state
 
     tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
-    return _base.public("upgrad", tx)
+    return _base.public("upgrad", tx, lead_axes=1)
 
 
 def mgda(max_iters: int = 500) -> optax.GradientTransformationExtraArgs:
@@ -220,7 +220,7 @@ def mgda(max_iters: int = 500) -> optax.GradientTransformationExtraArgs:
         return _combine(leaves, treedef, a), state
 
     tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
-    return _base.public("mgda", tx)
+    return _base.public("mgda", tx, lead_axes=1)
 
 
 class PCGradState(NamedTuple):

@@ -522,8 +522,8 @@ def scale_by_trust_ratio(
 def _scale_by_trust_ratio(min_norm, trust_coefficient, eps):
     def _scale(u, p):
         u32, p32 = _tree.to_acc(u), _tree.to_acc(p)
-        param_norm = optax.safe_norm(p32, min_norm)
-        update_norm = optax.safe_norm(u32, min_norm)
+        param_norm = _tree.safe_norm(p32, min_norm)
+        update_norm = _tree.safe_norm(u32, min_norm)
         ratio = _tree.safe_div(trust_coefficient * param_norm, update_norm + eps)
         zero_norm = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
         ratio = jnp.where(zero_norm, 1.0, ratio)

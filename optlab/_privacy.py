@@ -83,7 +83,9 @@ def dp_aggregate(
     _base.check_positive("dp_aggregate", l2_norm_clip=l2_norm_clip)
     _base.check_nonnegative("dp_aggregate", noise_multiplier=noise_multiplier)
     _base.check_int("dp_aggregate", minimum=0, seed=seed)
-    return _base.public("dp_aggregate", _dp_aggregate(l2_norm_clip, noise_multiplier, seed))
+    return _base.public(
+        "dp_aggregate", _dp_aggregate(l2_norm_clip, noise_multiplier, seed), lead_axes=1
+    )
 
 
 def _dp_aggregate(l2_norm_clip, noise_multiplier, seed):

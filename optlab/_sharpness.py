@@ -259,6 +259,7 @@ def _sharpness_aware(
         grad_fn = _base.require_extra_arg(fn_name, "grad_fn", grad_fn, _GRAD_FN_HOW)
         p_leaves, treedef = jax.tree.flatten(params)
         _flatten_like(fn_name, "`updates`", updates, treedef)
+        _base.check_shapes(fn_name, updates, params, "`updates`")
         flags = (
             [True] * len(p_leaves) if mask is None else _mask_flags(fn_name, mask, params, treedef)
         )
@@ -273,6 +274,7 @@ def _sharpness_aware(
             full = treedef.unflatten([next(sel) if f else p for p, f in zip(p_leaves, flags)])
             g = grad_fn(_as_varying(_tree.tree_cast_like(full, params), axis_name))
             _flatten_like(fn_name, "`grad_fn(params)`", g, treedef)
+            _base.check_shapes(fn_name, g, params, "the output of `grad_fn`")
             return _acc_floats(g)
 
         step, g = state.count, _acc_floats(updates)
@@ -451,7 +453,7 @@ def _vdot(a: Any, b: Any) -> jax.Array:
 
 def _along(tree: Any, length: jax.Array) -> Any:
     """``length * tree / ||tree||`` (zero for a zero tree)."""
-    return optax.tree.scale(_tree.safe_div(length, optax.tree.norm(tree)), tree)
+    return optax.tree.scale(_tree.safe_div(length, _tree.global_norm(tree)), tree)
 
 
 def _sam(rho):
@@ -503,7 +505,7 @@ def _looksam(rho, every_k, alpha):
     def combine(grads, perturbed_grads, g_v, step):
         del step
         if perturbed_grads is None:  # no perturbation this step: re-use g_v
-            s = alpha * _tree.safe_div(optax.tree.norm(grads), optax.tree.norm(g_v))
+            s = alpha * _tree.safe_div(_tree.global_norm(grads), _tree.global_norm(g_v))
             return optax.tree.add_scale(grads, s, g_v), g_v
         coef = _tree.safe_div(_vdot(grads, perturbed_grads), _vdot(grads, grads))
         return perturbed_grads, optax.tree.add_scale(perturbed_grads, -coef, grads)
@@ -518,7 +520,7 @@ def _multistep(rho, num_steps, step_size, normalize):
 
         def ascend(e, g):  # e <- P_rho(e + size * u(g))
             e = optax.tree.add(e, _along(g, size) if normalize else optax.tree.scale(size, g))
-            n = optax.tree.norm(e)
+            n = _tree.global_norm(e)
             return optax.tree.scale(jnp.where(n > radius, _tree.safe_div(radius, n), 1.0), e)
 
         def more(i, e):
@@ -1102,7 +1104,7 @@ def sharpness_diagnostics(
         key = jax.random.PRNGKey(0)
     loss, g = jax.value_and_grad(loss_fn)(params)
     g = _acc_floats(g)
-    g_norm = optax.tree.norm(g)
+    g_norm = _tree.global_norm(g)
     perturbed = optax.tree.add(_acc_floats(params), _along(g, jnp.asarray(rho, jnp.float32)))
     perturbed_loss = loss_fn(_tree.tree_cast_like(perturbed, params))
 

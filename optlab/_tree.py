@@ -30,18 +30,51 @@ def sq_norm(x: jax.Array) -> jax.Array:
     return jnp.sum(jnp.real(x * jnp.conj(x)))
 
 
-def leaf_norm(x: jax.Array) -> jax.Array:
-    """L2 norm of one array, accumulated in at least float32."""
-    return jnp.sqrt(sq_norm(x))
+def _scale_of(x: jax.Array, axis=None) -> jax.Array:
+    """max |x| (over ``axis``, kept as size-1 axes) where finite and > 0, else 1."""
+    if x.size == 0:
+        return jnp.ones((1,) * x.ndim if axis is not None else (), jnp.real(x).dtype)
+    m = jnp.max(jnp.abs(x), axis=axis, keepdims=axis is not None)
+    return jnp.where(jnp.isfinite(m) & (m > 0), m, jnp.ones_like(m))
+
+
+def leaf_norm(x: jax.Array, axis=None, keepdims: bool = False) -> jax.Array:
+    """L2 norm of one array (over ``axis``; all axes by default), accumulated in at least
+    float32 and overflow-safe: scaled by max |x| before squaring, as a robust norm does,
+    so finite input (even 1e30 in float32) gives a finite norm; 0 for an empty array."""
+    x = to_acc(x)
+    scale = _scale_of(x, axis)
+    y = x / scale
+    total = jnp.sum(jnp.real(y * jnp.conj(y)), axis=axis, keepdims=axis is not None)
+    norm = scale * jnp.sqrt(total)
+    if axis is not None and not keepdims:
+        norm = jnp.squeeze(norm, axis=axis)
+    return norm
+
+
+def safe_norm(x: jax.Array, min_norm: float = 0.0) -> jax.Array:
+    """Overflow-safe :func:`optax.safe_norm` (all axes): ``max(leaf_norm(x), min_norm)``
+    with a zero gradient where the norm is below ``min_norm``."""
+    norm = leaf_norm(x)
+    small = norm <= min_norm
+    return jnp.where(small, min_norm, leaf_norm(jnp.where(small, jnp.ones_like(x), x)))
 
 
 def global_norm(tree: Any) -> jax.Array:
-    """L2 norm of all leaves of ``tree`` together, accumulated in at least float32; 0 for
-    an empty tree. (``optax.tree.norm`` accumulates in the leaves' dtype.)"""
+    """L2 norm of all leaves of ``tree`` together, accumulated in at least float32 and
+    overflow-safe (scaled by the largest |entry| before squaring); 0 for an empty tree.
+    (``optax.tree.norm`` accumulates in the leaves' dtype and overflows at 1e20 in float32.)"""
+    leaves = [to_acc(x) for x in jax.tree.leaves(tree)]
+    leaves = [x for x in leaves if x.size]
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    m = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in leaves]))
+    scale = jnp.where(jnp.isfinite(m) & (m > 0), m, jnp.ones_like(m))
     total = jnp.zeros((), jnp.float32)
-    for leaf in jax.tree.leaves(tree):
-        total = total + sq_norm(leaf)
-    return jnp.sqrt(total)
+    for x in leaves:
+        y = x / scale.astype(jnp.real(x).dtype)
+        total = total + jnp.sum(jnp.real(y * jnp.conj(y)))
+    return scale * jnp.sqrt(total)
 
 
 def unitwise_norm(x: jax.Array) -> jax.Array:
@@ -51,12 +84,11 @@ def unitwise_norm(x: jax.Array) -> jax.Array:
     and :func:`optax.adaptive_grad_clip`; matrices and higher-rank kernels have one
     unit per output channel: the norm reduces every axis but the last (the output
     axis in Flax's ``(..., in, out)`` layout, e.g. ``(h, w, in, out)`` convolutions).
+    Overflow-safe like :func:`leaf_norm`.
     """
-    x32 = to_acc(x)
     if x.ndim <= 1:
-        return jnp.broadcast_to(jnp.sqrt(jnp.sum(x32 * x32)), x.shape)
-    axes = tuple(range(x.ndim - 1))
-    return jnp.sqrt(jnp.sum(x32 * x32, axis=axes, keepdims=True))
+        return jnp.broadcast_to(leaf_norm(x), x.shape)
+    return leaf_norm(x, axis=tuple(range(x.ndim - 1)), keepdims=True)
 
 
 def safe_div(num: jax.Array, den: jax.Array, fallback: float = 0.0) -> jax.Array:

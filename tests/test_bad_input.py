@@ -374,3 +374,120 @@ def test_skip_nonfinite_wrapping_every_case(case):
         ref_updates, ref_state = inner.update(grads, ref_state, params, **extra)
         chex.assert_trees_all_close(updates[i], ref_updates, rtol=1e-6, atol=1e-7)
         params = optax.apply_updates(params, ref_updates)
+
+
+# ---------------------------------------------------------------------------
+# Ill-typed hyperparameters and shape slips (issue 16)
+# ---------------------------------------------------------------------------
+
+# One value per class; each raises from the factory (no compile) or, if accepted, must give
+# a finite step of the right shape and dtype. None is tried only where it is not the default.
+ILL_TYPED = {
+    "none": None,
+    "string": "0.1",
+    "complex": 0.1 + 0j,
+    "bool": True,
+    "vector": np.array([0.1, 0.2], np.float32),
+    "jax_nan": jnp.array(jnp.nan),
+    "jax_negative": jnp.array(-0.5),
+}
+
+
+def _first_required_hparam(case: Case) -> str | None:
+    names = float_hparams(case)
+    return names[0] if names else None
+
+
+def _accepts_none(case: Case, name: str) -> bool:
+    param = inspect.signature(getattr(optlab, case.name)).parameters.get(name)
+    return param is not None and param.default is None
+
+
+ILL_PARAMS = [c for c in CASES if _first_required_hparam(c)]
+
+
+@pytest.mark.parametrize("case", ILL_PARAMS, ids=[c.test_id for c in ILL_PARAMS])
+def test_ill_typed_hyperparameter(case):
+    """None, strings, complex, bools, non-scalar arrays and concrete jax arrays out of range:
+    a clear ValueError/TypeError naming ``optlab.<name>`` and the parameter, or a finite step
+    of the params' shapes and dtypes."""
+    name = _first_required_hparam(case)
+    problems = []
+    for kind, value in ILL_TYPED.items():
+        if kind == "none" and _accepts_none(case, name):
+            continue
+        try:
+            updates = _try_build_and_step(case, **{name: value})[0]
+        except (ValueError, TypeError) as e:
+            msg = str(e)
+            if f"optlab.{case.name}`" not in msg or f"`{name}`" not in msg:
+                problems.append(f"{kind}: message does not name `optlab.{case.name}` and `{name}`:"
+                                f" {type(e).__name__}: {msg[:200]}")
+            continue
+        if kind in ("jax_nan", "jax_negative", "none", "string"):
+            problems.append(f"{kind}: {name}={value!r} accepted")
+        elif not _finite(updates) or jax.tree.map(jnp.shape, updates) != jax.tree.map(
+            jnp.shape, fixed_params(case.tree)
+        ) and not _lead(case):
+            problems.append(f"{kind}: accepted and gave non-finite or mis-shaped updates")
+    assert not problems, f"optlab.{case.name}:\n  " + "\n  ".join(problems)
+
+
+def _slipped(case: Case, grads: dict, kind: str) -> dict:
+    key = sorted(grads)[0]
+    x = grads[key]
+    if kind == "extra_leading_axis":
+        bad = jnp.stack([x, x])
+    else:  # wrong_leaf_shape: one more entry on the last axis
+        bad = jnp.concatenate([x, x[..., :1]], axis=-1)
+    return {**grads, key: bad}
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_shape_slips_are_named(case):
+    """Gradients with an extra leading axis or a wrong leaf shape: a ValueError/TypeError naming
+    ``optlab.<name>`` (the leaf path where the check is the shared one), never updates shaped
+    unlike params. Checked at trace time by ``_base.public``."""
+    params = fixed_params(case.tree)
+    tx = case.build()
+    state = tx.init(params)
+    for kind in ("extra_leading_axis", "wrong_leaf_shape"):
+        grads = _slipped(case, _grads_like(case, params), kind)
+        try:
+            updates, _ = tx.update(grads, state, params, **step_extra_args(case, params))
+        except (ValueError, TypeError) as e:
+            assert "optlab." in str(e) or "shape" in str(e), (
+                f"optlab.{case.name}: {kind}: unclear error {type(e).__name__}: {str(e)[:300]}"
+            )
+            continue
+        if not _lead(case):
+            chex.assert_trees_all_equal_shapes(updates, params)
+
+
+BIG = [1e30, 1e-30]
+
+# Cases that still give non-finite updates on 1e30 / 1e-30 input, with the reason (issue 16
+# leftovers: their norms or squares are not yet computed by the overflow-safe _tree helpers).
+OVERFLOW_GAPS: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_huge_and_tiny_finite_input_gives_finite_updates(case):
+    """Finite input gives finite output: gradients and params scaled by 1e30 and by 1e-30
+    (eager, like the skip_nonfinite test)."""
+    tx = case.build()
+    base = fixed_params(case.tree)
+    def step(g, s, p):  # eager: cheaper than one compile per case
+        return tx.update(g, s, p, **step_extra_args(case, p))[0]
+
+    bad = []
+    for scale in BIG:
+        for what in ("grads", "params"):
+            params = jax.tree.map(lambda x: x * scale, base) if what == "params" else base
+            grads = make_grads(case, params, 0)
+            if what == "grads":
+                grads = jax.tree.map(lambda x: x * scale, grads)
+            updates = step(grads, tx.init(params), params)
+            if not _finite(updates):
+                bad.append(f"{what} x {scale}")
+    assert not bad or case.name in OVERFLOW_GAPS, f"optlab.{case.name}: non-finite updates: {bad}"
