@@ -31,7 +31,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default=lm.DEFAULT_SIZE, choices=tuple(lm.SIZES))
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--grid", default="", help="learning rates for every optimizer listed")
     parser.add_argument("--out", default="")
+    parser.add_argument("--name", default="lm_lr_sweep.md", help="file name under --out")
     args = parser.parse_args(argv)
     names, missing = common.split_available([n for n in args.optimizers.split(",") if n])
     if missing:
@@ -39,7 +41,9 @@ def main(argv=None) -> int:
     steps = args.steps or lm.SIZES[args.size].steps
     task = lm.LMTask(args.size)
     start, cpu0 = time.perf_counter(), time.process_time()
-    results = lm.sweep(names, size=args.size, steps=steps, seed=args.seed, task=task)
+    grid = [float(g) for g in args.grid.split(",") if g]
+    grids = {n: grid for n in names} if grid else None
+    results = lm.sweep(names, grids, size=args.size, steps=steps, seed=args.seed, task=task)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
     lines = [
         "# Language-model learning-rate sweep",
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "lm_lr_sweep.md").write_text(text)
+        (Path(args.out) / args.name).write_text(text)
     return 0
 
 

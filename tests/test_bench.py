@@ -163,7 +163,7 @@ def test_corpus_loader_on_a_temporary_directory(tmp_path):
     assert same.sha256 == c.sha256 and len(c.sha256) == 64  # order of `files` is irrelevant
     (tmp_path / "m3.py").write_bytes(b"changed")
     assert data.load_corpus(tmp_path, files, valid_every=3, valid_offset=1).sha256 != c.sha256
-    with pytest.raises(FileNotFoundError, match=r"2 of 9 files are missing.*gone\.py, m9\.py"):
+    with pytest.raises(FileNotFoundError, match=r"2 of 10 files are missing.*gone\.py, m9\.py"):
         data.load_corpus(tmp_path, [*files, "m9.py", "gone.py"])
     with pytest.raises(ValueError, match="at least two files"):
         data.load_corpus(tmp_path, ["m0.py"])

@@ -115,7 +115,8 @@ def load_corpus(
         raise ValueError(f"`load_corpus`: need at least two files to split, got {files!r}")
     if not 0 <= valid_offset < valid_every:
         raise ValueError(
-            f"`load_corpus`: need 0 <= valid_offset < valid_every, got {valid_offset}, {valid_every}"
+            "`load_corpus`: need 0 <= valid_offset < valid_every, got"
+            f" valid_offset={valid_offset}, valid_every={valid_every}"
         )
     missing = [f for f in files if not (root / f).is_file()]
     if missing:

@@ -456,8 +456,9 @@ def format_table(results: Sequence[LMResult], task: LMTask) -> str:
     cfg, sz = task.size.model, task.size
     lines = [
         (
-            f"Byte-level transformer (size {r0.size}: d={cfg.d}, {cfg.layers} layers, {cfg.heads} heads,"
-            f" context {cfg.context}, {r0.n_params / 1e6:.2f}M parameters), batch {sz.batch_size},"
+            f"Byte-level transformer (size {r0.size}: d={cfg.d}, {cfg.layers} layers,"
+            f" {cfg.heads} heads, context {cfg.context}, {r0.n_params / 1e6:.2f}M parameters),"
+            f" batch {sz.batch_size},"
             f" {steps} steps, schedule {r0.schedule} (warm-up {min(sz.warmup, steps - 1)}), seed"
             f" {r0.seed}. {task.corpus.describe()}. Validation loss in nats per byte (bpb: bits per"
             f" byte) on {sz.eval_windows} fixed validation windows, at {steps} steps and after"

@@ -132,7 +132,7 @@ class Embed(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """Decoder-only byte-level language model: tokens (batch, time) -> logits (batch, time, vocab)."""
+    """Decoder-only byte-level LM: tokens (batch, time) -> logits (batch, time, vocab)."""
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
         self.cfg = cfg
