@@ -193,7 +193,7 @@ def test_model_parameter_names_and_muon_leaf_selection():
 
     tx = lm.transformer_muon(0.1, 1e-3)
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(x.size), x.shape), params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)  # one compile, not per op
     # Hidden matrices (attention kernels seen as (d, heads * head_dim)) are orthogonalized:
     # their singular values are close to each other (Newton-Schulz maps them near 1).
     for u in (updates["blocks"][0]["attn"]["query"], updates["blocks"][0]["mlp"]["up"]):

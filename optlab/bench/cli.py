@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--size", choices=tuple(lm.SIZES), default=None,
-        help="lm: model size (tiny: seconds, a test; small: the default, ~1.4M parameters;"
+        help="lm: model size (tiny: seconds, a test; small: the default, ~0.93M parameters;"
         " base: ~19M parameters, for a GPU)",
     )  # fmt: skip
     p.add_argument("--seed", type=_nonnegative_int, default=None, help="lm: seed (default 0)")

@@ -320,7 +320,8 @@ def plot_losses(results: Sequence[Result], path: str | os.PathLike) -> None:
         sharey=True,
         squeeze=False,
     )
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # tab10 without its grey (index 7), which marks the other optimizers here.
+    colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
     weight = 0.9
     smoothed = [common.debiased_ema(r.losses.mean(0), weight) for r in results]
     for k, (ax, r) in enumerate(zip(axes.flat, results)):
