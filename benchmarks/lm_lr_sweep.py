@@ -27,7 +27,9 @@ from optlab.bench import common, lm
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--optimizers", default=",".join(lm.LEARNING_RATES))
+    # SAM-AdamW is not swept: it uses AdamW's rate.
+    swept = [n for n in lm.LEARNING_RATES if not n.startswith("sam-")]
+    parser.add_argument("--optimizers", default=",".join(swept))
     parser.add_argument("--size", default=lm.DEFAULT_SIZE, choices=tuple(lm.SIZES))
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=1)
