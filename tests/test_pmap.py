@@ -8,8 +8,8 @@ against a single-device computation on the whole batch:
 
 * ``optlab.adamw`` for 3 steps, gradients averaged over the axis (``jax.lax.pmean``):
   every replica's parameters and state equal the single-device full-batch run.
-* ``optlab.clip_by_global_norm`` after the cross-device mean (clipping active): the
-  clipped updates equal the single-device clipping of the full-batch gradient, and every
+* ``optlab.in_float32(optax.clip_by_global_norm(...))`` after the cross-device mean
+  (clipping active): the clipped updates equal the single-device clipping of the full-batch gradient, and every
   replica gets the same update (the norm is the global one, not a per-shard one).
 * SAM's m-sharpness (``optlab.sam(..., axis_name="batch")``, local gradients and a local
   ``grad_fn``): each shard perturbs by its own gradient, the perturbed gradients are
@@ -82,7 +82,7 @@ SCRIPT = textwrap.dedent(
                     "init_params": tolist(params)}
 
     # 2. clip_by_global_norm after the cross-device mean.
-    clip = optlab.clip_by_global_norm(MAX_NORM)
+    clip = optlab.in_float32(optax.clip_by_global_norm(MAX_NORM))
 
     def pclip(p, x, y):
         g = jax.lax.pmean(jax.grad(loss)(p, x, y), AXIS)
