@@ -929,6 +929,21 @@ _READERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
 _STATE_TYPES = tuple(_READERS)
 
 
+def _is_averaging_state(x: Any) -> bool:
+    """A known averaging state, or a duck-typed one: a class attribute ``averaging_name``
+    and a method ``averaged()`` (e.g. :class:`optlab.ScheduleFreeState`)."""
+    return isinstance(x, _STATE_TYPES) or (
+        isinstance(getattr(type(x), "averaging_name", None), str)
+        and callable(getattr(x, "averaged", None))
+    )
+
+
+def _reader(state: Any) -> tuple[str, Callable[[Any], Any]]:
+    if type(state) in _READERS:
+        return _READERS[type(state)]
+    return type(state).averaging_name, lambda s: s.averaged()
+
+
 def _unwrap_flax_variables(tree: Any) -> Any:
     """Replace Flax NNX ``Variable`` leaves (``nnx.Optimizer.opt_state``) by their values."""
     if "flax" not in sys.modules:
@@ -949,13 +964,14 @@ def _unwrap_flax_variables(tree: Any) -> Any:
 def _find_states(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     found = []
     path_leaves, _ = jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: isinstance(x, _STATE_TYPES)
+        tree, is_leaf=_is_averaging_state
     )
     for path, leaf in path_leaves:
-        if isinstance(leaf, _STATE_TYPES):
+        if _is_averaging_state(leaf):
             here = prefix + jax.tree_util.keystr(path)
             found.append((here, leaf))
-            found.extend(_find_states(leaf.inner_state, here + ".inner_state"))
+            if hasattr(leaf, "inner_state"):
+                found.extend(_find_states(leaf.inner_state, here + ".inner_state"))
     return found
 
 
@@ -964,11 +980,13 @@ def averaged_params(state: Any, which: str | int | None = None, params: Any = No
 
     Searches the optimizer state tree for the states of :func:`optlab.swa`,
     :func:`optlab.ema_params`, :func:`optlab.bema`, :func:`optlab.lawa`,
-    :func:`optlab.switch_ema` and :func:`optlab.lookahead`, through ``optax.chain``
+    :func:`optlab.switch_ema`, :func:`optlab.lookahead` and :func:`optlab.schedule_free`
+    (and any state with an ``averaging_name`` class attribute and an ``averaged()``
+    method), through ``optax.chain``
     tuples, ``optlab.named_chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``,
     ``optax.masked`` / ``optax.partition`` and nested averaging wrappers. It returns:
     the SWA mean, the (debiased) EMA, the BEMA estimate, the mean of the LAWA buffer,
-    the Switch-EMA average, or Lookahead's slow weights. A ``flax.nnx.Optimizer`` (or
+    the Switch-EMA average, Lookahead's slow weights, or schedule-free's ``x``. A ``flax.nnx.Optimizer`` (or
     its ``opt_state``) is accepted: Flax variables are unwrapped, and the result can be
     loaded with ``nnx.update(model, averaged_params(optimizer))``.
 
@@ -1005,7 +1023,7 @@ def averaged_params(state: Any, which: str | int | None = None, params: Any = No
             " state of optlab.swa, ema_params, bema, lawa, switch_ema or lookahead, possibly"
             f" inside chains or wrappers); got a state of type {type(state).__name__}."
         )
-    listing = ", ".join(f"{_READERS[type(s)][0]} at {p or '<root>'}" for p, s in found)
+    listing = ", ".join(f"{_reader(s)[0]} at {p or '<root>'}" for p, s in found)
     if isinstance(which, int) and not isinstance(which, bool):
         if not -len(found) <= which < len(found):
             raise ValueError(
@@ -1016,13 +1034,13 @@ def averaged_params(state: Any, which: str | int | None = None, params: Any = No
     elif which is None:
         chosen = found
     else:
-        names = {n for n, _ in _READERS.values()}
+        names = {n for n, _ in _READERS.values()} | {_reader(s)[0] for _, s in found}
         if which not in names:
             raise ValueError(
                 f"`optlab.averaged_params`: `which` must be one of {sorted(names)} or an"
                 f" index, got which={which!r}."
             )
-        chosen = [(p, s) for p, s in found if _READERS[type(s)][0] == which]
+        chosen = [(p, s) for p, s in found if _reader(s)[0] == which]
         if not chosen:
             raise ValueError(
                 f"`optlab.averaged_params`: no `{which}` state found; found: {listing}."
@@ -1033,7 +1051,7 @@ def averaged_params(state: Any, which: str | int | None = None, params: Any = No
             " select one with `which=` (a method name or an index)."
         )
     _, chosen_state = chosen[0]
-    avg = _READERS[type(chosen_state)][1](chosen_state)
+    avg = _reader(chosen_state)[1](chosen_state)
     if params is not None:
         params = _unwrap_flax_variables(params)
         avg = jax.tree.map(

@@ -411,6 +411,30 @@ CONVERGENCE = {
 }
 
 
+# Step-size rules and parameter-free methods (optlab/_step_sizes.py): a learning rate of 1
+# is a multiplier (DoG, DoWG, Prodigy) or the cap of the Polyak step (SPS, ALR-SMAG).
+CONVERGENCE.update({
+    "adagrad_norm": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=0.5), 0.5),
+    "adago": (dict(learning_rate=_cos(0.05, 300)), 2e-2, dict(learning_rate=0.05), 0.5),
+    "sps": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-3, c=0.5), 0.5),
+    "alr_smag": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-3), 0.5),
+    "dog": (dict(), 1e-6, dict(), 0.5),
+    "dowg": (dict(), 1e-6, dict(), 0.5),
+    "prodigy": (dict(), 1e-4, dict(), 0.5),
+    "schedule_free_sgd": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=1e-3), 0.5),
+    "schedule_free_adamw": (dict(learning_rate=0.1), 1e-4, dict(learning_rate=0.05), 0.5),
+})
+NEEDS_VALUE = {"sps", "alr_smag"}  # Polyak-type steps read the loss
+
+
+def _extra(name, loss):
+    if name in ("sophia", "adahessian"):
+        return _hvp_extra(loss)
+    if name in NEEDS_VALUE:
+        return lambda p: {"value": loss(p)}
+    return None
+
+
 def test_convergence_table_covers_every_optimizer():
     """Every optimizer of ``_aliases`` (other modules register their own, e.g. DP-SGD)."""
     from optlab import _aliases
@@ -422,14 +446,13 @@ def test_convergence_table_covers_every_optimizer():
 @pytest.mark.parametrize("name", sorted(CONVERGENCE))
 def test_converges_on_parabola_and_rosenbrock(name):
     kw_p, tol_p, kw_r, tol_r = CONVERGENCE[name]
-    hvp = name in ("sophia", "adahessian")
     params = fixed_params()
     _, _, losses = run_optimizer(optlab.get(name, **kw_p), parabola, params, 300,
-                                 _hvp_extra(parabola) if hvp else None)
+                                 _extra(name, parabola))
     assert losses[-1] < tol_p, f"{name}: parabola {losses[0]:.3g} -> {losses[-1]:.3g}"
     start = {"x": jnp.array([-1.2, 1.0])}
     p_end, _, losses = run_optimizer(optlab.get(name, **kw_r), rosenbrock, start, 1000,
-                                     _hvp_extra(rosenbrock) if hvp else None)
+                                     _extra(name, rosenbrock))
     final = float(rosenbrock(p_end))
     assert final < tol_r, f"{name}: rosenbrock {losses[0]:.3g} -> {final:.3g}"
 
@@ -485,5 +508,6 @@ def test_schedules_and_traced_hyperparameters_accepted():
         static = {"ns_steps", "num_iters", "min_dim_size_to_factor", "decay_offset",
                   "channel_axis"} & set(inspect.signature(factory).parameters)
         tx = optax.inject_hyperparams(factory, static_args=static)(learning_rate=1e-2)
-        _, _, losses = run_optimizer(tx, quadratic_loss, params, 3)
+        _, _, losses = run_optimizer(tx, quadratic_loss, params, 3,
+                                     _extra(name, quadratic_loss))
         assert np.all(np.isfinite(losses)), name
