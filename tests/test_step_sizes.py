@@ -160,7 +160,7 @@ def test_alr_smag_three_step_reference():
 def test_polyak_rules_converge_with_a_loss_bounded_by_zero():
     for tx in (optlab.sps(1.0), optlab.alr_smag(1.0)):
         _, _, losses = run_optimizer(
-            tx, quadratic_loss, fixed_params(), 100, lambda p: {"value": quadratic_loss(p)}
+            tx, quadratic_loss, fixed_params(), 300, lambda p: {"value": quadratic_loss(p)}
         )
         assert losses[-1] < 1e-6 * losses[0]
 
@@ -282,9 +282,8 @@ def test_adago_one_scalar_per_matrix_and_bounded_orthogonal_step():
 def test_adago_alias_uses_adamw_on_vectors():
     params = {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)}
     g = {"w": jnp.ones((4, 4)), "b": jnp.ones(4)}
-    u, _ = optlab.adago(0.1, adam_learning_rate=0.01).update(
-        g, optlab.adago(0.1).init(params), params
-    )
+    tx = optlab.adago(0.1, adam_learning_rate=0.01, nesterov=False)
+    u, _ = tx.update(g, tx.init(params), params)
     np.testing.assert_allclose(u["b"], -0.01 * jnp.ones(4), rtol=1e-4)
 
 
