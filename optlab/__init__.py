@@ -18,8 +18,9 @@ module                 concern
 ``_combinators``       generic wrappers (skip non-finite steps ...)
 ``_schedules``         learning-rate schedules (WSD, 1cycle, refinement ...) and scaling rules
 ``_step_sizes``        step-size rules (Polyak, AdaGrad-norm, AdaGO) and parameter-free methods
-``_aliases``           named optimizers: chains of the above
-``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``
+``_aliases``           named optimizers: chains of the above (and DP-SGD)
+``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``: the top
+                       floor, a table of ``_aliases``; nothing below imports it
 ``_flax_utils``        Flax helpers (BatchNorm statistics for averaged weights)
 =====================  ==================================================
 """

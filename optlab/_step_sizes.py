@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _base, _tree
-from optlab._momentum import scale_by_momentum
-from optlab._normalization import orthogonalize
+from optlab._momentum import _scale_by_momentum
+from optlab._normalization import _orthogonalize, check_newton_schulz
 
 __all__ = [
     "AEGDState",
@@ -87,8 +87,11 @@ def _is_zero(x: Any) -> bool:
     return _base.is_concrete_number(x) and float(x) == 0.0
 
 
-def _check_params(fn_name: str, params: Any) -> None:
-    _base.check_float_tree(fn_name, params)
+_VALUE_HOW = (
+    "`value, grads = jax.value_and_grad(loss)(params)`, then"
+    " `tx.update(grads, state, params, value=value)`; with Flax NNX,"
+    " `optimizer.update(model, grads, value=value)`."
+)
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +113,6 @@ def _sps(fn_name, max_learning_rate, f_star, c, eps, weight_decay):
     """SPS_max step on the incoming direction (no validation: callers validate)."""
 
     def init_fn(params):
-        _check_params(fn_name, params)
         return ScaleBySPSState(jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -197,7 +199,9 @@ def scale_by_sps(
     _base.check_nonnegative(fn, eps=eps, weight_decay=weight_decay)
     _base.check_finite(fn, f_star=f_star)
     _base.check_positive(fn, c=c)
-    return _sps(fn, max_learning_rate, f_star, c, eps, weight_decay)
+    return _base.public(
+        fn, _sps(fn, max_learning_rate, f_star, c, eps, weight_decay), value=_VALUE_HOW
+    )
 
 
 def normalize_by_loss(eps: jax.typing.ArrayLike = 1e-8) -> optax.GradientTransformationExtraArgs:
@@ -234,7 +238,6 @@ def normalize_by_loss(eps: jax.typing.ArrayLike = 1e-8) -> optax.GradientTransfo
     _base.check_positive(fn, eps=eps)
 
     def init_fn(params):
-        _check_params(fn, params)
         return optax.EmptyState()
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -244,7 +247,9 @@ def normalize_by_loss(eps: jax.typing.ArrayLike = 1e-8) -> optax.GradientTransfo
         factor = jnp.where(jnp.isnan(value), value, factor)  # a NaN loss stays visible
         return _scale(updates, factor), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _base.public(
+        fn, optax.GradientTransformationExtraArgs(init_fn, update_fn), value=_VALUE_HOW
+    )
 
 
 class AEGDState(NamedTuple):
@@ -307,7 +312,6 @@ def scale_by_aegd(
     _base.check_positive(fn, c=c)
 
     def init_fn(params):
-        _check_params(fn, params)
         return AEGDState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params))
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -327,7 +331,9 @@ def scale_by_aegd(
         energy = jax.tree.map(lambda r, old: r.astype(old.dtype), r_new, state.energy)
         return out, AEGDState(optax.safe_increment(state.count), energy)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _base.public(
+        fn, optax.GradientTransformationExtraArgs(init_fn, update_fn), value=_VALUE_HOW
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -432,13 +438,7 @@ def scale_by_adagrad_norm(
             f"`optlab.{fn}`: `granularity` must be one of {GRANULARITIES}, got"
             f" granularity={granularity!r}."
         )
-    tx = _adagrad_norm(initial_accumulator_value, eps, granularity)
-
-    def init_fn(params):
-        _check_params(fn, params)
-        return tx.init(params)
-
-    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
+    return _base.public(fn, _adagrad_norm(initial_accumulator_value, eps, granularity))
 
 
 class AdaGOState(NamedTuple):
@@ -511,11 +511,20 @@ def scale_by_adago(
     _base.check_decay(fn, b1=b1)
     _base.check_positive(fn, gamma=gamma)
     _base.check_nonnegative(fn, eps=eps, initial_accumulator_value=initial_accumulator_value)
-    _base.check_int(fn, ns_steps=ns_steps)
-    direction = optax.chain(scale_by_momentum(b1, nesterov), orthogonalize(ns_steps, ns_coeffs))
+    check_newton_schulz(fn, ns_steps, ns_coeffs, 1e-7)
+    return _base.public(
+        fn,
+        _scale_by_adago(b1, gamma, eps, initial_accumulator_value, ns_steps, ns_coeffs, nesterov),
+    )
+
+
+def _scale_by_adago(b1, gamma, eps, initial_accumulator_value, ns_steps, ns_coeffs, nesterov):
+    direction = optax.chain(
+        _scale_by_momentum(b1, nesterov, None),
+        _orthogonalize(ns_steps, ns_coeffs, 1e-7, "passthrough"),
+    )
 
     def init_fn(params):
-        _check_params(fn, params)
         acc = jax.tree.map(lambda _: jnp.full([], initial_accumulator_value, jnp.float32), params)
         return AdaGOState(acc, direction.init(params))
 
@@ -607,11 +616,15 @@ def scale_by_dog(
       Size Schedule <https://arxiv.org/abs/2302.12022>`_, 2023.
     """
     fn = "scale_by_dog"
-    kind, init_value = _check_init_step(fn, init_step)
+    _check_init_step(fn, init_step)
     _base.check_nonnegative(fn, eps=eps)
+    return _base.public(fn, _scale_by_dog(init_step, eps))
+
+
+def _scale_by_dog(init_step, eps):
+    kind, init_value = init_step
 
     def init_fn(params):
-        _check_params(fn, params)
         if kind == "distance":
             r_eps = jnp.asarray(init_value, jnp.float32)
         elif kind == "heuristic":
@@ -715,10 +728,13 @@ def scale_by_dowg(
     _base.check_nonnegative(fn, eps=eps)
     if init_estim_sq_dist is not None:
         _base.check_positive(fn, init_estim_sq_dist=init_estim_sq_dist)
+    return _base.public(fn, _scale_by_dowg(init_estim_sq_dist, eps))
+
+
+def _scale_by_dowg(init_estim_sq_dist, eps):
     r0 = eps if init_estim_sq_dist is None else init_estim_sq_dist
 
     def init_fn(params):
-        _check_params(fn, params)
         return DoWGState(
             init_params=jax.tree.map(jnp.copy, params),
             weighted_sq_norm_grads=jnp.zeros([], jnp.float32),
@@ -827,17 +843,20 @@ def scale_by_prodigy(
         _base.check_decay(fn, beta3=beta3)
     _base.check_nonnegative(fn, eps=eps, weight_decay=weight_decay)
     _base.check_positive(fn, estim_lr0=estim_lr0, estim_lr_coef=estim_lr_coef)
-    return _prodigy(
+    return _base.public(
         fn,
-        learning_rate,
-        b1,
-        b2,
-        beta3,
-        eps,
-        estim_lr0,
-        estim_lr_coef,
-        weight_decay,
-        safeguard_warmup,
+        _prodigy(
+            fn,
+            learning_rate,
+            b1,
+            b2,
+            beta3,
+            eps,
+            estim_lr0,
+            estim_lr_coef,
+            weight_decay,
+            safeguard_warmup,
+        ),
     )
 
 
@@ -845,7 +864,6 @@ def _prodigy(
     fn, learning_rate, b1, b2, beta3, eps, estim_lr0, estim_lr_coef, weight_decay, safeguard_warmup
 ):
     def init_fn(params):
-        _check_params(fn, params)
         zeros = optax.tree.zeros_like(params)
         return ProdigyState(
             count=jnp.zeros([], jnp.int32),
@@ -1013,14 +1031,13 @@ def schedule_free(
     _base.check_learning_rate(fn, learning_rate)
     _base.check_decay(fn, b1=b1)
     _base.check_nonnegative(fn, weight_lr_power=weight_lr_power)
-    return _schedule_free(fn, base_optimizer, learning_rate, b1, weight_lr_power)
+    return _base.public(fn, _schedule_free(fn, base_optimizer, learning_rate, b1, weight_lr_power))
 
 
 def _schedule_free(fn, base_optimizer, learning_rate, b1, weight_lr_power):
     base = optax.with_extra_args_support(base_optimizer)
 
     def init_fn(params):
-        _check_params(fn, params)
         return ScheduleFreeState(
             count=jnp.zeros([], jnp.int32),
             weight_sum=jnp.zeros([], jnp.float32),
