@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import fixed_params, quadratic_loss, run_optimizer
 from optax import contrib
 
 import optlab
+from helpers import fixed_params, quadratic_loss, run_optimizer
 
 
 def _loss(p):

@@ -4,9 +4,9 @@ rules of optlab/_schedules.py (plain functions, not transforms)."""
 
 import hypothesis.strategies as st
 import optax
-from helpers import Case, register_not_transform
 
 import optlab
+from helpers import Case, register_not_transform
 
 register_not_transform(
     "wsd_schedule",
