@@ -606,7 +606,9 @@ def _projected(
             back = scale * (d.p @ _tree.to_acc(u))
             if residual is not None:
                 res = d.x_c - d.p @ (d.p.T @ d.x_c)
-                res = jnp.sign(res) if residual == "sign" else res
+                if residual == "sign":  # rounding noise of a residual that is zero: no step
+                    noise = d.plan.k * jnp.finfo(jnp.float32).eps * jnp.max(jnp.abs(d.x_c))
+                    res = jnp.where(jnp.abs(res) <= noise, 0.0, jnp.sign(res))
                 back = back + residual_scale * res
             back = back.T if d.plan.transpose else back
             return _reshard_like(back.astype(g.dtype), g)
@@ -768,7 +770,9 @@ def scale_by_frugal(
     :math:`G = PP^\top G + (I - PP^\top)G`: the projected part takes Adam's step with
     rank-``r`` moments (exactly :func:`optlab.scale_by_projected_adam`), the residual
     takes a state-free step, :math:`\mathrm{sign}((I-PP^\top)G)` (signSGD,
-    ``residual="sign"``) or :math:`(I-PP^\top)G` (``"sgd"``), times ``residual_scale``.
+    ``residual="sign"``; entries below :math:`k\,\epsilon_{32} \max|G|`, the rounding
+    noise of a residual that is zero, give no step) or :math:`(I-PP^\top)G` (``"sgd"``),
+    times ``residual_scale``.
     The update is the sum; leaves that are not projected take a full Adam step.
 
     Args:
