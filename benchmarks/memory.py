@@ -265,6 +265,7 @@ def main(argv=None) -> int:
                     "--repeats",
                     str(args.repeats),
                 ],
+                check=False,
                 capture_output=True,
                 text=True,
                 env=os.environ.copy(),

@@ -17,8 +17,9 @@ module                 concern
 ``_merging``           offline model merging (soups, SLERP, Model Stock)
 ``_memory_efficient``  memory-efficient state (Subset-Norm, GaLore, FRUGAL, BAdam, 8-bit)
 ``_combinators``       generic wrappers (skip non-finite steps ...)
-``_aliases``           named optimizers: chains of the above
-``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``
+``_aliases``           named optimizers: chains of the above (and DP-SGD)
+``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``: the top
+                       floor, a table of ``_aliases``; nothing below imports it
 ``_flax_utils``        Flax helpers (BatchNorm statistics for averaged weights)
 =====================  ==================================================
 """

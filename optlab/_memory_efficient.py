@@ -56,7 +56,7 @@ _is_none = lambda x: x is None
 
 
 def _none_map(fn, tree, *rest):
-    return _tree.tree_none_safe_map(fn, tree, *rest)
+    return _tree.tree_map(fn, tree, *rest)
 
 
 def _explicit_sharding(x: jax.Array):
@@ -232,7 +232,7 @@ def _reduced_adam(
 
 
 def _debiased_ema(b1) -> optax.GradientTransformation:
-    """Adam's bias-corrected first moment (``optax.ema`` with ``debias=True``), in the leaf dtype."""
+    """Adam's bias-corrected first moment (``optax.ema``, ``debias=True``), leaf dtype."""
     return optax.with_extra_args_support(optax.ema(b1, debias=True))
 
 

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import parabola, run_optimizer
 
 import optlab
+from helpers import parabola, run_optimizer
 
 KEY = jax.random.key(0)
 

@@ -11,9 +11,9 @@ Cases are few because every one costs ~20 s of CPU across the registry-wide suit
 
 import hypothesis.strategies as st
 import optax
-from helpers import Case, register_not_transform
 
 import optlab
+from helpers import Case, register_not_transform
 
 register_not_transform("stochastic_round", "stochastic_apply_updates", "dynamic_quantization_map")
 
