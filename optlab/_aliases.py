@@ -1504,8 +1504,8 @@ def subset_norm_adam(
       >>> tx = optlab.subset_norm_adam(1e-3)
       >>> params = {"w": jnp.ones((4, 16))}
       >>> updates, _ = tx.update(params, tx.init(params), params)
-      >>> print(updates["w"].shape, float(updates["w"][0, 0]))  # first step: -lr * sign(g)
-      (4, 16) -0.001
+      >>> print(updates["w"].shape, jnp.round(updates["w"][0, :2], 6))  # first step: -lr sign(g)
+      (4, 16) [-0.001 -0.001]
 
     References:
       Nguyen, Nguyen and Ene, `Efficient Adaptive Optimization via Subset-Norm and
@@ -1639,7 +1639,7 @@ def online_subspace_descent(
       >>> import jax.numpy as jnp, optlab
       >>> tx = optlab.online_subspace_descent(1e-3, rank=2)
       >>> params = {"w": jnp.ones((8, 4))}
-      >>> print(tx.init(params)[0].projector["w"].shape)
+      >>> print(tx.init(params)["scale_by_projected_adam"].projector["w"].shape)
       (8, 2)
 
     References:
@@ -1769,8 +1769,8 @@ def badam(
       >>> tx = optlab.badam(1e-3, switch_every=10)
       >>> params = {"a": jnp.ones((2,)), "b": jnp.ones((3,))}
       >>> updates, _ = tx.update(params, tx.init(params), params)
-      >>> print(updates["a"], updates["b"])
-      [-0.001 -0.001] [0. 0. 0.]
+      >>> print(jnp.round(updates["a"], 6), bool((updates["b"] == 0).all()))
+      [-0.001 -0.001] True
 
     References:
       Luo, Yu and Li, `BAdam: A Memory Efficient Full Parameter Optimization Method for
