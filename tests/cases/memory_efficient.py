@@ -75,11 +75,12 @@ CASES = [
         kwargs={"rank": 8, "projector": "online_pca", "update_every": 1, "side": "small"},
         hparams={"projector_lr": st.floats(0.01, 1.0)},
     ),
-    # residual_scale 0.5: Adam's first step (+-1 in the subspace) and the sign step do not
-    # cancel to an exact 0, whose rounding noise would fail inject_hyperparams' rtol
+    # residual_scale 2: Adam's first step (+-1 in the subspace, which optax computes 6e-6
+    # apart with traced and with Python-float b2) plus the sign step stays >= 1 in size, so
+    # that difference passes inject_hyperparams' rtol of 1e-5
     _case(
         "scale_by_frugal",
-        kwargs={"rank": 2, "update_every": 2, "projector": "dct", "residual_scale": 0.5},
+        kwargs={"rank": 2, "update_every": 2, "projector": "dct", "residual_scale": 2.0},
         hparams={"b1": B1, "residual_scale": st.floats(0.0, 1.0)},
     ),
     _case(
