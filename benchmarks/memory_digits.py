@@ -27,6 +27,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optlab
 from optlab import bench
+from optlab.bench import digits as bench_digits
 
 RANK = 16
 LR = 0.01
@@ -62,12 +63,12 @@ def main(argv=None) -> int:
     names = list(OPTIMIZERS) if args.optimizers is None else args.optimizers.split(",")
     data = bench.load_data()
     results = {}
-    build = bench.build_optimizer
+    build = bench_digits.build_optimizer
     try:
         for name in names:
-            # train_one builds its optimizer with bench.build_optimizer(name, lr); these
+            # train_one builds its optimizer with digits.build_optimizer(name, lr); these
             # variants are not registry names, so point it at our table for this call.
-            bench.build_optimizer = lambda n, lr: OPTIMIZERS[n](lr)
+            bench_digits.build_optimizer = lambda n, lr: OPTIMIZERS[n](lr)
             r = bench.train_one(name, data, args.seeds, args.steps, bench.DEFAULT_BATCH_SIZE, LR)
             results[name] = r
             print(
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
                 flush=True,
             )
     finally:
-        bench.build_optimizer = build
+        bench_digits.build_optimizer = build
     ref = results["adamw"].accuracy_mean if "adamw" in results else np.nan
     lines = [
         "# Digits: memory-efficient optimizers vs AdamW",
