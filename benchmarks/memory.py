@@ -207,8 +207,10 @@ def markdown(rows: list[dict[str, Any]], note: str) -> str:
         "",
         note,
         "",
-        ("| size | optimizer | state / params | vs AdamW state | XLA temp MiB | XLA peak MiB"
-        " | peak RSS over params+grads MiB | step ms | vs AdamW | target |"),
+        (
+            "| size | optimizer | state / params | vs AdamW state | XLA temp MiB | XLA peak MiB"
+            " | peak RSS over params+grads MiB | step ms | vs AdamW | target |"
+        ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for (size, name), r in by.items():

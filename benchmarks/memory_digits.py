@@ -38,12 +38,12 @@ OPTIMIZERS = {
     "subset_norm_adam (subspace momentum r=16)": lambda lr: optlab.subset_norm_adam(
         lr, momentum_rank=RANK
     ),
-    "galore (r=16, T=200)": lambda lr: optlab.galore(lr, rank=RANK, update_proj_gap=200),
-    "galore dct (r=16, T=200)": lambda lr: optlab.galore(
+    "galore (r=16 T=200)": lambda lr: optlab.galore(lr, rank=RANK, update_proj_gap=200),
+    "galore dct (r=16 T=200)": lambda lr: optlab.galore(
         lr, rank=RANK, update_proj_gap=200, projector="dct"
     ),
     "online_subspace_descent (r=16)": lambda lr: optlab.online_subspace_descent(lr, rank=RANK),
-    "frugal (r=16, T=200)": lambda lr: optlab.frugal(
+    "frugal (r=16 T=200)": lambda lr: optlab.frugal(
         lr, rank=RANK, update_every=200, residual_scale=0.03
     ),
     "badam (K=20)": lambda lr: optlab.badam(lr, switch_every=20),
@@ -57,10 +57,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--optimizers", default=None, help="comma-separated keys (default: all)")
+    ap.add_argument("--optimizers", default=None, help="keys separated by ';' (default: all)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    names = list(OPTIMIZERS) if args.optimizers is None else args.optimizers.split(",")
+    names = list(OPTIMIZERS) if args.optimizers is None else args.optimizers.split(";")
     data = bench.load_data()
     results = {}
     build = bench_digits.build_optimizer
@@ -82,9 +82,11 @@ def main(argv=None) -> int:
     lines = [
         "# Digits: memory-efficient optimizers vs AdamW",
         "",
-        (f"`benchmarks/memory_digits.py`: optlab.bench's MLP on digits, {args.steps} steps, batch"
-        f" {bench.DEFAULT_BATCH_SIZE}, {args.seeds} seeds, learning rate {LR} (AdamW's tuned"
-        " rate) for all, ranks 16. Target: within 1 point of AdamW's test accuracy."),
+        (
+            f"`benchmarks/memory_digits.py`: optlab.bench's MLP on digits, {args.steps} steps, batch"
+            f" {bench.DEFAULT_BATCH_SIZE}, {args.seeds} seeds, learning rate {LR} (AdamW's tuned"
+            " rate) for all, ranks 16. Target: within 1 point of AdamW's test accuracy."
+        ),
         "",
         "| optimizer | test accuracy % | vs AdamW (points) | within 1 point | state / params |",
         "|---|---:|---:|---|---:|",
