@@ -83,9 +83,9 @@ def main(argv=None) -> int:
         "# Digits: memory-efficient optimizers vs AdamW",
         "",
         (
-            f"`benchmarks/memory_digits.py`: optlab.bench's MLP on digits, {args.steps} steps, batch"
-            f" {bench.DEFAULT_BATCH_SIZE}, {args.seeds} seeds, learning rate {LR} (AdamW's tuned"
-            " rate) for all, ranks 16. Target: within 1 point of AdamW's test accuracy."
+            f"`benchmarks/memory_digits.py`: optlab.bench's MLP on digits, {args.steps} steps,"
+            f" batch {bench.DEFAULT_BATCH_SIZE}, {args.seeds} seeds, learning rate {LR}"
+            " (AdamW's tuned rate) for all, ranks 16. Target: within 1 point of AdamW."
         ),
         "",
         "| optimizer | test accuracy % | vs AdamW (points) | within 1 point | state / params |",
