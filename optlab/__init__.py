@@ -15,6 +15,7 @@ module                 concern
 ``_privacy``           differential privacy (DP-SGD)
 ``_multi_objective``   combining per-objective gradients (UPGrad, PCGrad, MGDA)
 ``_merging``           offline model merging (soups, SLERP, Model Stock)
+``_memory_efficient``  memory-efficient state (Subset-Norm, GaLore, FRUGAL, BAdam, 8-bit)
 ``_combinators``       generic wrappers (skip non-finite steps ...)
 ``_schedules``         learning-rate schedules (WSD, 1cycle, refinement ...) and scaling rules
 ``_step_sizes``        step-size rules (Polyak, AdaGrad-norm, AdaGO) and parameter-free methods
@@ -30,6 +31,7 @@ from optlab import _averaging
 from optlab import _clipping
 from optlab import _combinators
 from optlab import _flax_utils
+from optlab import _memory_efficient
 from optlab import _merging
 from optlab import _momentum
 from optlab import _multi_objective
@@ -45,6 +47,7 @@ from optlab._averaging import *  # noqa: F401,F403
 from optlab._clipping import *  # noqa: F401,F403
 from optlab._combinators import *  # noqa: F401,F403
 from optlab._flax_utils import *  # noqa: F401,F403
+from optlab._memory_efficient import *  # noqa: F401,F403
 from optlab._merging import *  # noqa: F401,F403
 from optlab._momentum import *  # noqa: F401,F403
 from optlab._multi_objective import *  # noqa: F401,F403
@@ -59,9 +62,9 @@ from optlab._step_sizes import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 _MODULES = (
-    _aliases, _averaging, _clipping, _combinators, _flax_utils, _merging, _momentum,
-    _multi_objective, _normalization, _privacy, _registry, _schedules, _second_order,
-    _sharpness, _step_sizes,
+    _aliases, _averaging, _clipping, _combinators, _flax_utils, _memory_efficient, _merging,
+    _momentum, _multi_objective, _normalization, _privacy, _registry, _schedules,
+    _second_order, _sharpness, _step_sizes,
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
 

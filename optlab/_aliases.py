@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _base
+from optlab import _memory_efficient as _me
+from optlab import _step_sizes
 from optlab._combinators import _in_float32
 from optlab._momentum import (
     _cautious,
@@ -1452,7 +1454,6 @@ def dpsgd(
 # Step-size rules and parameter-free optimizers (optlab/_step_sizes.py)
 # ---------------------------------------------------------------------------
 
-from optlab import _step_sizes  # noqa: E402  (kept with its block to ease merging)
 
 __all__ += [
     "adagrad_norm",
@@ -2005,4 +2006,395 @@ def schedule_free_adamw(
         "schedule_free_adamw",
         ("schedule_free",
          _step_sizes._schedule_free("schedule_free_adamw", base, lr, b1, weight_lr_power)),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Memory-efficient state (optlab/_memory_efficient.py)
+# ---------------------------------------------------------------------------
+
+__all__ += ["adam_mini", "badam", "frugal", "galore", "online_subspace_descent",
+            "subset_norm_adam"]
+
+
+def _check_projection(name, learning_rate, rank, update_every, b1, b2, eps, weight_decay,
+                      projector="svd", min_dim_size=2, every_name="update_every"):
+    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _me.check_projection(name, rank, projector, update_every, min_dim_size,
+                         every_name=every_name)
+
+
+def subset_norm_adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    *,
+    subset_size: int | None = None,
+    momentum_rank: int | None = None,
+    update_every: int = 200,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Subset-Norm Adam: one second moment per subset of each leaf, optional subspace momentum.
+
+    :func:`optlab.scale_by_subset_norm` (second moment reduced over the largest axis of
+    each leaf, or over groups of ``subset_size``; with ``momentum_rank`` the momentum
+    lives in a rank-``r`` SVD subspace of each matrix), then decoupled weight decay and
+    the learning rate.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: added outside the square root (>= 0).
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+      subset_size: Python int >= 1, or None (largest-axis subsets).
+      momentum_rank: Python int >= 1 for Subspace-Momentum, or None (full momentum).
+      update_every: refresh period of the momentum subspace.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: a full first moment (or a
+      rank-``r`` one plus the projector) and :math:`O(\sqrt d)` second moments per leaf.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.subset_norm_adam(1e-3)
+      >>> params = {"w": jnp.ones((4, 16))}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> print(updates["w"].shape, jnp.round(updates["w"][0, :2], 6))  # first step: -lr sign(g)
+      (4, 16) [-0.001 -0.001]
+
+    References:
+      Nguyen, Nguyen and Ene, `Efficient Adaptive Optimization via Subset-Norm and
+      Subspace-Momentum <https://arxiv.org/abs/2411.07120>`_, 2024.
+    """
+    name = "subset_norm_adam"
+    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    if subset_size is not None:
+        _base.check_int(name, subset_size=subset_size)
+    if momentum_rank is not None:
+        _me.check_projection(name, momentum_rank, "svd", update_every, 2,
+                             rank_name="momentum_rank")
+    return _chain(
+        name,
+        ("scale_by_subset_norm", _me._subset_norm(name, b1, b2, eps, 0.0, subset_size,
+                                                  momentum_rank, "svd", update_every, 2)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def galore(
+    learning_rate: optax.ScalarOrSchedule,
+    rank: int = 128,
+    update_proj_gap: int = 200,
+    scale: jax.typing.ArrayLike = 1.0,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    *,
+    projector: str = "svd",
+    projection_mask: MaskOrFn = None,
+    min_dim_size: int = 2,
+) -> optax.GradientTransformationExtraArgs:
+    r"""GaLore: Adam with rank-``r`` moments in the top singular subspace of each gradient.
+
+    :func:`optlab.scale_by_projected_adam` with the SVD projector refreshed every
+    ``update_proj_gap`` steps (``projector="dct"`` for the SVD-free variant), then
+    decoupled weight decay in the full space and the learning rate. Same numbers as
+    :func:`optax.contrib.galore` (which projects the larger side too) for its default
+    ``base_optimizer`` and 2-D leaves; matrices not selected by ``projection_mask`` or
+    with a side below ``min_dim_size``, and non-matrix leaves, take full Adam steps.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      rank: Python int >= 1, clamped per matrix to its smaller side.
+      update_proj_gap: steps between SVDs (Python int >= 1).
+      scale: GaLore's :math:`\alpha` (> 0; the paper uses 0.25 with a larger rate).
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: Adam's epsilon (>= 0).
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+      projector: ``"svd"`` or ``"dct"`` (see :func:`optlab.scale_by_projected_adam`).
+      projection_mask: which matrices to project (None: all).
+      min_dim_size: smaller matrices take full Adam steps.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: per projected ``m x n``
+      matrix a ``max(m, n) x r`` projector and two ``r x min(m, n)`` moments.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.galore(1e-3, rank=2)
+      >>> params = {"w": jnp.ones((8, 4)), "b": jnp.ones((4,))}
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(params, state, params)
+      >>> print(updates["w"].shape)
+      (8, 4)
+
+    References:
+      Zhao et al., `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection
+      <https://arxiv.org/abs/2403.03507>`_, 2024.
+    """
+    name = "galore"
+    _check_projection(name, learning_rate, rank, update_proj_gap, b1, b2, eps, weight_decay,
+                      projector, min_dim_size, every_name="update_proj_gap")
+    _base.check_positive(name, scale=scale)
+    return _chain(
+        name,
+        ("scale_by_projected_adam", _me._projected(
+            name, _adam(b1, b2, eps), rank, projector, update_proj_gap,
+            mask=projection_mask, min_dim_size=min_dim_size, scale=scale)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def online_subspace_descent(
+    learning_rate: optax.ScalarOrSchedule,
+    rank: int = 128,
+    update_every: int = 1,
+    projector_lr: jax.typing.ArrayLike = 0.1,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    *,
+    projection_mask: MaskOrFn = None,
+    min_dim_size: int = 2,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Online Subspace Descent: GaLore whose projector follows an online PCA, no SVD after step 0.
+
+    :func:`optlab.scale_by_projected_adam` with ``projector="online_pca"``: the
+    projector starts from the first gradient's SVD and then takes one gradient step of
+    size ``projector_lr`` on :math:`\|G - PP^\top G\|^2 / \|G\|^2` every
+    ``update_every`` steps (re-orthonormalized by QR); then decoupled weight decay and
+    the learning rate.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      rank: Python int >= 1, clamped per matrix to its smaller side.
+      update_every: steps between projector updates (Python int >= 1).
+      projector_lr: step size of the projector update (> 0).
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: Adam's epsilon (>= 0).
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+      projection_mask: which matrices to project (None: all).
+      min_dim_size: smaller matrices take full Adam steps.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: as :func:`optlab.galore`.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.online_subspace_descent(1e-3, rank=2)
+      >>> params = {"w": jnp.ones((8, 4))}
+      >>> print(tx.init(params)["scale_by_projected_adam"].projector["w"].shape)
+      (8, 2)
+
+    References:
+      Liang et al., `Memory-Efficient LLM Training with Online Subspace Descent
+      <https://arxiv.org/abs/2408.12857>`_, 2024.
+    """
+    name = "online_subspace_descent"
+    _check_projection(name, learning_rate, rank, update_every, b1, b2, eps, weight_decay,
+                      "online_pca", min_dim_size)
+    _base.check_positive(name, projector_lr=projector_lr)
+    return _chain(
+        name,
+        ("scale_by_projected_adam", _me._projected(
+            name, _adam(b1, b2, eps), rank, "online_pca", update_every,
+            mask=projection_mask, min_dim_size=min_dim_size, projector_lr=projector_lr)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def frugal(
+    learning_rate: optax.ScalarOrSchedule,
+    rank: int = 128,
+    update_every: int = 200,
+    residual_scale: jax.typing.ArrayLike = 1.0,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    *,
+    projector: str = "svd",
+    residual: str = "sign",
+    projection_mask: MaskOrFn = None,
+    min_dim_size: int = 2,
+) -> optax.GradientTransformationExtraArgs:
+    r"""FRUGAL: Adam in a rank-``r`` subspace plus state-free signSGD on the residual.
+
+    :func:`optlab.scale_by_frugal`, then decoupled weight decay and the learning rate:
+    the step is :math:`-\eta\,(P\,\mathrm{Adam}(P^\top G) + \rho\,
+    \mathrm{sign}((I-PP^\top)G) + \lambda w)` for projected matrices (:math:`\rho` =
+    ``residual_scale``), a full AdamW step elsewhere.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      rank: Python int >= 1, clamped per matrix to its smaller side.
+      update_every: projector refresh period (Python int >= 1).
+      residual_scale: scale of the state-free residual step (>= 0).
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: Adam's epsilon (>= 0).
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+      projector: ``"svd"``, ``"dct"`` or ``"online_pca"``.
+      residual: ``"sign"`` (signSGD) or ``"sgd"``.
+      projection_mask: which matrices to project (None: all).
+      min_dim_size: smaller matrices take full Adam steps.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: as :func:`optlab.galore`;
+      the residual path keeps none.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.frugal(1e-3, rank=1)
+      >>> params = {"w": jnp.arange(8.0).reshape(4, 2)}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> print(updates["w"].shape)
+      (4, 2)
+
+    References:
+      Zmushko et al., `FRUGAL: Memory-Efficient Optimization by Reducing State Overhead
+      for Scalable Training <https://arxiv.org/abs/2411.07837>`_, 2024.
+    """
+    name = "frugal"
+    _check_projection(name, learning_rate, rank, update_every, b1, b2, eps, weight_decay,
+                      projector, min_dim_size)
+    _base.check_nonnegative(name, residual_scale=residual_scale)
+    if residual not in ("sign", "sgd"):
+        raise ValueError(f"`optlab.{name}`: `residual` must be 'sign' or 'sgd', got"
+                         f" residual={residual!r}.")
+    return _chain(
+        name,
+        ("scale_by_frugal", _me._projected(
+            name, _adam(b1, b2, eps), rank, projector, update_every,
+            mask=projection_mask, min_dim_size=min_dim_size, residual=residual,
+            residual_scale=residual_scale)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def badam(
+    learning_rate: optax.ScalarOrSchedule,
+    switch_every: int = 50,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    blocks: Any = None,
+    order: str = "ascending",
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""BAdam: Adam on one block of parameters at a time (block-coordinate descent).
+
+    :func:`optlab.scale_by_badam` then the learning rate: the active block (one per
+    top-level key by default) takes ``switch_every`` Adam steps from fresh moments, every
+    other block stays exactly where it is. No weight decay stage: it would move the
+    inactive blocks.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      switch_every: steps per active block (Python int >= 1).
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: Adam's epsilon (>= 0).
+      blocks: block labels: a tree like the params, or ``params -> labels``.
+      order: ``"ascending"``, ``"descending"`` or ``"random"``.
+      seed: seed of the random order (Python int).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: two flat buffers the size of
+      the largest block, a step count and a PRNG key.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.badam(1e-3, switch_every=10)
+      >>> params = {"a": jnp.ones((2,)), "b": jnp.ones((3,))}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> print(jnp.round(updates["a"], 6), bool((updates["b"] == 0).all()))
+      [-0.001 -0.001] True
+
+    References:
+      Luo, Yu and Li, `BAdam: A Memory Efficient Full Parameter Optimization Method for
+      Large Language Models <https://arxiv.org/abs/2404.02827>`_, 2024.
+    """
+    name = "badam"
+    _check(name, learning_rate, decays={"b1": b1, "b2": b2}, nonnegative={"eps": eps})
+    _base.check_int(name, switch_every=switch_every)
+    _base.check_int(name, minimum=0, seed=seed)
+    _me.check_badam_order(name, order)
+    return _chain(
+        name,
+        ("scale_by_badam", _me._badam(name, switch_every, b1, b2, eps, blocks, order, seed)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def adam_mini(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    *,
+    reduce_axes: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Adam-mini: Adam with one second moment per parameter block, plus decoupled decay.
+
+    :func:`optlab.scale_by_adam_mini` (one value per leaf by default; ``reduce_axes``
+    for one per head or per output neuron), then decoupled weight decay and the
+    learning rate. State: about half of AdamW's.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: added outside the square root (>= 0).
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+      reduce_axes: the block partition (see :func:`optlab.scale_by_adam_mini`).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: a full first moment and one
+      second moment per block.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.adam_mini(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> print(updates["w"].shape)
+      (2,)
+
+    References:
+      Zhang et al., `Adam-mini: Use Fewer Learning Rates To Gain More
+      <https://arxiv.org/abs/2406.16793>`_, 2024.
+    """
+    name = "adam_mini"
+    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    return _chain(
+        name,
+        ("scale_by_adam_mini", _me._adam_mini(name, b1, b2, eps, 0.0, reduce_axes)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )

@@ -94,6 +94,18 @@ _TABLE: dict[str, tuple[Callable[..., optax.GradientTransformation], str]] = {
     "prodigy": (A.prodigy, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner (2023)"),
     "schedule_free_sgd": (A.schedule_free_sgd, "The Road Less Scheduled (2024)"),
     "schedule_free_adamw": (A.schedule_free_adamw, "The Road Less Scheduled (2024)"),
+    # memory-efficient state (optlab/_memory_efficient.py)
+    "subset_norm_adam": (A.subset_norm_adam, "Efficient Adaptive Optimization via Subset-Norm"
+                         " and Subspace-Momentum (2024)"),
+    "galore": (A.galore, "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection"
+               " (2024)"),
+    "online_subspace_descent": (A.online_subspace_descent, "Memory-Efficient LLM Training with"
+                                " Online Subspace Descent (2024)"),
+    "frugal": (A.frugal, "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for"
+               " Scalable Training (2024)"),
+    "badam": (A.badam, "BAdam: A Memory Efficient Full Parameter Optimization Method for Large"
+              " Language Models (2024)"),
+    "adam_mini": (A.adam_mini, "Adam-mini: Use Fewer Learning Rates To Gain More (2024)"),
 }
 
 

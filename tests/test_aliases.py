@@ -410,6 +410,18 @@ CONVERGENCE = {
                    2e-3),
     # Noise-free, never-clipping DP-SGD is SGD (on a batch of one example, see _per_example).
     "dpsgd": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=1e-3, momentum=0.9), 1e-3),
+    # Memory-efficient state: rank 2 < 3 on the (4, 3) matrix, so the projected ones really
+    # project; Rosenbrock's (2,) vector takes their full-Adam path. FRUGAL's sign residual
+    # has a fixed step size: a cosine-decayed rate. BAdam moves one block at a time.
+    "subset_norm_adam": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 0.05),
+    "galore": (dict(learning_rate=0.05, rank=2, update_proj_gap=10), 2e-6,
+               dict(learning_rate=0.05), 0.03),
+    "online_subspace_descent": (dict(learning_rate=0.05, rank=2), 3e-7,
+                                dict(learning_rate=0.05), 0.03),
+    "frugal": (dict(learning_rate=_cos(0.05, 300), rank=2, update_every=10, residual_scale=0.3),
+               0.6, dict(learning_rate=0.05), 0.03),
+    "badam": (dict(learning_rate=0.05, switch_every=20), 0.02, dict(learning_rate=0.05), 0.3),
+    "adam_mini": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 0.05),
 }
 # Hyperparameters without defaults, merged into every `optlab.get` of this file.
 REQUIRED = {"dpsgd": dict(l2_norm_clip=1e3, noise_multiplier=0.0)}
