@@ -64,7 +64,9 @@ def as_concrete_scalar(fn_name: str, name: str, value: Any) -> float | None:
     if isinstance(value, (np.ndarray, np.generic, jax.Array)):
         dtype = value.dtype
         if jnp.issubdtype(dtype, jnp.bool_) or jnp.issubdtype(dtype, jnp.complexfloating):
-            raise TypeError(f"{where} must be a real number, got {name}={value!r} of dtype {dtype}.")
+            raise TypeError(
+                f"{where} must be a real number, got {name}={value!r} of dtype {dtype}."
+            )
         if value.ndim != 0:
             raise ValueError(
                 f"{where} must be a scalar, got an array of shape {value.shape} ({name}={value!r})."
@@ -247,7 +249,9 @@ def require_params(params: Any) -> None:
 def require_extra_arg(fn_name: str, name: str, value: Any, how: str) -> Callable:
     """Raise a ValueError explaining how to pass a required keyword extra argument."""
     if value is None:
-        raise ValueError(f"`optlab.{fn_name}` needs the keyword argument `{name}` in `update`: {how}")
+        raise ValueError(
+            f"`optlab.{fn_name}` needs the keyword argument `{name}` in `update`: {how}"
+        )
     if name.endswith("_fn") and not callable(value):
         raise TypeError(
             f"`optlab.{fn_name}`: the extra argument `{name}` must be callable, got"

@@ -108,5 +108,6 @@ def tree_cast_like(tree: Any, like: Any) -> Any:
 
 def tree_map(fn, tree: Any, *rest: Any) -> Any:
     """``jax.tree.map`` that leaves ``None`` leaves of ``tree`` as ``None``."""
-    return jax.tree.map(lambda x, *r: None if x is None else fn(x, *r), tree, *rest,
-                        is_leaf=lambda x: x is None)
+    return jax.tree.map(
+        lambda x, *r: None if x is None else fn(x, *r), tree, *rest, is_leaf=lambda x: x is None
+    )
