@@ -1332,7 +1332,7 @@ def adahessian(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
     *,
-    spatial_average: bool = True,
+    spatial_average: bool | MaskOrFn = False,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdaHessian: Adam with the squared Hutchinson Hessian diagonal as second moment.
@@ -1354,7 +1354,9 @@ def adahessian(
       hessian_power: exponent :math:`k` in [0, 1].
       weight_decay: decoupled weight decay (>= 0) or a schedule.
       mask: where to decay (None: everywhere).
-      spatial_average: average the estimate over the spatial axes of rank >= 3 leaves.
+      spatial_average: which leaves are conv kernels whose estimate is averaged over
+        the spatial axes (a tree of booleans or a function of the params; default
+        ``False``: none), see :func:`optlab.scale_by_adahessian`.
       seed: seed of the Hutchinson probes.
 
     Returns:
@@ -1379,6 +1381,7 @@ def adahessian(
     _check("adahessian", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"weight_decay": weight_decay}, positive={"eps": eps})
     _base.check_unit_interval("adahessian", hessian_power=hessian_power)
+    _second_order._check_spatial_average("adahessian", spatial_average)
     return named_chain(
         scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average=spatial_average,
                             hessian_diagonal_fn=_second_order._default_estimator(

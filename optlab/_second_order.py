@@ -389,11 +389,44 @@ class ScaleByAdaHessianState(NamedTuple):
 
 def _spatial_average(d: jax.Array) -> jax.Array:
     """Average |d| over the leading (spatial) axes of a rank >= 3 kernel, keep the shape."""
-    if d.ndim < 3:
+    if d is None or d.ndim < 3:
         return d
     axes = tuple(range(d.ndim - 2))
     d32 = jnp.abs(d.astype(jnp.promote_types(d.dtype, jnp.float32)))
     return jnp.broadcast_to(jnp.mean(d32, axis=axes, keepdims=True), d.shape).astype(d.dtype)
+
+
+def _check_spatial_average(fn_name: str, spatial_average: Any) -> None:
+    if spatial_average is True:
+        raise ValueError(
+            f"`optlab.{fn_name}`: `spatial_average=True` is ambiguous (a rank >= 3 leaf may"
+            " be an attention kernel (embed, heads, head_dim), not a conv kernel): pass a tree"
+            " of booleans or a function `params -> tree of booleans` marking the conv kernels,"
+            " e.g. `spatial_average=lambda p: jax.tree.map(lambda x: x.ndim == 4, p)`, got"
+            " spatial_average=True."
+        )
+    if isinstance(spatial_average, (str, bytes, int, float, complex)) and not (
+        spatial_average is False
+    ):
+        raise TypeError(
+            f"`optlab.{fn_name}`: `spatial_average` must be False, a tree of booleans or a"
+            f" function params -> tree of booleans, got spatial_average={spatial_average!r}."
+        )
+
+
+def _apply_spatial_average(fn_name: str, spatial_average: Any, diag: Any, params: Any) -> Any:
+    """Spatially average the leaves of ``diag`` marked True by the mask ``spatial_average``."""
+    mask = spatial_average(params) if callable(spatial_average) else spatial_average
+
+    def per_subtree(marked, sub):
+        if isinstance(marked, (bool, np.bool_)):
+            return _none_safe(_spatial_average, sub) if marked else sub
+        raise TypeError(
+            f"`optlab.{fn_name}`: every leaf of the `spatial_average` mask must be a Python"
+            f" bool, got {marked!r}."
+        )
+
+    return jax.tree.map(per_subtree, mask, diag, is_leaf=lambda x: x is None)
 
 
 def scale_by_adahessian(
@@ -402,7 +435,7 @@ def scale_by_adahessian(
     eps: jax.typing.ArrayLike = 1e-4,
     hessian_power: jax.typing.ArrayLike = 1.0,
     *,
-    spatial_average: bool = True,
+    spatial_average: bool | optax.MaskOrFn = False,
     seed: int = 0,
     hessian_diagonal_fn: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -416,11 +449,19 @@ def scale_by_adahessian(
       m_t = b_1 m_{t-1} + (1 - b_1) g_t, \qquad v_t = b_2 v_{t-1} + (1 - b_2) D_t^2, \\
       u_t = \frac{m_t / (1 - b_1^t)}{\big(\sqrt{v_t / (1 - b_2^t)}\big)^{k} + \epsilon}.
 
-    Spatial averaging: with ``spatial_average=True``, for leaves of rank >= 3 (conv
-    kernels in Flax's ``(*spatial, in, out)`` layout) :math:`|D|` is averaged over the
-    leading ``ndim - 2`` (spatial) axes, as the paper does over the kernel window
-    (PyTorch's ``(out, in, kh, kw)`` averaged over ``kh, kw``). Leaves of rank <= 2 use
-    the raw estimate. ``hessian_power=0`` gives (bias-corrected) momentum SGD.
+    Spatial averaging (off by default): the paper averages :math:`|D|` of a conv kernel
+    over its window (PyTorch's ``(out, in, kh, kw)`` over ``kh, kw``). The shape alone
+    cannot tell a conv kernel from another rank >= 3 leaf (a Flax attention kernel is
+    ``(embed, heads, head_dim)``), so say which leaves are conv kernels:
+    ``spatial_average`` is a tree of booleans like the params (or a prefix of it), or a
+    function ``params -> tree``, ``True`` at the conv kernels, e.g.
+    ``spatial_average=lambda p: jax.tree.map(lambda x: x.ndim == 4, p)`` for a CNN
+    whose only rank-4 leaves are 2-D convolutions. A marked leaf, in Flax's
+    ``(*spatial, in, out)`` layout, has :math:`|D|` averaged over its leading
+    ``ndim - 2`` (spatial) axes; marked leaves of rank <= 2 and unmarked leaves use the
+    raw estimate. ``spatial_average=True`` is refused (it used to average every
+    rank >= 3 leaf, attention kernels included). ``hessian_power=0`` gives
+    (bias-corrected) momentum SGD.
 
     ``update`` needs ``params`` and the keyword extra argument
     ``hvp_fn(params, v) -> H @ v`` (module docstring), called once per step.
@@ -430,7 +471,9 @@ def scale_by_adahessian(
       b2: decay of the EMA of :math:`D^2`, in [0, 1).
       eps: added to the denominator, > 0 (the paper uses 1e-4).
       hessian_power: exponent :math:`k` of the denominator, in [0, 1].
-      spatial_average: average the estimate over spatial axes of rank >= 3 leaves.
+      spatial_average: ``False`` (default), or which leaves are conv kernels whose
+        estimate is averaged over the spatial axes: a tree of booleans like the params
+        (or a prefix), or a function ``params -> tree of booleans``.
       seed: seed of the Hutchinson probes (ignored with ``hessian_diagonal_fn``).
       hessian_diagonal_fn: a transformation returning a Hessian-diagonal estimate;
         default :func:`optlab.hutchinson_diag_hessian`.
@@ -466,6 +509,7 @@ def scale_by_adahessian(
     _base.check_decay(name, b1=b1, b2=b2)
     _base.check_positive(name, eps=eps)
     _base.check_unit_interval(name, hessian_power=hessian_power)
+    _check_spatial_average(name, spatial_average)
     hessian_fn = _resolve_hessian_fn(name, hessian_diagonal_fn, seed)
 
     def init_fn(params):
@@ -481,8 +525,8 @@ def scale_by_adahessian(
         _base.require_params(params)
         diag, hessian_state = hessian_fn.update(updates, state.hessian_state, params,
                                                 **extra_args)
-        if spatial_average:
-            diag = _none_safe(_spatial_average, diag)
+        if spatial_average is not False and spatial_average is not None:
+            diag = _apply_spatial_average(name, spatial_average, diag, params)
         count_inc = optax.safe_increment(state.count)
         mu = _cast_tree_like(optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
         nu = _cast_tree_like(optax.tree.update_moment(diag, state.nu, b2, 2), state.nu)
