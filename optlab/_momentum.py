@@ -1309,7 +1309,7 @@ def scale_by_adopt(
     eps: jax.typing.ArrayLike = 1e-6,
     *,
     use_clipping: bool = True,
-    clip_value_fn: Callable[[jax.Array], jax.Array] = lambda t: t**0.25,
+    clip_exponent: jax.typing.ArrayLike = 0.25,
     mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""ADOPT: normalize the gradient by the *previous* second moment, then momentum.
@@ -1320,15 +1320,19 @@ def scale_by_adopt(
         \operatorname{clip}\!\Big(\frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)}, c_t\Big),
         \quad d_t = m_t, \quad v_t = b_2 v_{t-1} + (1-b_2) g_t^2,
 
-    for :math:`t \ge 1`, with :math:`c_t = t^{1/4}` (``clip_value_fn``, of the 0-based
-    step count; ``use_clipping=False`` is the unclipped algorithm of the paper's first
-    version). Because :math:`v_{t-1}` does not contain :math:`g_t`, the normalized
+    for :math:`t \ge 1`, with :math:`c_t = t^{1/4}` (:math:`t^{p}`, ``p = clip_exponent``,
+    of the 0-based step count; ``use_clipping=False`` is the unclipped algorithm of the
+    paper's first version). Because :math:`v_{t-1}` does not contain :math:`g_t`, the normalized
     gradient is an unbiased direction for any ``b2``: this is what makes ADOPT converge
     where Adam may not. The first call only initializes :math:`v_0 = g_0^2` and returns a
     zero direction. There is no bias correction (:math:`m_0 = 0`).
 
     This is :func:`optax.contrib.scale_by_adopt` (same numbers, tested) with optlab's
-    conventions: extra arguments ignored, validation, state and updates in fixed dtypes.
+    conventions: extra arguments ignored, validation, state and updates in fixed dtypes,
+    and the clipping threshold given by its exponent (optax's ``clip_value_fn`` is a
+    callable, which ``optax.inject_hyperparams`` would mistake for a schedule); where the
+    gradient is infinite the non-finite second moment is returned instead of the update,
+    which would otherwise silently freeze that coordinate.
     It follows the authors' current code (clipped version, ``clip_lambda = step**0.25``
     with the 0-based step, ``exp_avg.lerp_``). An earlier version of that code set
     :math:`m_1` to the normalized gradient itself (no :math:`1 - b_1` factor) and had no
@@ -1338,8 +1342,8 @@ def scale_by_adopt(
       b1: momentum decay, in ``[0, 1)``.
       b2: second-moment decay, in ``[0, 1)`` (ADOPT converges for any ``b2``).
       eps: floor of :math:`\sqrt{v}`, ``>= 0``.
-      use_clipping: clip the normalized gradient at ``clip_value_fn(step)``.
-      clip_value_fn: the clipping threshold as a function of the 0-based step count.
+      use_clipping: clip the normalized gradient at ``step ** clip_exponent``.
+      clip_exponent: exponent :math:`p \ge 0` of the clipping threshold :math:`t^p`.
       mu_dtype: optional dtype of the momentum.
 
     Returns:
@@ -1366,7 +1370,7 @@ def scale_by_adopt(
     """
     name = "scale_by_adopt"
     _base.check_decay(name, b1=b1, b2=b2)
-    _base.check_nonnegative(name, eps=eps)
+    _base.check_nonnegative(name, eps=eps, clip_exponent=clip_exponent)
     mu_dtype = _canonical_dtype(mu_dtype)
     inner = optax.contrib.scale_by_adopt(
         b1=b1,
@@ -1374,9 +1378,16 @@ def scale_by_adopt(
         eps=eps,
         mu_dtype=mu_dtype,
         use_clipping=use_clipping,
-        clip_value_fn=clip_value_fn,
+        clip_value_fn=lambda t: jnp.asarray(t, jnp.float32) ** clip_exponent,
     )
-    return _wrap_optax(name, inner, moment_fields=("mu", "nu"))
+    # An infinite gradient would leave v = inf and the coordinate silently frozen (its
+    # normalized gradient is 0 from then on): return the non-finite v there instead.
+    return _wrap_optax(
+        name,
+        inner,
+        moment_fields=("mu", "nu"),
+        post=lambda u, new_state: _visible_nonfinite(u, new_state.nu),
+    )
 
 
 def scale_by_adamomentum(

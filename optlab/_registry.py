@@ -207,6 +207,7 @@ def available() -> list[OptimizerInfo]:
       ... # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
       lion Lion: ... [Symbolic Discovery of Optimization Algorithms (2023)]
     """
+    _load_table()
     return [_OPTIMIZERS[k] for k in sorted(_OPTIMIZERS)]
 
 
@@ -231,6 +232,7 @@ def get(name: str, /, **kwargs: Any) -> optax.GradientTransformation:
     Raises:
       KeyError: for an unknown name, listing the closest registered names.
     """
+    _load_table()
     if name not in _OPTIMIZERS:
         close = difflib.get_close_matches(name, list(_OPTIMIZERS), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -271,6 +273,7 @@ def describe(
         2. scale_by_learning_rate
       state bytes per parameter byte: 1.00
     """
+    _load_table()
     lines = []
     if isinstance(tx_or_name, str):
         info = _OPTIMIZERS.get(tx_or_name)
@@ -281,15 +284,59 @@ def describe(
     if params is None:
         params = {"w": jax.ShapeDtypeStruct((256, 256), jnp.float32),
                   "b": jax.ShapeDtypeStruct((256,), jnp.float32)}
-    stages = _CHAIN_STAGES.get(tx.init)
+    state = jax.eval_shape(tx.init, params)
+    stages = _CHAIN_STAGES.get(tx.init) or _named_chain_stages(state)
     if stages is not None:
         lines.append("chain:")
         lines.extend(f"  {i}. {s}" for i, s in enumerate(stages, 1))
     else:
         lines.append(f"transform: {_stage_name(tx)}")
-    state = jax.eval_shape(tx.init, params)
     ratio = _tree_bytes(state) / max(_tree_bytes(params), 1)
     lines.append(f"state bytes per parameter byte: {ratio:.2f}")
     text = "\n".join(lines)
     print(text)
     return text
+
+
+# ===========================================================================
+# The registry table: plain named optimizers of ``optlab/_aliases.py`` (no decorator),
+# one entry each, name -> paper ("Title (year)"). Loaded on first use of the registry,
+# since the registry sits above the aliases (nothing below imports it).
+# ===========================================================================
+
+_TABLE: dict[str, str] = {
+    "adopt": "ADOPT: Modified Adam Can Converge with Any β2 with the Optimal Rate (2024)",
+    "yogi": "Adaptive Methods for Nonconvex Optimization (2018)",
+    "adamomentum": "Rethinking Adam: A Twofold Exponential Moving Average Approach (2021)",
+    "qhm": "Quasi-hyperbolic momentum and Adam for deep learning (2019)",
+    "qhadam": "Quasi-hyperbolic momentum and Adam for deep learning (2019)",
+    "ano": "Ano: Faster is Better in Noisy Landscapes (2025)",
+    "nag_gs": "NAG-GS: Semi-Implicit, Accelerated and Robust Stochastic Optimizer (2022)",
+    "lion_kappa": "Lion Secretly Solves Constrained Optimization: As Lyapunov Predicts (2023)",
+    "scion": "Training Deep Learning Models with Norm-Constrained LMOs (2025)",
+    "swan": "SWAN: SGD with Normalization and Whitening Enables Stateless LLM Training (2024)",
+    "m_fac": "M-FAC: Efficient Matrix-Free Approximations of Second-Order Information (2021)",
+    "oasis": "Doubly Adaptive Scaled Algorithm for Machine Learning Using Second-Order"
+    " Information (2021)",
+}
+
+
+def _load_table() -> None:
+    """Add the entries of ``_TABLE`` to the registry (once)."""
+    if all(k in _OPTIMIZERS for k in _TABLE):
+        return
+    from optlab import _aliases  # lazily: the registry sits above the aliases
+
+    for key, paper in _TABLE.items():
+        if key in _OPTIMIZERS:
+            continue
+        fn = getattr(_aliases, key)
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _OPTIMIZERS[key] = OptimizerInfo(key, doc[0].strip() if doc else "", paper, fn)
+
+
+def _named_chain_stages(state: Any) -> tuple[str, ...] | None:
+    """The stage names of an ``optax.named_chain`` state (a dict keyed by name)."""
+    if isinstance(state, dict) and state and all(isinstance(k, str) for k in state):
+        return tuple(state)
+    return None
