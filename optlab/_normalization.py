@@ -1056,7 +1056,9 @@ def scale_by_swan(
     quintic ones are faster and approximate). ``rescale`` (the paper's optional last
     line) restores the Frobenius norm of :math:`\tilde G`, so entries have RMS about 1
     like Adam's update and Adam-like learning rates apply. There is no state: memory is
-    that of SGD.
+    that of SGD. Since the standardization removes each unit's mean gradient over its
+    inputs, the update never changes the sum of a unit's incoming weights (harmless
+    behind a normalization layer, as in the transformers the paper trains).
 
     Leaves of rank < 2 pass through unchanged: give them their own optimizer (the paper
     uses Adam for them, and for the embedding and output layers), as

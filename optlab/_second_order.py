@@ -709,8 +709,10 @@ def scale_by_oasis(
     :math:`\|x\|_D^2 = x^\top D x`, :math:`\|x\|^{*2}_D = x^\top D^{-1} x` (norms over
     all leaves), :math:`\theta_0 = +\infty` and :math:`\eta_0` = ``learning_rate``. The
     rate is a local inverse-Lipschitz estimate in the metric of :math:`\hat D`, so no
-    schedule is needed. Where the second term is undefined (equal gradients) the first
-    is used; if both are infinite the rate stays :math:`\eta_{k-1}`.
+    schedule is needed. Where the second term is undefined (the params or the gradient
+    did not change, e.g. at an exact minimum) the rate stays :math:`\eta_{k-1}`: the
+    paper's rule would then grow it by :math:`\sqrt{1+\theta}` at every such step, without
+    bound (an overflow to inf, then NaN, in float32).
 
     This transform returns :math:`(\eta_k/\eta_0)\, \hat D_k^{-1} \nabla F(w_k)`: chain
     ``optax.scale_by_learning_rate(learning_rate)`` after it with the *same* rate
@@ -802,9 +804,14 @@ def scale_by_oasis(
                                updates, state.prev_grad, dhat))
             eta0 = jnp.asarray(learning_rate, jnp.float32)
             # Both candidates relative to eta_0.
-            local = jnp.where(dg > 0, jnp.sqrt(dw) / (2.0 * jnp.sqrt(dg) * eta0), jnp.inf)
+            # Undefined where nothing moved (dw = 0) or the gradient did not change (dg = 0):
+            # then only the growth bound applies (the rate stays > 0).
+            valid = (dg > 0) & (dw > 0)
+            local = jnp.where(
+                valid, jnp.sqrt(dw) / (2.0 * jnp.sqrt(jnp.where(valid, dg, 1.0)) * eta0), jnp.inf
+            )
             grow = jnp.sqrt(1.0 + state.theta) * state.step_scale
-            scale = jnp.minimum(grow, local)
+            scale = jnp.where(valid, jnp.minimum(grow, local), state.step_scale)
             scale = jnp.where(jnp.isfinite(scale), scale, state.step_scale)
             scale = jnp.where(first, 1.0, scale).astype(jnp.float32)
             theta = jnp.where(first, jnp.inf, scale / state.step_scale).astype(jnp.float32)

@@ -38,7 +38,7 @@ def test_description_defaults_to_first_docstring_line():
 @pytest.mark.parametrize("name", NAMES)
 def test_get_builds_the_same_optimizer(name):
     hvp_fn = lambda q, v: jax.jvp(jax.grad(quadratic_loss), (q,), (v,))[1]  # noqa: E731
-    extra = (lambda p: {"hvp_fn": hvp_fn}) if name in ("sophia", "adahessian") else None
+    extra = (lambda p: {"hvp_fn": hvp_fn}) if name in ("sophia", "adahessian", "oasis") else None
     params = fixed_params()
     p1, _, _ = run_optimizer(optlab.get(name, learning_rate=1e-2), quadratic_loss, params, 2, extra)
     p2, _, _ = run_optimizer(getattr(optlab, name)(1e-2), quadratic_loss, params, 2, extra)
