@@ -884,12 +884,12 @@ def cautious_weight_decay(
 # ===========================================================================
 
 __all__ += [
-    "scale_by_lmo",
-    "scale_by_swan",
+    "FixedNormState",
+    "add_norm_penalty",
     "project_to_fixed_norm",
     "project_to_max_norm",
-    "add_norm_penalty",
-    "FixedNormState",
+    "scale_by_lmo",
+    "scale_by_swan",
 ]
 
 _LMO_NORMS = ("auto", "spectral", "sign", "col", "row", "rms")
@@ -983,8 +983,8 @@ def scale_by_lmo(
       >>> print(d["emb"])  # sign / d_in
       [[ 0.5 -0.5]
        [ 0.5  0. ]]
-      >>> print(jnp.round(d["b"], 3))  # unit RMS
-      [ 0.849 -1.131]
+      >>> print([f"{x:.3f}" for x in d["b"]])  # unit RMS
+      ['0.849', '-1.131']
 
     References:
       Pethick, Xie, Erdogan, Antonakopoulos, Silveti-Falls and Cevher, `Training Deep

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import run_optimizer
 
 import optlab
-from helpers import run_optimizer
 
 _CUBIC = (1.5, -0.5, 0.0)  # classical Newton-Schulz: singular values never exceed 1
 
@@ -68,9 +68,9 @@ def test_lmo_bad_norm_names():
 def test_scion_constrained_iterates_stay_in_the_ball(norm):
     rho, shape = 3.0, (5, 3)
     if norm == "sign":  # ||x||_inf <= rho / fan_in
-        radius = lambda x: float(jnp.max(jnp.abs(x))) * shape[0] / rho  # noqa: E731
+        radius = lambda x: float(jnp.max(jnp.abs(x))) * shape[0] / rho
     else:  # spectral norm <= rho * sqrt(fan_out / fan_in)
-        radius = lambda x: float(jnp.linalg.norm(x, 2)) / (rho * np.sqrt(3 / 5))  # noqa: E731
+        radius = lambda x: float(jnp.linalg.norm(x, 2)) / (rho * np.sqrt(3 / 5))
     tx = optlab.scion(0.3, momentum=0.5, scale=rho, norm=norm, ns_steps=30, ns_coeffs=_CUBIC)
     x = {"w": jnp.zeros(shape)}
     state = tx.init(x)
@@ -86,7 +86,7 @@ def test_scion_constrained_iterates_stay_in_the_ball(norm):
 def test_scion_unconstrained_and_constrained_differ_by_the_decay_term():
     x = {"w": jnp.array([[1.0, -2.0], [0.5, 0.0]])}
     g = {"w": jnp.array([[0.3, 0.2], [-1.0, 0.1]])}
-    kw = dict(momentum=0.0, scale=2.0, norm="sign")
+    kw = {"momentum": 0.0, "scale": 2.0, "norm": "sign"}
     uc = _one(optlab.scion(0.1, constrained=False, **kw), g, x)
     c = _one(optlab.scion(0.1, constrained=True, **kw), g, x)
     np.testing.assert_allclose(uc["w"], -0.1 * 2.0 * np.sign(g["w"]) / 2)
@@ -95,7 +95,7 @@ def test_scion_unconstrained_and_constrained_differ_by_the_decay_term():
 
 def test_scion_converges_inside_the_ball():
     target = {"w": jnp.full((4, 4), 0.1), "b": jnp.full((4,), -0.2)}
-    loss = lambda p: sum(jnp.sum((p[k] - target[k]) ** 2) for k in p)  # noqa: E731
+    loss = lambda p: sum(jnp.sum((p[k] - target[k]) ** 2) for k in p)
     params = {"w": jnp.zeros((4, 4)), "b": jnp.zeros(4)}
     lr = optax.linear_schedule(0.2, 0.0, 300)
     tx = optlab.scion(lr, momentum=0.5, scale=1.0, ns_coeffs=_CUBIC, ns_steps=20)
@@ -131,7 +131,7 @@ def test_swan_converges():
     # GradNorm removes each unit's mean over its inputs, so SWAN never changes the sum of
     # a unit's incoming weights: take a target whose column sums are those of w_0 = 0.
     w_true = w_true - w_true.mean(0, keepdims=True)
-    loss = lambda p: jnp.mean((a @ p["w"] + p["b"][None, :] - a @ w_true) ** 2)  # noqa: E731
+    loss = lambda p: jnp.mean((a @ p["w"] + p["b"][None, :] - a @ w_true) ** 2)
     params = {"w": jnp.zeros((6, 4)), "b": jnp.zeros(4)}
     tx = optlab.swan(optax.cosine_decay_schedule(0.05, 300))
     _, _, losses = run_optimizer(tx, loss, params, 300)
@@ -149,7 +149,8 @@ def test_fixed_norm_projection_keeps_the_recorded_norm():
     tx = optax.chain(optax.sgd(0.3), optlab.project_to_fixed_norm(start_step=2))
     state = tx.init(params)
     for k in range(6):
-        g = jax.tree.map(lambda x: jax.random.normal(jax.random.key(k), x.shape), params)
+        key = jax.random.key(k)
+        g = jax.tree.map(lambda x, key=key: jax.random.normal(key, x.shape), params)
         if k == 2:
             norms = jax.tree.map(jnp.linalg.norm, params)  # recorded at the third update
         u, state = tx.update(g, state, params)
@@ -158,19 +159,22 @@ def test_fixed_norm_projection_keeps_the_recorded_norm():
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), u, tree)
         params = optax.apply_updates(params, u)
         if k >= 2:  # projected leaf norm == target
-            jax.tree.map(lambda p, n: np.testing.assert_allclose(jnp.linalg.norm(p), n,
-                                                                 rtol=1e-5), params, norms)
+            jax.tree.map(
+                lambda p, n: np.testing.assert_allclose(jnp.linalg.norm(p), n, rtol=1e-5),
+                params,
+                norms,
+            )
     tx = optlab.project_to_fixed_norm(target_norm=2.0)
     u = _one(tx, params, params)
-    jax.tree.map(lambda p, v: np.testing.assert_allclose(jnp.linalg.norm(p + v), 2.0, rtol=1e-5),
-                 params, u)
+    jax.tree.map(
+        lambda p, v: np.testing.assert_allclose(jnp.linalg.norm(p + v), 2.0, rtol=1e-5), params, u
+    )
 
 
 def test_max_norm_projection_clips_units_only_above_the_radius():
     w = jnp.array([[3.0, 0.1, 0.0], [4.0, 0.1, 2.0]])  # column norms 5, 0.14, 2
     u = _one(optlab.project_to_max_norm(1.5), jnp.zeros_like(w), w)
-    np.testing.assert_allclose(np.linalg.norm(w + u, axis=0), [1.5, np.sqrt(0.02), 1.5],
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(w + u, axis=0), [1.5, np.sqrt(0.02), 1.5], rtol=1e-5)
     np.testing.assert_allclose((w + u)[:, 1], w[:, 1])  # below the radius: unchanged
     u = _one(optlab.project_to_max_norm(1.5, per_unit=False), jnp.zeros_like(w), w)
     assert float(jnp.linalg.norm(w + u)) == pytest.approx(1.5, rel=1e-5)
@@ -178,11 +182,13 @@ def test_max_norm_projection_clips_units_only_above_the_radius():
 
 def test_norm_penalty_is_zero_at_the_target_and_pulls_the_norm_to_it():
     w = jnp.array([0.6, 0.8])  # norm 1
-    np.testing.assert_allclose(_one(optlab.add_norm_penalty(0.5, 1.0), jnp.zeros(2), w), 0.0,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        _one(optlab.add_norm_penalty(0.5, 1.0), jnp.zeros(2), w), 0.0, atol=1e-7
+    )
     tx = optax.chain(optlab.add_norm_penalty(1.0, target_norm=2.0), optax.sgd(0.2))
     for start in (jnp.array([0.03, -0.04]), jnp.array([6.0, 8.0])):
         p, _, _ = run_optimizer(tx, lambda x: 0.0 * jnp.sum(x), start, 60)
         assert float(jnp.linalg.norm(p)) == pytest.approx(2.0, rel=1e-4)
-        np.testing.assert_allclose(p / jnp.linalg.norm(p), start / jnp.linalg.norm(start),
-                                   rtol=1e-5)  # radial only
+        np.testing.assert_allclose(
+            p / jnp.linalg.norm(p), start / jnp.linalg.norm(start), rtol=1e-5
+        )  # radial only

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import fixed_params, quadratic_loss, run_optimizer, tree_allclose
 from optax import contrib
 
 import optlab
-from helpers import fixed_params, quadratic_loss, run_optimizer, tree_allclose
 
 
 def _grads(n, shape=(3, 2), seed=0, scale=1.0):
@@ -35,7 +35,7 @@ def _directions(tx, grads, params=None):
 
 def test_adopt_matches_optax_contrib_and_initializes_v_from_first_gradient():
     grads = _grads(6)
-    ours, state = _directions(optlab.scale_by_adopt(b1=0.8, b2=0.9), grads)
+    ours, _state = _directions(optlab.scale_by_adopt(b1=0.8, b2=0.9), grads)
     ref, _ = _directions(contrib.scale_by_adopt(b1=0.8, b2=0.9), grads)
     np.testing.assert_allclose(np.stack(ours), np.stack(ref), rtol=1e-6, atol=1e-7)
     # First call: zero direction, v_0 = g_0^2.
@@ -67,7 +67,7 @@ def test_adopt_named_matches_optax_and_converges():
 def test_adopt_infinite_gradient_stays_visible():
     tx = optlab.scale_by_adopt()
     g = jnp.array([1.0, 2.0])
-    d, state = tx.update(jnp.array([jnp.inf, 2.0]), tx.init(g))
+    d, _state = tx.update(jnp.array([jnp.inf, 2.0]), tx.init(g))
     assert not np.isfinite(np.asarray(d)[0]) and np.isfinite(np.asarray(d)[1])
 
 
@@ -112,9 +112,10 @@ def test_qhm_nu_one_is_momentum_sgd_and_nu_zero_is_sgd():
 
 def test_qhadam_nu_one_is_adamw_and_mixes_gradient_otherwise():
     params = fixed_params()
-    kw = dict(b1=0.9, b2=0.99, eps=1e-8, weight_decay=1e-2)
-    p1, _, _ = run_optimizer(optlab.qhadam(1e-2, nu1=1.0, nu2=1.0, **kw), quadratic_loss,
-                             params, 15)
+    kw = {"b1": 0.9, "b2": 0.99, "eps": 1e-8, "weight_decay": 1e-2}
+    p1, _, _ = run_optimizer(
+        optlab.qhadam(1e-2, nu1=1.0, nu2=1.0, **kw), quadratic_loss, params, 15
+    )
     p2, _, _ = run_optimizer(optax.adamw(1e-2, **kw), quadratic_loss, params, 15)
     tree_allclose(p1, p2, rtol=1e-5, atol=1e-6)
     # Hand reference of two steps with nu1 = 0.7, nu2 = 0.5.
@@ -154,7 +155,7 @@ def test_ano_direction_is_sign_of_momentum_times_gradient_magnitude():
 
 def test_nag_gs_follows_the_papers_iteration():
     a_diag = np.array([1.0, 4.0, 0.25])
-    loss = lambda x: 0.5 * jnp.sum(a_diag * x**2)  # noqa: E731
+    loss = lambda x: 0.5 * jnp.sum(a_diag * x**2)
     alpha, mu, gamma = 0.2, 1.0, 1.5
     x0 = np.array([1.0, -1.0, 2.0])
     tx = optlab.scale_by_nag_gs(alpha, mu, gamma)
@@ -170,10 +171,10 @@ def test_nag_gs_follows_the_papers_iteration():
 
 
 def test_nag_gs_first_step_does_not_move_and_converges():
-    loss = lambda x: jnp.sum((x["w"] - 0.3) ** 2)  # noqa: E731
+    loss = lambda x: jnp.sum((x["w"] - 0.3) ** 2)
     tx = optlab.nag_gs(0.3)
     x = {"w": jnp.array([1.0, -2.0])}
-    u, state = tx.update(jax.grad(loss)(x), tx.init(x), x)
+    u, _state = tx.update(jax.grad(loss)(x), tx.init(x), x)
     np.testing.assert_array_equal(u["w"], 0.0)
     _, _, losses = run_optimizer(tx, loss, x, 150)
     assert losses[-1] < 1e-6 * losses[0]
@@ -186,8 +187,7 @@ def test_nag_gs_first_step_does_not_move_and_converges():
 
 def test_lion_kappa_l1_is_lion():
     params = fixed_params()
-    p1, _, _ = run_optimizer(optlab.lion_kappa(1e-2, weight_decay=1e-2), quadratic_loss,
-                             params, 10)
+    p1, _, _ = run_optimizer(optlab.lion_kappa(1e-2, weight_decay=1e-2), quadratic_loss, params, 10)
     p2, _, _ = run_optimizer(optax.lion(1e-2, weight_decay=1e-2), quadratic_loss, params, 10)
     tree_allclose(p1, p2, rtol=1e-6, atol=1e-7)
 
@@ -229,7 +229,9 @@ def test_optimistic_amsgrad_bias_correction_first_steps():
 
 @pytest.mark.parametrize("bias_correction", [False, True])
 def test_optimistic_amsgrad_converges(bias_correction):
-    tx = optax.chain(optlab.scale_by_optimistic_amsgrad(bias_correction=bias_correction),
-                     optax.scale_by_learning_rate(optax.cosine_decay_schedule(0.05, 400)))
+    tx = optax.chain(
+        optlab.scale_by_optimistic_amsgrad(bias_correction=bias_correction),
+        optax.scale_by_learning_rate(optax.cosine_decay_schedule(0.05, 400)),
+    )
     _, _, losses = run_optimizer(tx, quadratic_loss, fixed_params(), 400)
     assert losses[-1] < 1e-3 * losses[0]
