@@ -16,8 +16,9 @@ module                 concern
 ``_multi_objective``   combining per-objective gradients (UPGrad, PCGrad, MGDA)
 ``_merging``           offline model merging (soups, SLERP, Model Stock)
 ``_combinators``       generic wrappers (skip non-finite steps ...)
-``_aliases``           named optimizers: chains of the above
-``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``
+``_aliases``           named optimizers: chains of the above (and DP-SGD)
+``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``: the top
+                       floor, a table of ``_aliases``; nothing below imports it
 ``_flax_utils``        Flax helpers (BatchNorm statistics for averaged weights)
 =====================  ==================================================
 """

@@ -1,11 +1,13 @@
-"""Flax helpers for weight averaging: BatchNorm statistics of averaged weights.
+"""Flax helpers: BatchNorm statistics of averaged weights, Flax variables unwrapped.
 
 Flax is an optional dependency: it is imported inside the functions, never when
-``optlab`` is imported.
+``optlab`` is imported. This module imports only ``_tree``; ``_averaging`` imports
+:func:`unwrap_variables` from it (so it sits below the averaging module).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Iterable
 
 import jax
@@ -14,6 +16,23 @@ import jax.numpy as jnp
 from optlab import _tree
 
 __all__ = ["update_bn"]
+
+
+def unwrap_variables(tree: Any) -> Any:
+    """``tree`` with Flax NNX ``Variable`` leaves replaced by their values; an
+    ``nnx.Optimizer`` becomes its ``opt_state``. Anything else is returned as is (and
+    Flax is not imported unless the caller already did)."""
+    if "flax" not in sys.modules:
+        return tree
+    from flax import nnx
+
+    if isinstance(tree, nnx.Optimizer):
+        tree = tree.opt_state
+    return jax.tree.map(
+        lambda x: x.get_value() if isinstance(x, nnx.Variable) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
 
 
 def _default_inputs(batch: Any) -> tuple:
@@ -32,9 +51,6 @@ def _inputs(batch: Any, input_fn: Callable | None) -> tuple:
         return _default_inputs(batch)
     out = input_fn(batch)
     return out if isinstance(out, tuple) else (out,)
-
-
-_acc = _tree.to_acc
 
 
 def update_bn(
@@ -158,7 +174,7 @@ def _update_bn_nnx(model, data, input_fn, jit):
     try:
         for batch in data:
             forward(model, *_inputs(batch, input_fn))
-            sums = [(s_m + _acc(bn.mean[...]), s_v + _acc(bn.var[...]))
+            sums = [(s_m + _tree.to_acc(bn.mean[...]), s_v + _tree.to_acc(bn.var[...]))
                     for (s_m, s_v), bn in zip(sums, bns)]
             n += 1
     finally:
@@ -212,7 +228,7 @@ def _update_bn_linen(apply_or_module, variables, data, input_fn, jit, apply_kwar
     with nn.intercept_methods(interceptor):
         for batch in data:
             stats = forward(variables, *_inputs(batch, input_fn))
-            stats = jax.tree.map(_acc, stats)
+            stats = jax.tree.map(_tree.to_acc, stats)
             total = stats if total is None else jax.tree.map(jnp.add, total, stats)
             n += 1
     if n == 0:
