@@ -2015,9 +2015,10 @@ def swan(
            nonnegative={"weight_decay": weight_decay, "adam_eps": adam_eps,
                         "adam_weight_decay": adam_weight_decay})
     _base.check_int(name, ns_steps=ns_steps)
+    if adam_learning_rate is not None and not callable(adam_learning_rate):
+        _base.check_nonnegative(name, adam_learning_rate=adam_learning_rate)
     if adam_learning_rate is None:
         adam_learning_rate = learning_rate
-    _base.check_learning_rate(name, adam_learning_rate)
     matrices = optax.named_chain(
         ("scale_by_swan", _norm.scale_by_swan(ns_steps=ns_steps, ns_coeffs=ns_coeffs,
                                               rescale=rescale)),
@@ -2147,4 +2148,5 @@ def oasis(
             learning_rate if adaptive else 1.0, b2, alpha, adaptive=adaptive, seed=seed)),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
+        needs=hessian_needs(None),
     )

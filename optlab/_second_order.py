@@ -406,6 +406,8 @@ def _apply_spatial_average(spatial_average: Any, diag: Any, params: Any) -> Any:
     mask = spatial_average(params) if callable(spatial_average) else spatial_average
 
     def per_subtree(marked, sub):
+        if marked is None:  # a frozen (None) parameter: nothing to average
+            return sub
         if isinstance(marked, (bool, np.bool_)):
             return _tree.tree_map(_spatial_average, sub) if marked else sub
         raise TypeError(
