@@ -864,6 +864,18 @@ _LMO_NORMS = ("auto", "spectral", "sign", "col", "row", "rms")
 def _lmo_leaf(
     d: jax.Array, norm: str, coeffs, ns_steps: int, eps: float, fn: str
 ) -> jax.Array:
+    """The (positive) LMO direction of one leaf; an explicitly sharded leaf is gathered
+    first (its matrix view reshapes sharded axes), then resharded like ``d``."""
+    if d.ndim >= 2 and norm != "rms":
+        return _per_leaf_replicated(
+            lambda y: _lmo_leaf_local(y, norm, coeffs, ns_steps, eps, fn), d
+        )
+    return _lmo_leaf_local(d, norm, coeffs, ns_steps, eps, fn)
+
+
+def _lmo_leaf_local(
+    d: jax.Array, norm: str, coeffs, ns_steps: int, eps: float, fn: str
+) -> jax.Array:
     """The (positive) LMO direction of one leaf under the norm ``norm`` (Flax layout)."""
     if norm == "auto":
         norm = "spectral" if d.ndim >= 2 else "rms"
@@ -880,7 +892,7 @@ def _lmo_leaf(
     fan_in, fan_out = m.shape
     if norm == "spectral":
         xin = m if d.dtype != jnp.bfloat16 else m.astype(jnp.bfloat16)
-        o = _per_leaf_replicated(lambda y: _newton_schulz(y, coeffs, ns_steps, eps), xin)
+        o = _newton_schulz(xin, coeffs, ns_steps, eps)
         out = _acc(o) * math.sqrt(fan_out / fan_in)
     elif norm == "sign":
         out = jnp.sign(m) / fan_in
@@ -1067,13 +1079,14 @@ def scale_by_swan(
     def leaf(g):
         if g.ndim < 2:
             return g
+        return _per_leaf_replicated(leaf_local, g)
+
+    def leaf_local(g):
         m = _as_matrix(_acc(g))
         centred = m - jnp.mean(m, axis=0, keepdims=True)
         std = jnp.sqrt(jnp.mean(centred * centred, axis=0, keepdims=True))
         standardized = _tree.safe_div(centred, std)
-        white = _per_leaf_replicated(
-            lambda y: _newton_schulz(y, coeffs, ns_steps, eps), standardized
-        )
+        white = _newton_schulz(standardized, coeffs, ns_steps, eps)
         if rescale:
             white = white * _tree.safe_div(
                 _tree.leaf_norm(standardized), _tree.leaf_norm(white)
