@@ -195,10 +195,11 @@ def test_agc_explicit_axis_matches_optax_on_vectors_and_rank3():
 
 
 def _unit_norm(x):
-    """Reference unit norm (optlab convention): per element for rank <= 1, else per last axis."""
+    """Reference unit norm (optlab convention): a scalar or vector is one unit, else per last
+    axis."""
     x = np.asarray(x, np.float64)
     if x.ndim <= 1:
-        return np.abs(x)
+        return np.sqrt(np.sum(x * x, keepdims=True))
     return np.sqrt(np.sum(x * x, axis=tuple(range(x.ndim - 1)), keepdims=True))
 
 
