@@ -9,7 +9,7 @@ module                 concern
 ``_clipping``          gradient clipping family
 ``_normalization``     normalization and projection (sign, Newton-Schulz, LARS/LAMB, AdamP ...)
 ``_momentum``          momentum and adaptive moments (Adam family, Lion, diffGrad, MARS ...)
-``_second_order``      diagonal Hessian preconditioning (Sophia, AdaHessian)
+``_second_order``      curvature: Hessian diagonal (Sophia, AdaHessian, OASIS), M-FAC
 ``_averaging``         weight averaging inside the optimizer (SWA, EMA, LAWA, Lookahead)
 ``_sharpness``         sharpness-aware minimization family
 ``_privacy``           differential privacy (DP-SGD)

@@ -106,6 +106,25 @@ _TABLE: dict[str, tuple[Callable[..., optax.GradientTransformation], str]] = {
     "badam": (A.badam, "BAdam: A Memory Efficient Full Parameter Optimization Method for Large"
               " Language Models (2024)"),
     "adam_mini": (A.adam_mini, "Adam-mini: Use Fewer Learning Rates To Gain More (2024)"),
+    # Issue 12 (part A)
+    "adopt": (A.adopt, "ADOPT: Modified Adam Can Converge with Any β2 with the Optimal Rate (2024)"),
+    "yogi": (A.yogi, "Adaptive Methods for Nonconvex Optimization (2018)"),
+    "adamomentum": (A.adamomentum, ("Rethinking Adam: A Twofold Exponential Moving Average"
+                                    " Approach (2021)")),
+    "qhm": (A.qhm, "Quasi-hyperbolic momentum and Adam for deep learning (2019)"),
+    "qhadam": (A.qhadam, "Quasi-hyperbolic momentum and Adam for deep learning (2019)"),
+    "ano": (A.ano, "Ano: Faster is Better in Noisy Landscapes (2025)"),
+    "nag_gs": (A.nag_gs, ("NAG-GS: Semi-Implicit, Accelerated and Robust Stochastic Optimizer"
+                          " (2022)")),
+    "lion_kappa": (A.lion_kappa, ("Lion Secretly Solves Constrained Optimization: As Lyapunov"
+                                  " Predicts (2023)")),
+    "scion": (A.scion, "Training Deep Learning Models with Norm-Constrained LMOs (2025)"),
+    "swan": (A.swan, ("SWAN: SGD with Normalization and Whitening Enables Stateless LLM Training"
+                      " (2024)")),
+    "m_fac": (A.m_fac, ("M-FAC: Efficient Matrix-Free Approximations of Second-Order Information"
+                        " (2021)")),
+    "oasis": (A.oasis, ("Doubly Adaptive Scaled Algorithm for Machine Learning Using Second-Order"
+                        " Information (2021)")),
 }
 
 

@@ -138,6 +138,10 @@ def test_drop_in_signatures():
     assert ours <= set(inspect.signature(contrib.muon).parameters)
     ours = list(inspect.signature(optlab.sophia).parameters)
     assert ours[:9] == list(inspect.signature(contrib.sophia).parameters)[:9]
+    assert list(inspect.signature(optlab.yogi).parameters) == list(
+        inspect.signature(optax.yogi).parameters)
+    ours = list(inspect.signature(optlab.adopt).parameters)
+    assert ours[:5] == list(inspect.signature(contrib.adopt).parameters)[:5]
 
 
 # ---------------------------------------------------------------------------
@@ -422,6 +426,24 @@ CONVERGENCE = {
                0.6, dict(learning_rate=0.05), 0.03),
     "badam": (dict(learning_rate=0.05, switch_every=20), 0.02, dict(learning_rate=0.05), 0.3),
     "adam_mini": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 0.05),
+    # Issue 12 (part A). SWAN's GradNorm removes each unit's mean gradient over its inputs,
+    # so it cannot move the column sums of the (4, 3) matrix towards the parabola's target.
+    "adopt": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.2), 2.5),
+    "yogi": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.05), 0.1),
+    "adamomentum": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.05), 1e-3),
+    "qhm": (dict(learning_rate=0.5, b1=0.9), 1e-6, dict(learning_rate=5e-3, b1=0.9), 3e-2),
+    "qhadam": (dict(learning_rate=0.1, b1=0.9), 1e-6, dict(learning_rate=0.05, b1=0.9), 6e-2),
+    "ano": (dict(learning_rate=_cos(0.1, 300)), 2e-6, dict(learning_rate=0.05, b1=0.95), 0.6),
+    "nag_gs": (dict(learning_rate=0.3), 1e-6, dict(learning_rate=0.01), 1e-2),
+    "lion_kappa": (dict(learning_rate=_cos(0.1, 300), weight_decay=0.0), 1e-6,
+                   dict(learning_rate=_cos(0.01, 1000), weight_decay=0.0), 2e-2),
+    "scion": (dict(learning_rate=_cos(0.2, 300), scale=5.0), 2.0,
+              dict(learning_rate=_cos(0.05, 1000), scale=5.0, constrained=False), 0.15),
+    "swan": (dict(learning_rate=_cos(0.1, 300)), 30.0, dict(learning_rate=_cos(0.05, 1000)),
+             1.2),
+    "m_fac": (dict(learning_rate=0.5, damping=1.0), 1e-6,
+              dict(learning_rate=0.05, damping=1.0, momentum=0.9), 3e-2),
+    "oasis": (dict(learning_rate=0.5), 1e-6, dict(learning_rate=0.5), 3e-2),
 }
 # Hyperparameters without defaults, merged into every `optlab.get` of this file.
 REQUIRED = {"dpsgd": dict(l2_norm_clip=1e3, noise_multiplier=0.0)}
@@ -463,7 +485,7 @@ NEEDS_VALUE = {"sps", "alr_smag"}  # Polyak-type steps read the loss
 
 
 def _extra(name, loss):
-    if name in ("sophia", "adahessian"):
+    if name in ("sophia", "adahessian", "oasis"):
         return _hvp_extra(loss)
     if name in NEEDS_VALUE:
         return lambda p: {"value": loss(p)}
@@ -537,11 +559,11 @@ def test_error_names_the_optimizer(name):
 def test_schedules_and_traced_hyperparameters_accepted():
     params = fixed_params()
     for name in sorted(CONVERGENCE):
-        if name in ("sophia", "adahessian"):
+        if name in ("sophia", "adahessian", "oasis"):
             continue
         factory = getattr(optlab, name)
         static = {"ns_steps", "num_iters", "min_dim_size_to_factor", "decay_offset",
-                  "channel_axis", "seed"} & set(inspect.signature(factory).parameters)
+                  "channel_axis", "seed", "num_grads"} & set(inspect.signature(factory).parameters)
         tx = _per_example(name, optax.inject_hyperparams(factory, static_args=static)(
             learning_rate=1e-2, **REQUIRED.get(name, {})))
         _, _, losses = run_optimizer(tx, quadratic_loss, params, 3,
