@@ -16,6 +16,8 @@ module                 concern
 ``_multi_objective``   combining per-objective gradients (UPGrad, PCGrad, MGDA)
 ``_merging``           offline model merging (soups, SLERP, Model Stock)
 ``_combinators``       generic wrappers (skip non-finite steps ...)
+``_replicas``          training across replicas (DiLoCo, FedAvg/FedOpt, NoLoCo, gossip)
+``_communication``     compressed communication with error feedback, bytes on the wire
 ``_aliases``           named optimizers: chains of the above
 ``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``
 ``_flax_utils``        Flax helpers (BatchNorm statistics for averaged weights)
@@ -26,6 +28,7 @@ from optlab import _aliases
 from optlab import _averaging
 from optlab import _clipping
 from optlab import _combinators
+from optlab import _communication
 from optlab import _flax_utils
 from optlab import _merging
 from optlab import _momentum
@@ -33,12 +36,14 @@ from optlab import _multi_objective
 from optlab import _normalization
 from optlab import _privacy
 from optlab import _registry
+from optlab import _replicas
 from optlab import _second_order
 from optlab import _sharpness
 from optlab._aliases import *  # noqa: F401,F403
 from optlab._averaging import *  # noqa: F401,F403
 from optlab._clipping import *  # noqa: F401,F403
 from optlab._combinators import *  # noqa: F401,F403
+from optlab._communication import *  # noqa: F401,F403
 from optlab._flax_utils import *  # noqa: F401,F403
 from optlab._merging import *  # noqa: F401,F403
 from optlab._momentum import *  # noqa: F401,F403
@@ -46,14 +51,15 @@ from optlab._multi_objective import *  # noqa: F401,F403
 from optlab._normalization import *  # noqa: F401,F403
 from optlab._privacy import *  # noqa: F401,F403
 from optlab._registry import *  # noqa: F401,F403
+from optlab._replicas import *  # noqa: F401,F403
 from optlab._second_order import *  # noqa: F401,F403
 from optlab._sharpness import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
 _MODULES = (
-    _aliases, _averaging, _clipping, _combinators, _flax_utils, _merging, _momentum,
-    _multi_objective, _normalization, _privacy, _registry, _second_order, _sharpness,
+    _aliases, _averaging, _clipping, _combinators, _communication, _flax_utils, _merging, _momentum,
+    _multi_objective, _normalization, _privacy, _registry, _replicas, _second_order, _sharpness,
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
 
