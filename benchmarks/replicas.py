@@ -157,11 +157,13 @@ def main(argv=None) -> int:
             )
     n_params = sum(x.size for x in jax.tree.leaves(init_mlp(0)))
     lines = [
-        f"Digits MLP ({n_params} float32 parameters), {args.steps} inner steps, global batch"
-        f" {args.global_batch}, mean of {args.seeds} seeds; inner AdamW lr {INNER_LR}."
-        " Communication rounds: collectives on the replica axis (an all-reduce, or an"
-        " all-gather of the payloads for top-k). MB sent per replica: the payload one replica"
-        " sends over the run (`optlab.bytes_on_the_wire` / replicas).",
+        (
+            f"Digits MLP ({n_params} float32 parameters), {args.steps} inner steps, global batch"
+            f" {args.global_batch}, mean of {args.seeds} seeds; inner AdamW lr {INNER_LR}."
+            " Communication rounds: collectives on the replica axis (an all-reduce, or an"
+            " all-gather of the payloads for top-k). MB sent per replica: the payload one"
+            " replica sends over the run (`optlab.bytes_on_the_wire` / replicas)."
+        ),
         "",
         "| replicas | method | test accuracy | communication rounds | MB sent per replica | bytes vs DP AdamW |",
         "|---:|---|---:|---:|---:|---:|",

@@ -377,12 +377,13 @@ def communicate(
     use_memory = compressor is not None and error_feedback is not None
     memory = jax.tree.leaves(state.memory) if use_memory else [None] * len(leaves)
     estimate = jax.tree.leaves(state.estimate) if error_feedback == "ef21" and use_memory else None
-    key, shared_key = jax.random.split(state.key)
-    own_key = jax.random.fold_in(shared_key, _replica_index(axis_name))
-    keys = jax.random.split(
-        own_key if compressor is None or not compressor.summable else shared_key,
-        max(len(leaves), 1),
-    )
+    if compressor is not None and compressor.random:
+        key, shared_key = jax.random.split(state.key)
+        if not compressor.summable:  # independent noise on each replica
+            shared_key = jax.random.fold_in(shared_key, _replica_index(axis_name))
+        keys = jax.random.split(shared_key, max(len(leaves), 1))
+    else:  # nothing random: the key stays as it is
+        key, keys = state.key, [None] * len(leaves)
     out, new_memory, new_estimate = [], [], []
     for i, x in enumerate(leaves):
         shape, dtype, size = x.shape, x.dtype, x.size

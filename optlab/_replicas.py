@@ -268,13 +268,14 @@ def _build_outer(
         return idx
 
     def init_fn(params):
+        inner_state = inner.init(params)  # first: a wrapped fedprox names itself on int leaves
         _base.check_float_tree(name, params)
         leaves = jax.tree.leaves(params)
         groups = _fragments(leaves, num_fragments)
         frag = lambda g: [leaves[i] for i in g]
         return OuterOptimizerState(
             count=jnp.zeros([], jnp.int32),
-            inner_state=inner.init(params),
+            inner_state=inner_state,
             anchor=jax.tree.map(jnp.asarray, params),
             outer_state=tuple(outer.init(frag(g)) for g in groups),
             pending=jax.tree.map(jnp.asarray, params) if overlap_steps > 0 else (),
@@ -383,6 +384,9 @@ def _build_outer(
             jnp.ones([], bool) if participating is None else jnp.asarray(participating).astype(bool)
         )
 
+        may_skip = averaging == "all_reduce" and not (
+            participating is None and weight is None and weights is None
+        )
         carry = {
             "anchor": jax.tree.leaves(state.anchor),
             "outer": state.outer_state,
@@ -422,8 +426,9 @@ def _build_outer(
                 new_anchor = [
                     (a + u).astype(a.dtype) for a, u in zip(anchors, jax.tree.leaves(outer_updates))
                 ]
-                new_anchor = _select(happened, new_anchor, anchors)
-                ostate = _select(happened, ostate, c["outer"][p])
+                if may_skip:  # a round nobody took part in keeps anchor and outer state
+                    new_anchor = _select(happened, new_anchor, anchors)
+                    ostate = _select(happened, ostate, c["outer"][p])
                 comm_states = tuple(cstate if q == p else s for q, s in enumerate(c["comm"]))
                 outer_states = tuple(ostate if q == p else s for q, s in enumerate(c["outer"]))
                 c = dict(c, comm=comm_states, outer=outer_states, fedau=fstate)
@@ -668,7 +673,8 @@ def _outer_checked(
 
 
 def _nesterov(fn_name, outer_learning_rate, outer_momentum):
-    _base.check_learning_rate(fn_name, outer_learning_rate)
+    if not callable(outer_learning_rate):  # a schedule is checked nowhere else
+        _base.check_nonnegative(fn_name, outer_learning_rate=outer_learning_rate)
     _base.check_decay(fn_name, outer_momentum=outer_momentum)
     return optax.sgd(outer_learning_rate, momentum=outer_momentum, nesterov=True)
 

@@ -3,7 +3,8 @@
 The shared suites call ``tx.update`` with no mapped axis, so every case runs with
 ``axis_name=None``: one replica, no communication (a valid configuration: the outer step
 acts on the replica's own pseudo-gradient). Syncs happen within the suites' 3-4 steps
-(``sync_period=2``). The multi-replica behaviour (vmap, shard_map, pmap, two processes)
+(``sync_period=2``). Inner optimizers are plain SGD and compressors deterministic to keep
+compile times low (each case is compiled by several suites). The multi-replica behaviour (vmap, shard_map, pmap, two processes)
 is tested in tests/test_replicas.py and tests/test_replicas_multidevice.py.
 """
 
@@ -41,13 +42,13 @@ def _outer(max_pseudo_gradient_norm=1.0):
 
 def _diloco(outer_learning_rate=0.7, outer_momentum=0.9):
     return optlab.diloco(
-        optax.adamw(1e-2), outer_learning_rate, outer_momentum, sync_period=2, axis_name=None
+        optax.sgd(0.1), outer_learning_rate, outer_momentum, sync_period=2, axis_name=None
     )
 
 
 def _streaming(outer_learning_rate=0.7, outer_momentum=0.9, overlap_mixing=0.5):
     return optlab.streaming_diloco(
-        optax.sgd(0.1, momentum=0.9),
+        optax.sgd(0.1),
         outer_learning_rate,
         outer_momentum,
         sync_period=2,
@@ -62,7 +63,7 @@ def _streaming(outer_learning_rate=0.7, outer_momentum=0.9, overlap_mixing=0.5):
 
 def _noloco(outer_learning_rate=0.7, outer_momentum=0.9, peer_pull=0.5):
     return optlab.noloco(
-        optax.adam(1e-2),
+        optax.sgd(0.1),
         outer_learning_rate,
         outer_momentum,
         sync_period=2,
@@ -87,7 +88,7 @@ CASES = [
             sync_period=2,
             axis_name=None,
             participation="fedau",
-            compressor=optlab.random_k(0.5),
+            compressor=optlab.top_k(0.5),
             error_feedback="ef21",
         ),
         inject=False,
@@ -108,7 +109,7 @@ CASES = [
     ),
     Case(
         "compressed_all_reduce",
-        factory=lambda: optlab.compressed_all_reduce(None, optlab.stochastic_quantization(8), "ef"),
+        factory=lambda: optlab.compressed_all_reduce(None, optlab.scaled_sign(), "ef"),
         inject=False,
     ),
 ]
