@@ -260,7 +260,7 @@ def optimizer_zoo():
         _code(
             """
             def clipped_adamw(lr):
-                return optax.chain(optlab.clip_by_global_norm(1.0), optlab.get("adamw", learning_rate=lr))
+                return optax.chain(optax.clip_by_global_norm(1.0), optlab.get("adamw", learning_rate=lr))
 
 
             loss, p0, _, _ = PROBLEMS["rosenbrock"]

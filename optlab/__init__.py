@@ -18,8 +18,9 @@ module                 concern
 ``_combinators``       generic wrappers (skip non-finite steps ...)
 ``_replicas``          training across replicas (DiLoCo, FedAvg/FedOpt, NoLoCo, gossip)
 ``_communication``     compressed communication with error feedback, bytes on the wire
-``_aliases``           named optimizers: chains of the above
-``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``
+``_aliases``           named optimizers: chains of the above (and DP-SGD)
+``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``: the top
+                       floor, a table of ``_aliases``; nothing below imports it
 ``_flax_utils``        Flax helpers (BatchNorm statistics for averaged weights)
 =====================  ==================================================
 """

@@ -1,12 +1,15 @@
 """Named optimizers: each is a readable chain of optlab transforms and optax pieces.
 
 Every optimizer here takes ``learning_rate`` first, uses optax's hyperparameter names
-(an optimizer optax also has keeps optax's signature, so it is a drop-in), joins the
-registry (:func:`optlab.get`, :func:`optlab.available`, :func:`optlab.describe`) and
-is built with :func:`named_chain`, so ``optlab.describe("adamw")`` prints its stages.
-No optimizer re-implements arithmetic: the stages are the transforms of the other
-modules (``scale_by_adam``, ``radial_projection``, ``cautious`` ...), optax's
-``scale_by_learning_rate`` and weight decay.
+(an optimizer optax also has keeps optax's signature, so it is a drop-in) and is an
+``optax.named_chain`` of named stages, so ``optlab.describe("adamw")`` prints them from
+the state (a dict keyed by stage name). It joins ``optlab.get`` / ``optlab.available`` by
+one entry in the table of ``optlab/_registry.py``.
+
+Validation happens once: an optimizer checks its own hyperparameters under its own name,
+then chains the *unchecked* private builders of the stages (``_scale_by_adam_family`` for
+:func:`optlab.scale_by_adam_family` ...), and :func:`_chain` makes ``init`` refuse integer
+params and ``update`` a missing required extra argument under its name.
 
 Conventions shared by all:
 
@@ -26,29 +29,38 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optlab import _base, _second_order
+from optlab import _base
+from optlab._combinators import _in_float32
 from optlab._momentum import (
-    cautious,
-    mars_correction,
-    scale_by_adafactor,
-    scale_by_adam,
-    scale_by_ademamix,
-    scale_by_diffgrad,
-    scale_by_lion,
-    scale_by_momentum,
-    scale_by_sgd_sai,
-    scale_by_signum,
-    with_grad_sign,
+    _cautious,
+    _mars_correction,
+    _scale_by_adafactor,
+    _scale_by_adam_family,
+    _scale_by_ademamix,
+    _scale_by_diffgrad,
+    _scale_by_lion,
+    _scale_by_momentum,
+    _scale_by_sgd_sai,
+    _scale_by_signum,
+    _with_grad_sign,
+    check_ademamix,
 )
 from optlab._normalization import (
-    add_decayed_weights,
-    orthogonalize,
-    radial_projection,
-    scale_by_trust_ratio,
-    sinkhorn_normalize,
+    _orthogonalize,
+    _radial_projection,
+    _scale_by_muon_shape,
+    _scale_by_trust_ratio,
+    _sinkhorn_normalize,
+    _weight_decay,
+    check_channel_axis,
+    check_newton_schulz,
 )
-from optlab._registry import label, named_chain, register_optimizer
-from optlab._second_order import scale_by_adahessian, scale_by_sophia
+from optlab._privacy import _dp_aggregate
+from optlab._second_order import (
+    _scale_by_adahessian,
+    _scale_by_sophia,
+    hessian_needs,
+)
 
 __all__ = [
     "sgd",
@@ -72,6 +84,7 @@ __all__ = [
     "sgd_sai",
     "sophia",
     "adahessian",
+    "dpsgd",
 ]
 
 MaskOrFn = optax.MaskOrFn
@@ -82,38 +95,34 @@ MaskOrFn = optax.MaskOrFn
 # ---------------------------------------------------------------------------
 
 
+def _chain(name: str, *stages: tuple[str, Any] | None, needs: dict | None = None):
+    """The named optimizer ``optlab.<name>``: ``optax.named_chain`` of the stages that are
+    not None (its state is a dict keyed by stage name, which ``optlab.describe`` prints),
+    whose ``init`` refuses non-float params and ``update`` missing ``needs``, naming it."""
+    return _base.public(name, optax.named_chain(*(s for s in stages if s is not None)),
+                        **(needs or {}))
+
+
 def _lr(learning_rate: optax.ScalarOrSchedule, flip_sign: bool = True):
-    """``optax.scale_by_learning_rate``, named for :func:`optlab.describe`."""
-    return label("scale_by_learning_rate",
-                 optax.with_extra_args_support(
-                     optax.scale_by_learning_rate(learning_rate, flip_sign=flip_sign)))
+    return optax.scale_by_learning_rate(learning_rate, flip_sign=flip_sign)
+
+
+def _adam(b1, b2, eps, eps_root=0.0, *, amsgrad=False, nesterov=False, mu_dtype=None):
+    return _scale_by_adam_family(b1, b2, eps, eps_root, amsgrad, False, nesterov, mu_dtype, None)
+
+
+def _decay(weight_decay, mask):
+    return _weight_decay(weight_decay, mask, cautious=False)
 
 
 def _check(name: str, learning_rate: Any, *, decays: dict | None = None,
            nonnegative: dict | None = None, positive: dict | None = None) -> None:
-    """Validate under the optimizer's own name (the stages validate again, under theirs)."""
+    """Validate the named optimizer's hyperparameters, once, under its own name."""
     _base.check_learning_rate(name, learning_rate)
     _base.check_decay(name, **(decays or {}))
     _base.check_nonnegative(name, **{k: v for k, v in (nonnegative or {}).items()
                                      if not callable(v)})
     _base.check_positive(name, **{k: v for k, v in (positive or {}).items() if not callable(v)})
-
-
-def _in_input_dtype(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """``tx`` with its updates cast back to the dtypes of its input updates.
-
-    For optax stages that keep a float32 accumulator and return its dtype (``optax.ema``
-    with ``accumulator_dtype=jnp.float32`` on bfloat16 gradients).
-    """
-    tx = optax.with_extra_args_support(tx)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        new_updates, state = tx.update(updates, state, params, **extra_args)
-        new_updates = jax.tree.map(lambda n, u: None if n is None else n.astype(u.dtype),
-                                   new_updates, updates, is_leaf=lambda x: x is None)
-        return new_updates, state
-
-    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 def _true_to_none(mask: Any) -> Any:
@@ -126,7 +135,6 @@ def _true_to_none(mask: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
-@register_optimizer(paper="A Stochastic Approximation Method (1951); momentum: Polyak (1964)")
 def sgd(
     learning_rate: optax.ScalarOrSchedule,
     momentum: jax.typing.ArrayLike | None = None,
@@ -165,14 +173,14 @@ def sgd(
       learning`, 2013.
     """
     _check("sgd", learning_rate, decays={} if momentum is None else {"momentum": momentum})
-    return named_chain(
-        (optax.identity() if momentum is None
-         else scale_by_momentum(momentum, nesterov, accumulator_dtype=accumulator_dtype)),
-        _lr(learning_rate),
+    return _chain(
+        "sgd",
+        None if momentum is None
+        else ("trace", _scale_by_momentum(momentum, nesterov, accumulator_dtype)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="Large Batch Training of Convolutional Networks (2017)")
 def lars(
     learning_rate: optax.ScalarOrSchedule,
     weight_decay: optax.ScalarOrSchedule = 0.0,
@@ -220,19 +228,20 @@ def lars(
     _check("lars", learning_rate, decays={"momentum": momentum},
            nonnegative={"weight_decay": weight_decay, "trust_coefficient": trust_coefficient,
                         "eps": eps})
-    trust = scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps)
+    trust = _scale_by_trust_ratio(0.0, trust_coefficient, eps)
     trust_ratio_mask = _true_to_none(trust_ratio_mask)
-    return named_chain(
-        add_decayed_weights(weight_decay, _true_to_none(weight_decay_mask)),  # coupled: before
-        trust if trust_ratio_mask is None else optax.masked(trust, trust_ratio_mask),
-        _lr(learning_rate),
+    return _chain(
+        "lars",
+        # Coupled decay: before the trust ratio.
+        ("add_decayed_weights", _decay(weight_decay, _true_to_none(weight_decay_mask))),
+        ("scale_by_trust_ratio", trust) if trust_ratio_mask is None
+        else ("masked(scale_by_trust_ratio)", optax.masked(trust, trust_ratio_mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
         # Momentum last: it accumulates the lr-scaled steps (paper, optax.lars).
-        scale_by_momentum(momentum, nesterov),
+        ("trace", _scale_by_momentum(momentum, nesterov, None)),
     )
 
 
-@register_optimizer(paper="No More Adam: Learning Rate Scaling at Initialization is All You "
-                    "Need (2024)")
 def sgd_sai(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -272,15 +281,14 @@ def sgd_sai(
     """
     _check("sgd_sai", learning_rate, decays={"b1": b1},
            nonnegative={"eps": eps, "weight_decay": weight_decay})
-    return named_chain(
-        scale_by_sgd_sai(b1=b1, eps=eps),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    return _chain(
+        "sgd_sai",
+        ("scale_by_sgd_sai", _scale_by_sgd_sai(b1, eps)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="AdamP: Slowing Down the Slowdown for Momentum Optimizers on "
-                    "Scale-invariant Weights (2021)")
 def sgdp(
     learning_rate: optax.ScalarOrSchedule,
     momentum: jax.typing.ArrayLike = 0.9,
@@ -332,17 +340,19 @@ def sgdp(
     _check("sgdp", learning_rate, decays={"momentum": momentum},
            nonnegative={"weight_decay": weight_decay, "delta": delta, "wd_ratio": wd_ratio,
                         "eps": eps})
-    return named_chain(
-        # The projection wraps the momentum (it needs the raw gradient for the cosine)
-        # and adds the (wd_ratio-scaled) decoupled decay itself.
-        radial_projection(scale_by_momentum(momentum, nesterov), delta=delta, wd_ratio=wd_ratio,
-                          weight_decay=weight_decay / (1.0 - momentum), eps=eps,
-                          channel_axis=channel_axis),
-        _lr(learning_rate),
+    check_channel_axis("sgdp", channel_axis)
+    # The projection wraps the momentum (it needs the raw gradient for the cosine) and
+    # adds the (wd_ratio-scaled) decoupled decay itself.
+    momentum_tx = _scale_by_momentum(momentum, nesterov, None)
+    project = _radial_projection(momentum_tx, delta, wd_ratio, weight_decay / (1.0 - momentum),
+                                 eps, channel_axis)
+    return _chain(
+        "sgdp",
+        ("radial_projection(trace)", project),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="signSGD: Compressed Optimisation for Non-Convex Problems (2018)")
 def signum(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -377,15 +387,14 @@ def signum(
       <https://arxiv.org/abs/1802.04434>`_, 2018.
     """
     _check("signum", learning_rate, decays={"b1": b1}, nonnegative={"weight_decay": weight_decay})
-    return named_chain(
-        scale_by_signum(b1),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    return _chain(
+        "signum",
+        ("scale_by_signum", _scale_by_signum(b1)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="Gradient Multi-Normalization for Stateless and Scalable LLM "
-                    "Training (2025)")
 def sinkgd(
     learning_rate: optax.ScalarOrSchedule,
     num_iters: int = 5,
@@ -425,10 +434,11 @@ def sinkgd(
     """
     _check("sinkgd", learning_rate, nonnegative={"eps": eps, "weight_decay": weight_decay})
     _base.check_int("sinkgd", num_iters=num_iters)
-    return named_chain(
-        sinkhorn_normalize(num_iters, eps),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    return _chain(
+        "sinkgd",
+        ("sinkhorn_normalize", _sinkhorn_normalize(num_iters, eps, "normalize")),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
@@ -437,7 +447,6 @@ def sinkgd(
 # ---------------------------------------------------------------------------
 
 
-@register_optimizer(paper="Decoupled Weight Decay Regularization (2019)")
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -486,14 +495,14 @@ def adamw(
     """
     _check("adamw", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
-    return named_chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    return _chain(
+        "adamw",
+        ("scale_by_adam", _adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="On the Convergence of Adam and Beyond (2018)")
 def amsgrad(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -539,15 +548,14 @@ def amsgrad(
     """
     _check("amsgrad", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
-    return named_chain(
-        scale_by_adam(b1, b2, eps, eps_root, amsgrad=True, mu_dtype=mu_dtype),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    return _chain(
+        "amsgrad",
+        ("scale_by_amsgrad", _adam(b1, b2, eps, eps_root, amsgrad=True, mu_dtype=mu_dtype)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="diffGrad: An Optimization Method for Convolutional Neural "
-                    "Networks (2019)")
 def diffgrad(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -588,15 +596,14 @@ def diffgrad(
     """
     _check("diffgrad", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"eps": eps, "weight_decay": weight_decay})
-    return named_chain(
-        scale_by_diffgrad(b1, b2, eps),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    return _chain(
+        "diffgrad",
+        ("scale_by_diffgrad", _scale_by_diffgrad(b1, b2, eps)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="AdamP: Slowing Down the Slowdown for Momentum Optimizers on "
-                    "Scale-invariant Weights (2021)")
 def adamp(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -611,7 +618,7 @@ def adamp(
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamP: Adam whose step on scale-invariant weights is made tangential.
 
-    Adam's direction (:func:`optlab.scale_by_adam`) loses its component along
+    Adam's direction (:func:`optlab.scale_by_adam_family`) loses its component along
     :math:`w` on leaves whose gradient is nearly orthogonal to :math:`w` (scale
     invariance, e.g. before a normalization layer); their decoupled weight decay is
     scaled by ``wd_ratio`` (:func:`optlab.radial_projection`). Defaults of the official
@@ -650,17 +657,18 @@ def adamp(
     _check("adamp", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"eps": eps, "weight_decay": weight_decay, "delta": delta,
                         "wd_ratio": wd_ratio})
-    return named_chain(
-        # The projection wraps Adam (it needs the raw gradient for the cosine) and adds
-        # the (wd_ratio-scaled) decoupled decay itself.
-        radial_projection(scale_by_adam(b1, b2, eps, nesterov=nesterov), delta=delta,
-                          wd_ratio=wd_ratio, weight_decay=weight_decay, eps=eps,
-                          channel_axis=channel_axis),
-        _lr(learning_rate),
+    check_channel_axis("adamp", channel_axis)
+    # The projection wraps Adam (it needs the raw gradient for the cosine) and adds the
+    # (wd_ratio-scaled) decoupled decay itself.
+    adam = _adam(b1, b2, eps, nesterov=nesterov)
+    return _chain(
+        "adamp",
+        ("radial_projection(scale_by_adam)",
+         _radial_projection(adam, delta, wd_ratio, weight_decay, eps, channel_axis)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="The AdEMAMix Optimizer: Better, Faster, Older (2024)")
 def ademamix(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -714,20 +722,17 @@ def ademamix(
       Pagliardini, Ablin and Grangier, `The AdEMAMix Optimizer: Better, Faster, Older
       <https://arxiv.org/abs/2409.03137>`_, 2024.
     """
-    _check("ademamix", learning_rate,
-           decays={"b1": b1, "b2": b2, **({} if callable(b3) else {"b3": b3})},
-           nonnegative={"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay,
-                        "alpha": alpha})
-    return named_chain(
-        scale_by_ademamix(b1, b2, b3, alpha, b3_warmup=b3_warmup, alpha_warmup=alpha_warmup,
-                          eps=eps, eps_root=eps_root, mu_dtype=mu_dtype),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    _check("ademamix", learning_rate, nonnegative={"weight_decay": weight_decay})
+    check_ademamix("ademamix", b1, b2, b3, alpha, b3_warmup, alpha_warmup, eps, eps_root)
+    return _chain(
+        "ademamix",
+        ("scale_by_ademamix", _scale_by_ademamix(b1, b2, b3, alpha, b3_warmup, alpha_warmup,
+                                                 eps, eps_root, mu_dtype)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="MARS: Unleashing the Power of Variance Reduction for Training "
-                    "Large Models (2024)")
 def mars_adamw(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.95,
@@ -777,15 +782,15 @@ def mars_adamw(
     _check("mars_adamw", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"eps": eps, "gamma": gamma, "weight_decay": weight_decay},
            positive={} if max_norm is None else {"max_norm": max_norm})
-    return named_chain(
-        mars_correction(gamma=gamma, b1=b1, max_norm=max_norm),  # first: replaces the gradient
-        scale_by_adam(b1, b2, eps),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    return _chain(
+        "mars_adamw",
+        ("mars_correction", _mars_correction(gamma, b1, max_norm)),  # first: replaces the gradient
+        ("scale_by_adam", _adam(b1, b2, eps)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="Grams: Gradient Descent with Adaptive Momentum Scaling (2024)")
 def grams(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -825,14 +830,14 @@ def grams(
     """
     _check("grams", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"eps": eps, "weight_decay": weight_decay})
-    return named_chain(
-        with_grad_sign(scale_by_adam(b1, b2, eps)),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    return _chain(
+        "grams",
+        ("with_grad_sign(scale_by_adam)", _with_grad_sign(_adam(b1, b2, eps), True)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="Cautious Optimizers: Improving Training with One Line of Code (2024)")
 def cautious_adamw(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -873,10 +878,11 @@ def cautious_adamw(
     """
     _check("cautious_adamw", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"eps": eps, "weight_decay": weight_decay})
-    return named_chain(
-        cautious(scale_by_adam(b1, b2, eps), inner_is_direction=True),
-        add_decayed_weights(weight_decay, mask),  # after the mask: decay is never masked
-        _lr(learning_rate),
+    return _chain(
+        "cautious_adamw",
+        ("cautious(scale_by_adam)", _cautious(_adam(b1, b2, eps), 1e-8, True)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),  # after the mask: never masked
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
@@ -885,7 +891,6 @@ def cautious_adamw(
 # ---------------------------------------------------------------------------
 
 
-@register_optimizer(paper="Symbolic Discovery of Optimization Algorithms (2023)")
 def lion(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -927,14 +932,14 @@ def lion(
     """
     _check("lion", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"weight_decay": weight_decay})
-    return named_chain(
-        scale_by_lion(b1, b2, mu_dtype=mu_dtype),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    return _chain(
+        "lion",
+        ("scale_by_lion", _scale_by_lion(b1, b2, mu_dtype)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
-@register_optimizer(paper="Cautious Optimizers: Improving Training with One Line of Code (2024)")
 def cautious_lion(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -973,10 +978,11 @@ def cautious_lion(
     """
     _check("cautious_lion", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"weight_decay": weight_decay})
-    return named_chain(
-        cautious(scale_by_lion(b1, b2), inner_is_direction=True),
-        add_decayed_weights(weight_decay, mask),  # after the mask: decay is never masked
-        _lr(learning_rate),
+    return _chain(
+        "cautious_lion",
+        ("cautious(scale_by_lion)", _cautious(_scale_by_lion(b1, b2, None), 1e-8, True)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),  # after the mask: never masked
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
 
@@ -985,8 +991,6 @@ def cautious_lion(
 # ---------------------------------------------------------------------------
 
 
-@register_optimizer(paper="Large Batch Optimization for Deep Learning: Training BERT in 76 "
-                    "minutes (2020)")
 def lamb(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -1030,31 +1034,13 @@ def lamb(
     """
     _check("lamb", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
-    return named_chain(
-        scale_by_adam(b1, b2, eps, eps_root),
-        add_decayed_weights(weight_decay, mask),  # before the trust ratio, as in the paper
-        scale_by_trust_ratio(),
-        _lr(learning_rate),
+    return _chain(
+        "lamb",
+        ("scale_by_adam", _adam(b1, b2, eps, eps_root)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),  # before the trust ratio (paper)
+        ("scale_by_trust_ratio", _scale_by_trust_ratio(0.0, 1.0, 0.0)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
-
-
-def _scale_by_muon_shape() -> optax.GradientTransformationExtraArgs:
-    """Muon's width scale: each 2-D ``(fan_in, fan_out)`` update times
-    ``sqrt(max(1, fan_out / fan_in))`` (Keller Jordan's reference code and
-    ``optax.contrib.muon``'s default); other leaves unchanged. Stateless."""
-
-    def scale(u):
-        if u is None or u.ndim != 2:
-            return u
-        factor = max(1.0, u.shape[1] / u.shape[0]) ** 0.5
-        return (u * factor).astype(u.dtype)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-        return jax.tree.map(scale, updates, is_leaf=lambda x: x is None), state
-
-    return label("scale_by_muon_shape",
-                 optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn))
 
 
 def _label_2d(params: Any) -> Any:
@@ -1062,7 +1048,6 @@ def _label_2d(params: Any) -> Any:
     return jax.tree.map(lambda p: "muon" if jnp.ndim(p) == 2 else "adam", params)
 
 
-@register_optimizer(paper="Muon: An optimizer for hidden layers in neural networks (2024)")
 def muon(
     learning_rate: optax.ScalarOrSchedule,
     ns_coeffs: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
@@ -1135,25 +1120,31 @@ def muon(
       <https://arxiv.org/abs/2409.20325>`_, 2024.
     """
     _check("muon", learning_rate, decays={"beta": beta, "adam_b1": adam_b1, "adam_b2": adam_b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay,
-                        "adam_eps_root": adam_eps_root, "adam_weight_decay": adam_weight_decay})
+           nonnegative={"weight_decay": weight_decay, "adam_eps_root": adam_eps_root,
+                        "adam_weight_decay": adam_weight_decay})
+    check_newton_schulz("muon", ns_steps, ns_coeffs, eps)
     if adam_learning_rate is not None and not callable(adam_learning_rate):
         _base.check_nonnegative("muon", adam_learning_rate=adam_learning_rate)
     if adam_learning_rate is None:
         adam_learning_rate = learning_rate
-    matrices = named_chain(
-        scale_by_momentum(beta, nesterov, accumulator_dtype=mu_dtype),
-        orthogonalize(ns_steps, ns_coeffs, eps),  # after momentum: Muon orthogonalizes it
-        _scale_by_muon_shape(),
-        add_decayed_weights(weight_decay, weight_decay_mask),
-        _lr(learning_rate),
+    matrices = optax.named_chain(
+        ("trace", _scale_by_momentum(beta, nesterov, mu_dtype)),
+        ("orthogonalize", _orthogonalize(ns_steps, ns_coeffs, eps, "passthrough")),
+        ("scale_by_muon_shape", _scale_by_muon_shape()),
+        ("add_decayed_weights", _decay(weight_decay, weight_decay_mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
-    others = adamw(adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=eps, eps_root=adam_eps_root,
-                   mu_dtype=mu_dtype, weight_decay=adam_weight_decay, nesterov=nesterov)
-    return named_chain(optax.partition({"muon": matrices, "adam": others}, _label_2d))
+    others = optax.named_chain(
+        ("scale_by_adam", _adam(adam_b1, adam_b2, eps, adam_eps_root, mu_dtype=mu_dtype,
+                                nesterov=nesterov)),
+        ("add_decayed_weights", _decay(adam_weight_decay, None)),
+        ("scale_by_learning_rate", _lr(adam_learning_rate)),
+    )
+    return _chain(
+        "muon", ("partition", optax.partition({"muon": matrices, "adam": others}, _label_2d))
+    )
 
 
-@register_optimizer(paper="Adafactor: Adaptive Learning Rates with Sublinear Memory Cost (2018)")
 def adafactor(
     learning_rate: optax.ScalarOrSchedule,
     min_dim_size_to_factor: int = 128,
@@ -1220,21 +1211,25 @@ def adafactor(
     _base.check_positive("adafactor", decay_rate=decay_rate)
     if clipping_threshold is not None:
         _base.check_positive("adafactor", clipping_threshold=clipping_threshold)
-    return named_chain(
-        scale_by_adafactor(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps),
-        (optax.identity() if clipping_threshold is None
-         else optax.with_extra_args_support(optax.clip_by_block_rms(clipping_threshold))),
+    _base.check_int_unless_traced("adafactor", 0, decay_offset=decay_offset)
+    _base.check_int_unless_traced("adafactor", 1, min_dim_size_to_factor=min_dim_size_to_factor)
+    return _chain(
+        "adafactor",
+        ("scale_by_adafactor", _scale_by_adafactor(factored, decay_rate, decay_offset,
+                                                   min_dim_size_to_factor, eps, None)),
+        None if clipping_threshold is None
+        else ("clip_by_block_rms", optax.clip_by_block_rms(clipping_threshold)),
         # The learning rate comes before the parameter scale and the momentum, and the
         # sign flip last (optax.adafactor's order: decay is not scaled by the rate).
-        _lr(learning_rate, flip_sign=False),
-        (optax.with_extra_args_support(optax.scale_by_param_block_rms())
-         if multiply_by_parameter_scale else optax.identity()),
-        (optax.identity() if momentum is None
-         else _in_input_dtype(
-             optax.ema(momentum, debias=False, accumulator_dtype=dtype_momentum))),
-        (optax.identity() if weight_decay_rate is None
-         else add_decayed_weights(weight_decay_rate, weight_decay_mask)),
-        label("flip_sign", optax.scale(-1.0)),
+        ("scale_by_learning_rate", _lr(learning_rate, flip_sign=False)),
+        ("scale_by_param_block_rms", optax.scale_by_param_block_rms())
+        if multiply_by_parameter_scale else None,
+        None if momentum is None
+        else ("ema", _in_float32(
+            optax.ema(momentum, debias=False, accumulator_dtype=dtype_momentum))),
+        None if weight_decay_rate is None
+        else ("add_decayed_weights", _decay(weight_decay_rate, weight_decay_mask)),
+        ("flip_sign", optax.scale(-1.0)),
     )
 
 
@@ -1243,8 +1238,6 @@ def adafactor(
 # ---------------------------------------------------------------------------
 
 
-@register_optimizer(paper="Sophia: A Scalable Stochastic Second-order Optimizer for Language "
-                    "Model Pre-training (2023)")
 def sophia(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.965,
@@ -1311,18 +1304,21 @@ def sophia(
            nonnegative={"weight_decay": weight_decay},
            positive={"eps": eps, "gamma": gamma,
                      **({} if clip_threshold is None else {"clip_threshold": clip_threshold})})
-    if hessian_diagonal_fn is None:  # its errors (a missing `hvp_fn`) name `optlab.sophia`
-        hessian_diagonal_fn = _second_order._default_estimator("sophia", seed)
-    return named_chain(
-        scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval, seed=seed,
-                        hessian_diagonal_fn=hessian_diagonal_fn, mu_dtype=mu_dtype),
-        add_decayed_weights(weight_decay, weight_decay_mask),
-        _lr(learning_rate),
+    _base.check_int_unless_traced("sophia", 1, update_interval=update_interval)
+    if hessian_diagonal_fn is None:
+        _base.check_int_unless_traced("sophia", 0, seed=seed)
+    sophia_tx = _scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval, seed,
+                                 hessian_diagonal_fn, mu_dtype)
+    return _chain(
+        "sophia",
+        ("scale_by_sophia(hutchinson_diag_hessian)" if hessian_diagonal_fn is None
+         else "scale_by_sophia", sophia_tx),
+        ("add_decayed_weights", _decay(weight_decay, weight_decay_mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+        needs=hessian_needs(hessian_diagonal_fn),
     )
 
 
-@register_optimizer(paper="ADAHESSIAN: An Adaptive Second Order Optimizer for Machine "
-                    "Learning (2020)")
 def adahessian(
     learning_rate: optax.ScalarOrSchedule,
     b1: jax.typing.ArrayLike = 0.9,
@@ -1379,10 +1375,74 @@ def adahessian(
     _check("adahessian", learning_rate, decays={"b1": b1, "b2": b2},
            nonnegative={"weight_decay": weight_decay}, positive={"eps": eps})
     _base.check_unit_interval("adahessian", hessian_power=hessian_power)
-    return named_chain(
-        scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average=spatial_average,
-                            hessian_diagonal_fn=_second_order._default_estimator(
-                                "adahessian", seed)),
-        add_decayed_weights(weight_decay, mask),
-        _lr(learning_rate),
+    _base.check_int_unless_traced("adahessian", 0, seed=seed)
+    return _chain(
+        "adahessian",
+        ("scale_by_adahessian(hutchinson_diag_hessian)",
+         _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed, None)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+        needs=hessian_needs(None),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Differential privacy
+# ---------------------------------------------------------------------------
+
+
+def dpsgd(
+    learning_rate: optax.ScalarOrSchedule,
+    l2_norm_clip: jax.typing.ArrayLike,
+    noise_multiplier: jax.typing.ArrayLike,
+    seed: int = 0,
+    momentum: jax.typing.ArrayLike | None = None,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """DP-SGD: SGD (with optional momentum) on per-example clipped, noised gradients.
+
+    ``dp_aggregate(l2_norm_clip, noise_multiplier, seed)``, then
+    ``optax.trace(momentum, nesterov)`` if ``momentum`` is given, then
+    ``-learning_rate``. ``update`` takes per-example gradients (a leading batch axis on
+    every leaf), as ``optax.contrib.dpsgd``.
+
+    Args:
+      learning_rate: the learning rate or a schedule.
+      l2_norm_clip: the per-example clipping norm (> 0).
+      noise_multiplier: noise standard deviation relative to the clipping norm (>= 0).
+      seed: seed of the noise key (int >= 0).
+      momentum: heavy-ball momentum in [0, 1), or ``None`` for plain SGD.
+      nesterov: use Nesterov momentum.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`; the state of the chain holds
+      :class:`DPAggregateState`, the momentum trace (if any) and the schedule count.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda w, x, y: (x @ w - y) ** 2
+      >>> x, y = jnp.ones((8, 2)), jnp.ones(8)
+      >>> tx = optlab.dpsgd(learning_rate=0.1, l2_norm_clip=1.0, noise_multiplier=0.1)
+      >>> w = jnp.zeros(2)
+      >>> state = tx.init(w)
+      >>> per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(w, x, y)
+      >>> updates, state = tx.update(per_example, state, w)
+      >>> updates.shape
+      (2,)
+
+    References:
+      Abadi et al., `Deep Learning with Differential Privacy
+      <https://arxiv.org/abs/1607.00133>`_, 2016
+    """
+    _base.check_learning_rate("dpsgd", learning_rate)
+    _base.check_positive("dpsgd", l2_norm_clip=l2_norm_clip)
+    _base.check_nonnegative("dpsgd", noise_multiplier=noise_multiplier)
+    _base.check_int("dpsgd", minimum=0, seed=seed)
+    if momentum is not None:
+        _base.check_decay("dpsgd", momentum=momentum)
+    return _chain(
+        "dpsgd",
+        ("dp_aggregate", _dp_aggregate(l2_norm_clip, noise_multiplier, seed)),
+        None if momentum is None else ("trace", optax.trace(decay=momentum, nesterov=nesterov)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )

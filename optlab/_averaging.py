@@ -1,6 +1,6 @@
 """Weight averaging inside the optimizer: SWA, EMA, BEMA, LAWA, Switch-EMA, Lookahead.
 
-Every transform here wraps an inner optimizer ``tx``: it runs ``tx``, then keeps an
+Every transform here wraps an inner optimizer ``inner``: it runs ``inner``, then keeps an
 average of the *parameters after the update* in its own state. The state is a
 ``NamedTuple`` of arrays with a fixed layout (counters are ``int32`` scalars), so the
 wrappers work under ``jax.jit``, ``optax.chain``, ``optax.MultiSteps``,
@@ -18,7 +18,7 @@ Conventions shared by all wrappers:
   state anywhere in a (possibly wrapped) optimizer state.
 
 ``swa``, ``ema_params``, ``bema`` and ``lawa`` only *observe* the trajectory: the
-returned updates are those of ``tx``. ``switch_ema`` and ``lookahead`` change the
+returned updates are those of ``inner``. ``switch_ema`` and ``lookahead`` change the
 trajectory: on their synchronisation steps the returned update moves the live
 parameters onto the averaged (slow) weights, and the stored average is set to
 ``optax.apply_updates(params, update)``, exactly what the user then holds (bitwise in
@@ -31,8 +31,7 @@ otherwise; each running update is computed in at least float32.
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +39,7 @@ import optax
 
 from optlab import _base
 from optlab import _tree
+from optlab._flax_utils import unwrap_variables
 
 __all__ = [
     "SWAState",
@@ -84,22 +84,14 @@ def _lerp(m: Any, x: Any, w: jax.Array) -> Any:
     return jax.tree.map(leaf, m, x)
 
 
-def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
-    """``jnp.where(pred, a, b)`` over two trees of the same structure."""
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
-_cast_updates_like = _tree.tree_cast_like
-
-
 def _sample_now(step: jax.Array, start_step: int, every_k: int) -> jax.Array:
     """Whether the iterate ``x_step`` (1-based) is sampled."""
     return (step >= start_step) & ((step - start_step) % every_k == 0)
 
 
-def _inner_update(tx, updates, inner_state, params, extra_args):
+def _inner_update(inner, updates, inner_state, params, extra_args):
     _base.require_params(params)
-    updates, inner_state = tx.update(updates, inner_state, params, **extra_args)
+    updates, inner_state = inner.update(updates, inner_state, params, **extra_args)
     return updates, inner_state, optax.apply_updates(params, updates)
 
 
@@ -123,17 +115,22 @@ class SWAState(NamedTuple):
     n_averaged: jax.Array  # shape=(), int32: number of sampled iterates in `mean`
     mean: Any  # running mean of the sampled iterates (the initial params before the first)
 
+    averaging_name = "swa"
+
+    def averaged(self) -> Any:
+        return self.mean
+
 
 def swa(
-    tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     start_step: int = 0,
     every_k: int = 1,
     *,
     accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Stochastic Weight Averaging: running mean of the iterates of ``tx``.
+    """Stochastic Weight Averaging: running mean of the iterates of ``inner``.
 
-    Runs ``tx`` unchanged and keeps the arithmetic mean of the parameters after the
+    Runs ``inner`` unchanged and keeps the arithmetic mean of the parameters after the
     update, sampled at steps ``t >= start_step`` with ``(t - start_step) % every_k == 0``
     (``t`` counts calls of ``update`` from 1)::
 
@@ -149,7 +146,7 @@ def swa(
     of the parameters (the mean).
 
     Args:
-      tx: the inner optimizer.
+      inner: the inner optimizer.
       start_step: first step (1-based iterate index) that may be sampled; ``0`` and
         ``1`` both start at the first iterate.
       every_k: sample every ``every_k`` steps from ``start_step``.
@@ -157,7 +154,7 @@ def swa(
         ``jnp.float32`` to average bfloat16 parameters without rounding drift.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``tx``.
+      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``inner``.
 
     Example:
       >>> import jax.numpy as jnp, optax, optlab
@@ -176,12 +173,12 @@ def swa(
     """
     _base.check_int("swa", minimum=0, start_step=start_step)
     _base.check_int("swa", every_k=every_k)
-    tx = optax.with_extra_args_support(tx)
+    inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
         _base.check_float_tree("swa", params)
         return SWAState(
-            inner_state=tx.init(params),
+            inner_state=inner.init(params),
             count=jnp.zeros([], jnp.int32),
             n_averaged=jnp.zeros([], jnp.int32),
             mean=_copy_tree(params, accumulator_dtype),
@@ -189,7 +186,7 @@ def swa(
 
     def update_fn(updates, state, params=None, **extra_args):
         updates, inner_state, new_params = _inner_update(
-            tx, updates, state.inner_state, params, extra_args
+            inner, updates, state.inner_state, params, extra_args
         )
         step = optax.safe_increment(state.count)
         sample = _sample_now(step, start_step, every_k)
@@ -231,7 +228,7 @@ def swa_schedule(
        within each cycle of ``c`` steps (the last step of a cycle uses ``swa_lr``).
 
     With the cyclic schedule, sample the low-learning-rate iterates, the ends of the
-    cycles: ``optlab.swa(tx, start_step=start_step + anneal_steps + c, every_k=c)``.
+    cycles: ``optlab.swa(inner, start_step=start_step + anneal_steps + c, every_k=c)``.
     With a constant ``swa_lr``, sample e.g. once per epoch from
     ``start_step + anneal_steps``.
 
@@ -315,12 +312,17 @@ class EMAParamsState(NamedTuple):
     ema: Any  # the (debiased, if `debias`) EMA of the iterates; initial params before step 1
     decay_product: jax.Array  # shape=(), float32: prod_s decay_s (stays 0 when debias=False)
 
+    averaging_name = "ema_params"
+
+    def averaged(self) -> Any:
+        return self.ema
+
 
 _EMA_WARMUPS = (None, "tf", "power")
 
 
 def ema_params(
-    tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     decay: optax.ScalarOrSchedule = 0.999,
     debias: bool = True,
     warmup: str | None = None,
@@ -331,7 +333,7 @@ def ema_params(
 ) -> optax.GradientTransformationExtraArgs:
     """Exponential moving average of the *parameters* (not of the updates).
 
-    Runs ``tx`` unchanged and keeps ``ema_t = d_t * ema_{t-1} + (1 - d_t) * x_t`` of the
+    Runs ``inner`` unchanged and keeps ``ema_t = d_t * ema_{t-1} + (1 - d_t) * x_t`` of the
     iterates ``x_t`` (parameters after the ``t``-th update). ``optax.ema`` averages the
     *updates* (momentum); this averages the weights, for evaluation.
 
@@ -358,7 +360,7 @@ def ema_params(
     running product of the decays (a float32 scalar).
 
     Args:
-      tx: the inner optimizer.
+      inner: the inner optimizer.
       decay: the EMA decay in ``[0, 1)``, or a schedule of the EMA step.
       debias: apply the bias correction (see above).
       warmup: ``None``, ``"tf"`` or ``"power"`` (see above).
@@ -367,7 +369,7 @@ def ema_params(
       accumulator_dtype: dtype of the EMA (default: the parameters' dtype).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``tx``.
+      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``inner``.
 
     Example:
       >>> import jax.numpy as jnp, optax, optlab
@@ -382,8 +384,9 @@ def ema_params(
       Polyak and Juditsky, `Acceleration of Stochastic Approximation by Averaging
       <https://doi.org/10.1137/0330046>`_, 1992; Li and Gu, `Understanding SGD with
       Exponential Moving Average: A Case Study in Linear Regression
-      <https://arxiv.org/abs/2502.14123>`_, 2025; Karras et al., `Analyzing and Improving the Training Dynamics of Diffusion Models
-      <https://arxiv.org/abs/2312.02696>`_, 2024 (power-function EMA).
+      <https://arxiv.org/abs/2502.14123>`_, 2025; Karras et al., `Analyzing and Improving
+      the Training Dynamics of Diffusion Models <https://arxiv.org/abs/2312.02696>`_, 2024
+      (power-function EMA).
     """
     name = "ema_params"
     if not callable(decay):
@@ -393,7 +396,7 @@ def ema_params(
             f"`optlab.{name}`: `warmup` must be one of {_EMA_WARMUPS}, got warmup={warmup!r}."
         )
     _base.check_positive(name, inv_gamma=inv_gamma, power=power)
-    tx = optax.with_extra_args_support(tx)
+    inner = optax.with_extra_args_support(inner)
 
     def decay_at(t):
         d = decay(t) if callable(decay) else decay
@@ -408,7 +411,7 @@ def ema_params(
     def init_fn(params):
         _base.check_float_tree("ema_params", params)
         return EMAParamsState(
-            inner_state=tx.init(params),
+            inner_state=inner.init(params),
             count=jnp.zeros([], jnp.int32),
             ema=_copy_tree(params, accumulator_dtype),
             decay_product=jnp.asarray(1.0 if debias else 0.0, jnp.float32),
@@ -416,7 +419,7 @@ def ema_params(
 
     def update_fn(updates, state, params=None, **extra_args):
         updates, inner_state, new_params = _inner_update(
-            tx, updates, state.inner_state, params, extra_args
+            inner, updates, state.inner_state, params, extra_args
         )
         d = decay_at(state.count)
         if debias:
@@ -456,9 +459,14 @@ class BEMAState(NamedTuple):
     ema: Any  # the EMA with the power-law weights beta_t
     bema: Any  # the bias-corrected average ema + alpha_t (x_t - theta0), for evaluation
 
+    averaging_name = "bema"
+
+    def averaged(self) -> Any:
+        return self.bema
+
 
 def bema(
-    tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     ema_power: float = 0.5,
     bias_power: float | None = 0.2,
     lag: float = 10.0,
@@ -501,7 +509,7 @@ def bema(
     :func:`optlab.averaged_params`).
 
     Args:
-      tx: the inner optimizer.
+      inner: the inner optimizer.
       ema_power: ``kappa``, exponent of the EMA weight ``beta_t``.
       bias_power: ``eta``, exponent of the correction weight ``alpha_t``; ``None``
         disables the correction.
@@ -514,7 +522,7 @@ def bema(
       accumulator_dtype: dtype of the three copies (default: the parameters' dtype).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``tx``.
+      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``inner``.
 
     Example:
       >>> import jax.numpy as jnp, optax, optlab
@@ -537,12 +545,12 @@ def bema(
     _base.check_unit_interval(name, min_ema_multiplier=min_ema_multiplier)
     _base.check_int(name, minimum=0, burn_in=burn_in)
     _base.check_int(name, every_k=every_k)
-    tx = optax.with_extra_args_support(tx)
+    inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
         _base.check_float_tree("bema", params)
         return BEMAState(
-            inner_state=tx.init(params),
+            inner_state=inner.init(params),
             count=jnp.zeros([], jnp.int32),
             theta0=_copy_tree(params, accumulator_dtype),
             ema=_copy_tree(params, accumulator_dtype),
@@ -551,7 +559,7 @@ def bema(
 
     def update_fn(updates, state, params=None, **extra_args):
         updates, inner_state, new_params = _inner_update(
-            tx, updates, state.inner_state, params, extra_args
+            inner, updates, state.inner_state, params, extra_args
         )
         step = optax.safe_increment(state.count)
         in_burn_in = step <= burn_in
@@ -607,16 +615,21 @@ class LAWAState(NamedTuple):
     n_filled: jax.Array  # shape=(), int32: number of filled slots, min(samples, k)
     buffer: Any  # each leaf has shape (k, *param.shape): the last k sampled iterates
 
+    averaging_name = "lawa"
+
+    def averaged(self) -> Any:
+        return _lawa_mean(self)
+
 
 def lawa(
-    tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     k: int = 5,
     every_k: int = 1,
     start_step: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """LAWA: the average of the last ``k`` sampled checkpoints (latest weight averaging).
 
-    Runs ``tx`` unchanged and keeps the last ``k`` iterates sampled at steps
+    Runs ``inner`` unchanged and keeps the last ``k`` iterates sampled at steps
     ``t >= start_step`` with ``(t - start_step) % every_k == 0`` in a ring buffer.
     :func:`optlab.averaged_params` returns their mean (over the samples taken so far
     while fewer than ``k``; the initial parameters before the first sample), i.e. a
@@ -631,13 +644,13 @@ def lawa(
     of filled slots and the ``(k, ...)`` buffer.
 
     Args:
-      tx: the inner optimizer.
+      inner: the inner optimizer.
       k: number of checkpoints averaged.
       every_k: sample every ``every_k`` steps (e.g. the steps per epoch).
       start_step: first step that may be sampled.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``tx``.
+      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``inner``.
 
     Example:
       >>> import jax.numpy as jnp, optax, optlab
@@ -658,12 +671,12 @@ def lawa(
     """
     _base.check_int("lawa", k=k, every_k=every_k)
     _base.check_int("lawa", minimum=0, start_step=start_step)
-    tx = optax.with_extra_args_support(tx)
+    inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
         _base.check_float_tree("lawa", params)
         return LAWAState(
-            inner_state=tx.init(params),
+            inner_state=inner.init(params),
             count=jnp.zeros([], jnp.int32),
             next_slot=jnp.zeros([], jnp.int32),
             n_filled=jnp.zeros([], jnp.int32),
@@ -672,7 +685,7 @@ def lawa(
 
     def update_fn(updates, state, params=None, **extra_args):
         updates, inner_state, new_params = _inner_update(
-            tx, updates, state.inner_state, params, extra_args
+            inner, updates, state.inner_state, params, extra_args
         )
         step = optax.safe_increment(state.count)
         sample = _sample_now(step, start_step, every_k)
@@ -723,18 +736,23 @@ class SwitchEMAState(NamedTuple):
     count: jax.Array  # shape=(), int32: number of `update` calls so far
     ema: Any  # EMA of the iterates, started at the initial params
 
+    averaging_name = "switch_ema"
+
+    def averaged(self) -> Any:
+        return self.ema
+
 
 def switch_ema(
-    tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     decay: float = 0.999,
-    period: int = 1000,
+    sync_period: int = 1000,
 ) -> optax.GradientTransformationExtraArgs:
-    """Switch-EMA: keep an EMA of the parameters and copy it into them every ``period`` steps.
+    """Switch-EMA: keep an EMA of the parameters, copied into them every ``sync_period`` steps.
 
-    Each step runs ``tx`` and updates ``ema <- decay * ema + (1 - decay) * x_t`` (the
-    EMA starts at the initial parameters). At steps ``t`` with ``t % period == 0``
-    (the paper switches once per epoch: ``period`` = steps per epoch) the returned
-    update is ``ema - params`` instead of the update of ``tx``, so the live parameters
+    Each step runs ``inner`` and updates ``ema <- decay * ema + (1 - decay) * x_t`` (the
+    EMA starts at the initial parameters). At steps ``t`` with ``t % sync_period == 0``
+    (the paper switches once per epoch: ``sync_period`` = steps per epoch) the returned
+    update is ``ema - params`` instead of the update of ``inner``, so the live parameters
     become the EMA; the stored EMA is then set to exactly the parameters the user gets
     from ``optax.apply_updates``, so after a switch ``params == ema``. The inner state
     is kept (the paper does not reset the optimizer).
@@ -742,16 +760,16 @@ def switch_ema(
     State kept: the inner state, a step counter and one copy of the parameters.
 
     Args:
-      tx: the inner optimizer.
+      inner: the inner optimizer.
       decay: EMA decay in ``[0, 1)``.
-      period: switch every ``period`` steps.
+      sync_period: switch every ``sync_period`` steps.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Apply its updates unchanged.
 
     Example:
       >>> import jax.numpy as jnp, optax, optlab
-      >>> tx = optlab.switch_ema(optax.sgd(0.1), decay=0.5, period=2)
+      >>> tx = optlab.switch_ema(optax.sgd(0.1), decay=0.5, sync_period=2)
       >>> params = jnp.array([1.0])
       >>> state = tx.init(params)
       >>> for _ in range(2):
@@ -765,34 +783,34 @@ def switch_ema(
       <https://arxiv.org/abs/2402.09240>`_, 2024.
     """
     _base.check_decay("switch_ema", decay=decay)
-    _base.check_int("switch_ema", period=period)
-    tx = optax.with_extra_args_support(tx)
+    _base.check_int("switch_ema", sync_period=sync_period)
+    inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
         _base.check_float_tree("switch_ema", params)
         return SwitchEMAState(
-            inner_state=tx.init(params),
+            inner_state=inner.init(params),
             count=jnp.zeros([], jnp.int32),
             ema=_copy_tree(params),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         inner_updates, inner_state, new_params = _inner_update(
-            tx, updates, state.inner_state, params, extra_args
+            inner, updates, state.inner_state, params, extra_args
         )
         step = optax.safe_increment(state.count)
         ema = _lerp(state.ema, new_params, 1.0 - decay)
-        switch = step % period == 0
+        switch = step % sync_period == 0
 
         def to_ema(e, p):
             acc = jnp.promote_types(jnp.result_type(p), jnp.float32)
             return e.astype(acc) - p.astype(acc)
 
-        switch_updates = _cast_updates_like(jax.tree.map(to_ema, ema, params), inner_updates)
-        out_updates = _select(switch, switch_updates, inner_updates)
+        switch_updates = _tree.tree_cast_like(jax.tree.map(to_ema, ema, params), inner_updates)
+        out_updates = optax.tree.where(switch, switch_updates, inner_updates)
         # After a switch the EMA is exactly the parameters the user will hold.
         switched = optax.apply_updates(params, switch_updates)
-        ema = _select(switch, jax.tree.map(lambda s, e: s.astype(e.dtype), switched, ema), ema)
+        ema = optax.tree.where(switch, _tree.tree_cast_like(switched, ema), ema)
         return out_updates, SwitchEMAState(inner_state, step, ema)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -816,26 +834,31 @@ class LookaheadState(NamedTuple):
     count: jax.Array  # shape=(), int32: number of `update` calls so far
     slow: Any  # the slow weights
 
+    averaging_name = "lookahead"
+
+    def averaged(self) -> Any:
+        return self.slow
+
 
 def lookahead(
-    tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     sync_period: int = 5,
-    alpha: float = 0.5,
+    slow_step_size: float = 0.5,
     *,
     reset_state: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Lookahead with the slow weights in the optimizer state (a drop-in wrapper).
 
-    The user's parameters are the *fast* weights, updated by ``tx``. Every
+    The user's parameters are the *fast* weights, updated by ``inner``. Every
     ``sync_period`` steps (``t % sync_period == 0``) the slow weights move towards
     the fast ones and the fast weights restart from them::
 
-        slow <- slow + alpha * (fast - slow);   fast <- slow
+        slow <- slow + slow_step_size * (fast - slow);   fast <- slow
 
     which this wrapper does by returning, on synchronisation steps, the update
-    ``u + (1 - alpha) * (slow - (params + u))`` (``u`` the update of ``tx``): applied,
-    it puts the parameters on the new slow weights, and the stored slow weights are
-    set to exactly the parameters the user then holds. ``alpha=1`` is the inner
+    ``u + (1 - slow_step_size) * (slow - (params + u))`` (``u`` the update of ``inner``):
+    applied, it puts the parameters on the new slow weights, and the stored slow weights are
+    set to exactly the parameters the user then holds. ``slow_step_size=1`` is the inner
     optimizer (the update is then ``u`` exactly).
 
     Reading the slow weights: ``optlab.averaged_params(state)`` (right after a
@@ -847,15 +870,15 @@ def lookahead(
     model and checkpoints must handle the pair, and gradients must be taken at
     ``params.fast``; the memory is the same (one extra copy). Here the parameters
     stay a plain tree, which is what ``flax.nnx.Optimizer`` and any other loop
-    expect, and the slow weights live in the state. ``optax.lookahead``'s
-    ``slow_step_size`` is ``alpha`` here.
+    expect, and the slow weights live in the state. The arguments are optax's
+    (``sync_period``, ``slow_step_size``, ``reset_state``), the inner optimizer ``inner``.
 
     State kept: the inner state, a step counter and one copy of the parameters.
 
     Args:
-      tx: the inner (fast) optimizer.
+      inner: the inner (fast) optimizer.
       sync_period: ``k``, number of fast steps between synchronisations.
-      alpha: slow step size in ``[0, 1]``.
+      slow_step_size: slow step size in ``[0, 1]``.
       reset_state: re-initialise the inner state after each synchronisation.
 
     Returns:
@@ -863,7 +886,7 @@ def lookahead(
 
     Example:
       >>> import jax.numpy as jnp, optax, optlab
-      >>> tx = optlab.lookahead(optax.sgd(0.1), sync_period=2, alpha=0.5)
+      >>> tx = optlab.lookahead(optax.sgd(0.1), sync_period=2, slow_step_size=0.5)
       >>> params = jnp.array([1.0])
       >>> state = tx.init(params)
       >>> for _ in range(2):
@@ -877,38 +900,38 @@ def lookahead(
       <https://arxiv.org/abs/1907.08610>`_, 2019.
     """
     _base.check_int("lookahead", sync_period=sync_period)
-    _base.check_unit_interval("lookahead", alpha=alpha)
-    tx = optax.with_extra_args_support(tx)
+    _base.check_unit_interval("lookahead", slow_step_size=slow_step_size)
+    inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
         _base.check_float_tree("lookahead", params)
         return LookaheadState(
-            inner_state=tx.init(params),
+            inner_state=inner.init(params),
             count=jnp.zeros([], jnp.int32),
             slow=_copy_tree(params),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         inner_updates, inner_state, fast = _inner_update(
-            tx, updates, state.inner_state, params, extra_args
+            inner, updates, state.inner_state, params, extra_args
         )
         step = optax.safe_increment(state.count)
         sync = step % sync_period == 0
 
         def sync_update(u, s, f):
             acc = jnp.promote_types(jnp.result_type(u), jnp.float32)
-            a = jnp.asarray(alpha, acc)
+            a = jnp.asarray(slow_step_size, acc)
             return u.astype(acc) + (1 - a) * (s.astype(acc) - f.astype(acc))
 
-        sync_updates = _cast_updates_like(
+        sync_updates = _tree.tree_cast_like(
             jax.tree.map(sync_update, inner_updates, state.slow, fast), inner_updates
         )
-        out_updates = _select(sync, sync_updates, inner_updates)
+        out_updates = optax.tree.where(sync, sync_updates, inner_updates)
         synced = optax.apply_updates(params, sync_updates)
-        slow = _select(sync, synced, state.slow)
+        slow = optax.tree.where(sync, synced, state.slow)
         if reset_state:
-            fresh = tx.init(synced)
-            inner_state = _select(sync, fresh, inner_state)
+            fresh = inner.init(synced)
+            inner_state = optax.tree.where(sync, fresh, inner_state)
         return out_updates, LookaheadState(inner_state, step, slow)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -918,57 +941,38 @@ def lookahead(
 # Accessor
 # ---------------------------------------------------------------------------
 
-_READERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
-    SWAState: ("swa", lambda s: s.mean),
-    EMAParamsState: ("ema_params", lambda s: s.ema),
-    BEMAState: ("bema", lambda s: s.bema),
-    LAWAState: ("lawa", _lawa_mean),
-    SwitchEMAState: ("switch_ema", lambda s: s.ema),
-    LookaheadState: ("lookahead", lambda s: s.slow),
-}
-_STATE_TYPES = tuple(_READERS)
-
-
-def _unwrap_flax_variables(tree: Any) -> Any:
-    """Replace Flax NNX ``Variable`` leaves (``nnx.Optimizer.opt_state``) by their values."""
-    if "flax" not in sys.modules:
-        return tree
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover
-        return tree
-    if isinstance(tree, nnx.Optimizer):
-        tree = tree.opt_state
-    return jax.tree.map(
-        lambda x: x.get_value() if isinstance(x, nnx.Variable) else x,
-        tree,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
+def _is_averaging_state(x: Any) -> bool:
+    """The averaging-state protocol: a NamedTuple whose class has ``averaging_name`` and
+    an ``averaged()`` method (see CONTRIBUTING.md)."""
+    return isinstance(x, tuple) and isinstance(getattr(type(x), "averaging_name", None), str) \
+        and callable(getattr(x, "averaged", None))
 
 
 def _find_states(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Averaging states in ``tree`` (chains, named chains, MultiSteps, inject_hyperparams,
+    masked/partition ...), outer first, with the states nested in their ``inner_state``."""
     found = []
-    path_leaves, _ = jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: isinstance(x, _STATE_TYPES)
-    )
+    path_leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_averaging_state)
     for path, leaf in path_leaves:
-        if isinstance(leaf, _STATE_TYPES):
+        if _is_averaging_state(leaf):
             here = prefix + jax.tree_util.keystr(path)
             found.append((here, leaf))
-            found.extend(_find_states(leaf.inner_state, here + ".inner_state"))
+            if hasattr(leaf, "inner_state"):
+                found.extend(_find_states(leaf.inner_state, here + ".inner_state"))
     return found
 
 
 def averaged_params(state: Any, which: str | int | None = None, params: Any = None) -> Any:
     """The averaged parameters kept by an averaging wrapper, found anywhere in ``state``.
 
-    Searches the optimizer state tree for the states of :func:`optlab.swa`,
-    :func:`optlab.ema_params`, :func:`optlab.bema`, :func:`optlab.lawa`,
-    :func:`optlab.switch_ema` and :func:`optlab.lookahead`, through ``optax.chain``
-    tuples, ``optlab.named_chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``,
-    ``optax.masked`` / ``optax.partition`` and nested averaging wrappers. It returns:
-    the SWA mean, the (debiased) EMA, the BEMA estimate, the mean of the LAWA buffer,
-    the Switch-EMA average, or Lookahead's slow weights. A ``flax.nnx.Optimizer`` (or
+    Searches the optimizer state tree for averaging states, through ``optax.chain``
+    tuples, ``optax.named_chain`` dicts, ``optax.MultiSteps``, ``optax.inject_hyperparams``,
+    ``optax.masked`` / ``optax.partition`` and the ``inner_state`` of nested wrappers, and
+    returns ``state.averaged()``: the SWA mean, the (debiased) EMA, the BEMA estimate, the
+    mean of the LAWA buffer, the Switch-EMA average, Lookahead's slow weights. An
+    averaging state is any NamedTuple whose class has a string ``averaging_name`` and an
+    ``averaged()`` method (the protocol in CONTRIBUTING.md), so averaging wrappers of
+    other modules are found too. A ``flax.nnx.Optimizer`` (or
     its ``opt_state``) is accepted: Flax variables are unwrapped, and the result can be
     loaded with ``nnx.update(model, averaged_params(optimizer))``.
 
@@ -977,8 +981,9 @@ def averaged_params(state: Any, which: str | int | None = None, params: Any = No
     Args:
       state: an optimizer state (or a ``flax.nnx.Optimizer``).
       which: when the state holds several averaging states, the one to read: a method
-        name (``"swa"``, ``"ema_params"``, ``"bema"``, ``"lawa"``, ``"switch_ema"``,
-        ``"lookahead"``) or an index in the order found (outer wrappers first).
+        name (the state's ``averaging_name``: ``"swa"``, ``"ema_params"``, ``"bema"``,
+        ``"lawa"``, ``"switch_ema"``, ``"lookahead"`` ...) or an index in the order found
+        (outer wrappers first).
       params: optional parameters used to fill the entries that the averaging
         wrapper did not see (``optax.MaskedNode`` placeholders when it runs under
         ``optax.masked`` or ``optax.partition``).
@@ -997,15 +1002,15 @@ def averaged_params(state: Any, which: str | int | None = None, params: Any = No
       >>> optlab.averaged_params(state)
       {'w': Array([1., 1.], dtype=float32)}
     """
-    state = _unwrap_flax_variables(state)
+    state = unwrap_variables(state)
     found = _find_states(state)
     if not found:
         raise ValueError(
             "`optlab.averaged_params`: no averaging state found in `state` (expected the"
-            " state of optlab.swa, ema_params, bema, lawa, switch_ema or lookahead, possibly"
-            f" inside chains or wrappers); got a state of type {type(state).__name__}."
+            " state of an averaging wrapper such as optlab.swa, ema_params or lookahead,"
+            f" possibly inside chains or wrappers); got a state of type {type(state).__name__}."
         )
-    listing = ", ".join(f"{_READERS[type(s)][0]} at {p or '<root>'}" for p, s in found)
+    listing = ", ".join(f"{s.averaging_name} at {p or '<root>'}" for p, s in found)
     if isinstance(which, int) and not isinstance(which, bool):
         if not -len(found) <= which < len(found):
             raise ValueError(
@@ -1016,16 +1021,11 @@ def averaged_params(state: Any, which: str | int | None = None, params: Any = No
     elif which is None:
         chosen = found
     else:
-        names = {n for n, _ in _READERS.values()}
-        if which not in names:
-            raise ValueError(
-                f"`optlab.averaged_params`: `which` must be one of {sorted(names)} or an"
-                f" index, got which={which!r}."
-            )
-        chosen = [(p, s) for p, s in found if _READERS[type(s)][0] == which]
+        chosen = [(p, s) for p, s in found if s.averaging_name == which]
         if not chosen:
             raise ValueError(
-                f"`optlab.averaged_params`: no `{which}` state found; found: {listing}."
+                f"`optlab.averaged_params`: no `{which}` state found (`which` must be the"
+                f" `averaging_name` of a state found, or an index); found: {listing}."
             )
     if len(chosen) > 1:
         raise ValueError(
@@ -1033,9 +1033,9 @@ def averaged_params(state: Any, which: str | int | None = None, params: Any = No
             " select one with `which=` (a method name or an index)."
         )
     _, chosen_state = chosen[0]
-    avg = _READERS[type(chosen_state)][1](chosen_state)
+    avg = chosen_state.averaged()
     if params is not None:
-        params = _unwrap_flax_variables(params)
+        params = unwrap_variables(params)
         avg = jax.tree.map(
             lambda a, p: p if isinstance(a, optax.MaskedNode) else a,
             avg,

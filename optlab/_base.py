@@ -12,7 +12,8 @@ Messages always name the function, the parameter and the offending value::
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +113,17 @@ def check_int(fn_name: str, minimum: int = 1, **hparams: Any) -> None:
             _fail(fn_name, name, f">= {minimum}", value)
 
 
+def check_int_unless_traced(fn_name: str, minimum: int = 1, **hparams: Any) -> None:
+    """:func:`check_int` for the concrete values: ``None``, jax arrays and tracers (what
+    ``optax.inject_hyperparams`` makes of Python ints) and integer NumPy arrays pass."""
+    for name, value in hparams.items():
+        if value is None or isinstance(value, jax.Array) or (
+            isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.integer)
+        ):
+            continue
+        check_int(fn_name, minimum, **{name: value})
+
+
 def check_float_tree(fn_name: str, tree: Any, name: str = "params") -> None:
     """Raise a TypeError if a leaf of ``tree`` is not floating point.
 
@@ -149,3 +161,26 @@ def require_extra_arg(fn_name: str, name: str, value: Any, how: str) -> Callable
     if value is None:
         raise ValueError(f"`optlab.{fn_name}` needs the keyword argument `{name}` in `update`: {how}")
     return value
+
+
+def public(fn_name: str, tx: Any, **needs: str) -> optax.GradientTransformationExtraArgs:
+    """``tx``, built by a private builder, as the public factory ``optlab.<fn_name>`` returns it.
+
+    ``init`` refuses non-float ``params`` leaves and ``update`` refuses a missing required
+    extra argument (``needs``: argument name -> how to pass it), both errors naming
+    ``optlab.<fn_name>``. This is the validation-once pattern: a public factory checks its
+    hyperparameters and returns ``public(name, _builder(...))``; named optimizers chain
+    the unchecked ``_builder`` stages and wrap the chain in ``public`` under their own name.
+    """
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params):
+        check_float_tree(fn_name, params)
+        return tx.init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        for name, how in needs.items():
+            require_extra_arg(fn_name, name, extra_args.get(name), how)
+        return tx.update(updates, state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn if needs else tx.update)

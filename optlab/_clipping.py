@@ -1,9 +1,9 @@
 """Gradient clipping family.
 
-Fixed thresholds (:func:`clip_by_global_norm`, :func:`clip_by_leaf_norm`,
-:func:`clip_by_value`), thresholds relative to the parameters
-(:func:`adaptive_grad_clip`), thresholds learned from the history of gradient norms
-(:func:`clip_by_quantile`, :func:`clip_by_zscore`), the online median estimator
+Fixed thresholds (:func:`clip_by_leaf_norm`, :func:`clip_by_value`; for the global norm
+``optax.clip_by_global_norm``, in float32 with :func:`optlab.in_float32`), thresholds
+relative to the parameters (:func:`adaptive_grad_clip`), thresholds learned from the
+history of gradient norms (:func:`clip_by_quantile`, :func:`clip_by_zscore`), the online median estimator
 :func:`centered_clip`, and clipped AdaGrad for heavy-tailed noise
 (:func:`scale_by_clipped_adagrad`).
 
@@ -29,7 +29,6 @@ from optlab import _base
 from optlab import _tree
 
 __all__ = [
-    "clip_by_global_norm",
     "clip_by_leaf_norm",
     "clip_by_value",
     "adaptive_grad_clip",
@@ -57,23 +56,6 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
-_f32 = _tree.to_acc  # at least float32 (complex stays complex)
-
-
-def _sq_norm(x: jax.Array) -> jax.Array:
-    """Squared L2 norm of one array as a float32 (or wider) real scalar."""
-    x = _f32(x)
-    return jnp.sum(jnp.real(x * jnp.conj(x)))
-
-
-def _global_norm(tree: Any) -> jax.Array:
-    """Global L2 norm of a pytree, accumulated in float32; 0 for an empty tree."""
-    total = jnp.zeros((), jnp.float32)
-    for leaf in jax.tree.leaves(tree):
-        total = total + _sq_norm(leaf)
-    return jnp.sqrt(total)
-
-
 def _clip_factor(norm: jax.Array, threshold: jax.Array) -> jax.Array:
     """``min(1, threshold / norm)`` with no division by zero; 1 where ``norm <= threshold``."""
     norm = jnp.asarray(norm, jnp.float32)
@@ -87,59 +69,12 @@ def _scale(tree: Any, factor: jax.Array) -> Any:
 
 
 def _clip_global(tree: Any, max_norm: Any) -> Any:
-    return _scale(tree, _clip_factor(_global_norm(tree), max_norm))
+    return _scale(tree, _clip_factor(_tree.global_norm(tree), max_norm))
 
 
 # ---------------------------------------------------------------------------
 # Fixed thresholds
 # ---------------------------------------------------------------------------
-
-
-def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> optax.GradientTransformationExtraArgs:
-    """Clips updates so that their global L2 norm is at most ``max_norm``.
-
-    With ``n = ||g||_2`` the norm of all leaves together::
-
-      g <- g * min(1, max_norm / n)
-
-    Updates whose norm is below ``max_norm`` are returned unchanged. This is
-    :func:`optax.clip_by_global_norm` (numerically the same in float32) with
-    extra-argument support, validation, the norm accumulated in float32 for
-    low-precision leaves, and the dtype of each leaf kept even when ``max_norm``
-    is an array (``optax.inject_hyperparams`` with bfloat16 parameters).
-
-    Args:
-      max_norm: the largest allowed global norm, ``> 0``.
-
-    Returns:
-      An :class:`optax.GradientTransformationExtraArgs`. It keeps no state
-      (:class:`optax.EmptyState`).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> import optlab
-      >>> tx = optlab.clip_by_global_norm(1.0)
-      >>> g = {"w": jnp.array([3.0, 4.0])}
-      >>> updates, _ = tx.update(g, tx.init(g))
-      >>> updates["w"]
-      Array([0.6, 0.8], dtype=float32)
-
-    References:
-      Pascanu, Mikolov and Bengio, `On the difficulty of training Recurrent Neural
-      Networks <https://arxiv.org/abs/1211.5063>`_, ICML 2013.
-    """
-    _base.check_positive("clip_by_global_norm", max_norm=max_norm)
-
-    def init_fn(params):
-        _base.check_float_tree("clip_by_global_norm", params)
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-        return _clip_global(updates, max_norm), state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _check_leaf_thresholds(max_norm: Any) -> None:
@@ -200,12 +135,7 @@ def clip_by_leaf_norm(
         thresholds_def = jax.tree_util.tree_structure(max_norm, is_leaf=_is_none)
 
     def clip_leaf(g, c):
-        return g * _clip_factor(jnp.sqrt(_sq_norm(g)), c).astype(jnp.result_type(g))
-
-    def init_fn(params):
-        _base.check_float_tree("clip_by_leaf_norm", params)
-        del params
-        return optax.EmptyState()
+        return g * _clip_factor(_tree.leaf_norm(g), c).astype(jnp.result_type(g))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -236,7 +166,8 @@ def clip_by_leaf_norm(
 
         return jax.tree.map(clip_subtree, max_norm, updates, is_leaf=_is_none), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    return _base.public("clip_by_leaf_norm", tx)
 
 
 def clip_by_value(max_delta: jax.typing.ArrayLike) -> optax.GradientTransformationExtraArgs:
@@ -270,11 +201,6 @@ def clip_by_value(max_delta: jax.typing.ArrayLike) -> optax.GradientTransformati
     """
     _base.check_positive("clip_by_value", max_delta=max_delta)
 
-    def init_fn(params):
-        _base.check_float_tree("clip_by_value", params)
-        del params
-        return optax.EmptyState()
-
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
 
@@ -284,7 +210,8 @@ def clip_by_value(max_delta: jax.typing.ArrayLike) -> optax.GradientTransformati
 
         return jax.tree.map(clip_leaf, updates), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    return _base.public("clip_by_value", tx)
 
 
 # ---------------------------------------------------------------------------
@@ -296,7 +223,7 @@ def _unit_norm(x: jax.Array, axis: int | Sequence[int] | None) -> jax.Array:
     """Unit-wise L2 norm (float32), broadcastable to ``x``."""
     if axis is None:
         return _tree.unitwise_norm(x)
-    x32 = _f32(x)
+    x32 = _tree.to_acc(x)
     return jnp.sqrt(jnp.sum(jnp.real(x32 * jnp.conj(x32)), axis=axis, keepdims=True))
 
 
@@ -357,10 +284,6 @@ def adaptive_grad_clip(
     _base.check_positive("adaptive_grad_clip", clipping=clipping)
     _base.check_nonnegative("adaptive_grad_clip", eps=eps)
 
-    def init_fn(params):
-        _base.check_float_tree("adaptive_grad_clip", params)
-        return optax.EmptyState()
-
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _base.require_params(params)
@@ -374,9 +297,10 @@ def adaptive_grad_clip(
             factor = _clip_factor(_unit_norm(g, axis), max_norm)
             return g * factor.astype(jnp.result_type(g))
 
-        return _tree.tree_none_safe_map(clip_leaf, updates, params), state
+        return _tree.tree_map(clip_leaf, updates, params), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    return _base.public("adaptive_grad_clip", tx)
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +358,7 @@ def clip_by_quantile(
     linearly, like ``jnp.quantile``. Non-finite norms are not recorded.
 
     During the first ``warmup_steps`` steps nothing is clipped (there is no
-    history yet); chain :func:`clip_by_global_norm` before it if early outliers
+    history yet); chain ``optax.clip_by_global_norm`` before it if early outliers
     are a concern.
 
     Args:
@@ -481,7 +405,7 @@ def clip_by_quantile(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        g_norm = _global_norm(updates)
+        g_norm = _tree.global_norm(updates)
         n = jnp.minimum(state.count, window)
         threshold = _masked_quantile(state.norms, n, quantile)
         active = state.count >= warmup_steps
@@ -563,11 +487,11 @@ def centered_clip(tau: jax.typing.ArrayLike) -> optax.GradientTransformationExtr
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        diff = jax.tree.map(lambda g, m: _f32(g) - _f32(m), updates, state.center)
-        factor = _clip_factor(_global_norm(diff), tau)
-        center = jax.tree.map(
-            lambda m, d: (_f32(m) + factor * d).astype(jnp.result_type(m)), state.center, diff
-        )
+        diff = jax.tree.map(lambda g, m: _tree.to_acc(g) - _tree.to_acc(m), updates, state.center)
+        factor = _clip_factor(_tree.global_norm(diff), tau)
+        center = _tree.tree_cast_like(
+            jax.tree.map(lambda m, d: _tree.to_acc(m) + factor * d, state.center, diff),
+            state.center)
         new_updates = jax.tree.map(lambda m, g: m.astype(jnp.result_type(g)), center, updates)
         return new_updates, CenteredClipState(center=center)
 
@@ -655,7 +579,7 @@ def clip_by_zscore(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        g_norm = _global_norm(updates)
+        g_norm = _tree.global_norm(updates)
         in_warmup = state.count < warmup_steps
         z = jnp.asarray(z_thresh, jnp.float32)
         b = jnp.asarray(decay, jnp.float32)
@@ -708,7 +632,7 @@ def _scale_by_rss_norm(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        total = state.sum_of_squares + _global_norm(updates) ** 2
+        total = state.sum_of_squares + _tree.global_norm(updates) ** 2
         inv = jnp.where(total > 0, jax.lax.rsqrt(total + jnp.asarray(eps, jnp.float32)), 0.0)
         return _scale(updates, inv), _ScaleByRssNormState(sum_of_squares=total)
 
@@ -739,7 +663,8 @@ def scale_by_clipped_adagrad(
     for the rest of training, which is why plain AdaGrad has poor high-probability
     convergence under heavy-tailed (e.g. Cauchy) noise. Chain a learning rate after
     it (``optax.scale_by_learning_rate``). This is
-    ``optax.chain(optlab.clip_by_global_norm(max_norm), optax.scale_by_rss(...))``.
+    ``optax.chain(optlab.in_float32(optax.clip_by_global_norm(max_norm)),
+    optax.scale_by_rss(...))``.
 
     Args:
       max_norm: the global-norm clipping threshold, ``> 0``.
@@ -777,10 +702,10 @@ def scale_by_clipped_adagrad(
         precondition = _scale_by_rss_norm(initial_accumulator_value, eps)
     else:
         precondition = optax.scale_by_rss(initial_accumulator_value, eps)
-    tx = optax.chain(clip_by_global_norm(max_norm), precondition)
 
-    def init_fn(params):
-        _base.check_float_tree(name, params)
-        return tx.init(params)
+    def clip(updates, state, params=None, **extra_args):
+        return _clip_global(updates, max_norm), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
+    tx = optax.chain(optax.GradientTransformationExtraArgs(optax.init_empty_state, clip),
+                     precondition)
+    return _base.public(name, tx)

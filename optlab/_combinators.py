@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optlab import _base
+from optlab import _base, _tree
 
-__all__ = ["skip_nonfinite", "SkipNonFiniteState"]
+__all__ = ["skip_nonfinite", "SkipNonFiniteState", "in_float32"]
 
 
 class SkipNonFiniteState(NamedTuple):
@@ -59,11 +59,6 @@ def _no_new_nonfinite(old: Any, new: Any) -> jax.Array:
         if _is_float(a) and _is_float(b) and jnp.shape(a) == jnp.shape(b):
             ok = ok & ~jnp.any(jnp.isfinite(a) & ~jnp.isfinite(b))
     return ok
-
-
-def _select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
-    # jnp.where also selects typed PRNG-key leaves; `None` leaves are empty subtrees.
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
 def skip_nonfinite(
@@ -150,8 +145,8 @@ def skip_nonfinite(
         if max_consecutive is not None:
             apply = finite | (consecutive > max_consecutive)
         zeros = optax.tree.zeros_like(new_updates)
-        out_updates = _select(apply, new_updates, zeros)
-        out_inner = _select(apply, new_inner, state.inner_state)
+        out_updates = optax.tree.where(apply, new_updates, zeros)
+        out_inner = optax.tree.where(apply, new_inner, state.inner_state)
         total = jnp.where(finite, state.total_skips, optax.safe_increment(state.total_skips))
         return out_updates, SkipNonFiniteState(
             consecutive_skips=consecutive,
@@ -161,3 +156,52 @@ def skip_nonfinite(
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """Runs ``inner`` on float32 copies of low-precision inputs; outputs keep their dtypes.
+
+    The updates and params are upcast to at least float32 (float64 and complex are kept),
+    ``inner`` runs on them, and its updates are cast back to the incoming updates' dtypes
+    and its new state to the dtypes of the state it replaces (fixed after ``init``). This
+    is the one dtype wrapper for optax pieces whose arithmetic should not run in bfloat16
+    (a global norm, a decay term) or whose output dtype would follow a float32
+    hyperparameter (a schedule, ``optax.inject_hyperparams``), e.g.
+    ``in_float32(optax.clip_by_global_norm(1.0))`` (the norm accumulated in float32) or
+    ``in_float32(optax.add_decayed_weights(1e-4))``. optlab's own transforms already
+    accumulate in float32 and need no wrapper.
+
+    Args:
+      inner: the transformation to run in float32.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs`.
+
+    State:
+      ``inner``'s state, in the dtypes of ``inner.init(params)``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.in_float32(optax.clip_by_global_norm(1.0))
+      >>> g = {"w": jnp.array([3.0, 4.0], jnp.bfloat16)}
+      >>> updates, _ = tx.update(g, tx.init(g))
+      >>> updates["w"]
+      Array([0.6, 0.8], dtype=bfloat16)
+    """
+    return _base.public("in_float32", _in_float32(inner))
+
+
+def _in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    inner = optax.with_extra_args_support(inner)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        def up(tree):
+            return _tree.tree_map(_tree.to_acc, tree)
+
+        new_updates, new_state = inner.update(
+            up(updates), state, None if params is None else up(params), **extra_args
+        )
+        return _tree.tree_cast_like(new_updates, updates), _tree.tree_cast_like(new_state, state)
+
+    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+

@@ -1,19 +1,41 @@
-"""Flax helpers for weight averaging: BatchNorm statistics of averaged weights.
+"""Flax helpers: BatchNorm statistics of averaged weights, Flax variables unwrapped, SAM's
+``grad_fn`` in NNX and extra ``update`` arguments through Linen's ``TrainState``.
 
 Flax is an optional dependency: it is imported inside the functions, never when
-``optlab`` is imported.
+``optlab`` is imported. This module imports only optax and ``_tree``; ``_averaging`` imports
+:func:`unwrap_variables` from it (so it sits below the averaging module).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from optlab import _tree
 
-__all__ = ["update_bn"]
+__all__ = ["apply_gradients", "nnx_grad_fn", "update_bn"]
+
+
+def unwrap_variables(tree: Any) -> Any:
+    """``tree`` with Flax NNX ``Variable`` leaves replaced by their values; an
+    ``nnx.Optimizer`` becomes its ``opt_state``. Anything else is returned as is (and
+    Flax is not imported unless the caller already did)."""
+    if "flax" not in sys.modules:
+        return tree
+    from flax import nnx
+
+    if isinstance(tree, nnx.Optimizer):
+        tree = tree.opt_state
+    return jax.tree.map(
+        lambda x: x.get_value() if isinstance(x, nnx.Variable) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
 
 
 def _default_inputs(batch: Any) -> tuple:
@@ -32,9 +54,6 @@ def _inputs(batch: Any, input_fn: Callable | None) -> tuple:
         return _default_inputs(batch)
     out = input_fn(batch)
     return out if isinstance(out, tuple) else (out,)
-
-
-_acc = _tree.to_acc
 
 
 def update_bn(
@@ -152,14 +171,17 @@ def _update_bn_nnx(model, data, input_fn, jit):
 
     if jit:
         forward = nnx.jit(forward)
-    sums = [(jnp.zeros(bn.mean.shape, jnp.float32), jnp.zeros(bn.var.shape, jnp.float32))
-            for bn in bns]
+    sums = [
+        (jnp.zeros(bn.mean.shape, jnp.float32), jnp.zeros(bn.var.shape, jnp.float32)) for bn in bns
+    ]
     n = 0
     try:
         for batch in data:
             forward(model, *_inputs(batch, input_fn))
-            sums = [(s_m + _acc(bn.mean[...]), s_v + _acc(bn.var[...]))
-                    for (s_m, s_v), bn in zip(sums, bns)]
+            sums = [
+                (s_m + _tree.to_acc(bn.mean[...]), s_v + _tree.to_acc(bn.var[...]))
+                for (s_m, s_v), bn in zip(sums, bns)
+            ]
             n += 1
     finally:
         for bn, (momentum, use_ra) in zip(bns, saved):
@@ -212,16 +234,139 @@ def _update_bn_linen(apply_or_module, variables, data, input_fn, jit, apply_kwar
     with nn.intercept_methods(interceptor):
         for batch in data:
             stats = forward(variables, *_inputs(batch, input_fn))
-            stats = jax.tree.map(_acc, stats)
+            stats = jax.tree.map(_tree.to_acc, stats)
             total = stats if total is None else jax.tree.map(jnp.add, total, stats)
             n += 1
     if n == 0:
         raise ValueError("`optlab.update_bn`: `data` yielded no batch.")
     old_stats = variables["batch_stats"]
     old_leaves, treedef = jax.tree.flatten(old_stats)
-    new_leaves = [(s / n).astype(jnp.result_type(o))
-                  for s, o in zip(jax.tree.leaves(total), old_leaves)]
+    new_leaves = [
+        (s / n).astype(jnp.result_type(o)) for s, o in zip(jax.tree.leaves(total), old_leaves)
+    ]
     new_stats = jax.tree.unflatten(treedef, new_leaves)
     if isinstance(variables, flax.core.FrozenDict):
         return variables.copy({"batch_stats": new_stats})
     return {**variables, "batch_stats": new_stats}
+
+
+def nnx_grad_fn(
+    model: Any,
+    loss_fn: Callable[[Any], Any],
+    *,
+    wrt: Any = None,
+    has_aux: bool = False,
+) -> Callable[[Any], Any]:
+    """``grad_fn`` for SAM in Flax NNX: the gradient of ``loss_fn`` at any parameters.
+
+    For ``nnx.Optimizer(model, tx, wrt=...)``: ``optimizer.update(model, grads,
+    grad_fn=...)`` hands ``tx.update`` the parameters as a pure ``nnx.State`` of the
+    ``wrt`` variables, and SAM calls ``grad_fn`` at a perturbed such state. The returned
+    function differentiates ``params -> loss_fn(copy of model with these params)``:
+
+    * the copy's other variables (BatchNorm ``mean``/``var``, RNG state) are those of
+      ``model`` when ``nnx_grad_fn`` is called; what the perturbed pass writes to them is
+      dropped, so the running statistics are updated only by the unperturbed pass of the
+      step, once;
+    * each RNG stream of ``model`` (e.g. Dropout's) is advanced once and the perturbed
+      pass draws from a key split off it, so its dropout masks are fresh at every step and
+      independent of the unperturbed pass's.
+
+    Call it inside the jitted train step (``nnx.jit``), once per step: built outside
+    ``jit``, its keys would be constants and every step would reuse the same dropout
+    masks. (Splitting the model yourself and merging it back in ``grad_fn`` without
+    copying fails with ``TraceContextError: Cannot mutate BatchStat from a different
+    trace level``.)
+
+    Args:
+      model: the ``nnx.Module`` being trained.
+      loss_fn: ``model -> loss`` (close over the batch), or ``model -> (loss, aux)`` with
+        ``has_aux=True`` (``aux`` is dropped).
+      wrt: the filter given to ``nnx.Optimizer`` (default ``nnx.Param``).
+      has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+
+    Returns:
+      ``grad_fn(params) -> grads``, both with the structure of
+      ``nnx.state(model, wrt)``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> from flax import nnx
+      >>> rngs = nnx.Rngs(0)
+      >>> model = nnx.Sequential(nnx.Linear(3, 8, rngs=rngs), nnx.BatchNorm(8, rngs=rngs),
+      ...                        nnx.Dropout(0.1, rngs=rngs), nnx.Linear(8, 1, rngs=rngs))
+      >>> optimizer = nnx.Optimizer(model, optlab.sam(optax.adam(1e-2)), wrt=nnx.Param)
+      >>> x, y = jnp.ones((4, 3)), jnp.zeros((4, 1))
+      >>> @nnx.jit
+      ... def train_step(model, optimizer, x, y):
+      ...     loss_fn = lambda m: jnp.mean((m(x) - y) ** 2)
+      ...     grad_fn = optlab.nnx_grad_fn(model, loss_fn)  # before or after the first pass
+      ...     loss, grads = nnx.value_and_grad(loss_fn)(model)
+      ...     optimizer.update(model, grads, grad_fn=grad_fn)
+      ...     return loss
+      >>> loss = train_step(model, optimizer, x, y)
+    """
+    try:
+        from flax import nnx
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("`optlab.nnx_grad_fn` needs Flax: `pip install flax`.") from e
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"`optlab.nnx_grad_fn`: `model` must be an `nnx.Module`, got {model!r}.")
+
+    def streams(node):
+        return [s for _, s in nnx.iter_graph(node) if isinstance(s, nnx.RngStream)]
+
+    keys = [stream() for stream in streams(model)]  # advances the model's streams once
+    graphdef, _, rest = nnx.split(model, nnx.Param if wrt is None else wrt, ...)
+
+    def loss_at(params):
+        copy = nnx.merge(graphdef, params, rest, copy=True)  # new variables, in this trace
+        for stream, key in zip(streams(copy), keys):
+            stream.key.set_value(key)
+            stream.count.set_value(jnp.zeros_like(stream.count.get_value()))
+        out = loss_fn(copy)
+        return out[0] if has_aux else out
+
+    return jax.grad(loss_at)
+
+
+def apply_gradients(state: Any, grads: Any, /, **extra_args: Any) -> Any:
+    """``state.apply_gradients(grads=grads)`` that forwards extra arguments to ``tx.update``.
+
+    Flax Linen's ``TrainState.apply_gradients(grads=..., **kwargs)`` treats keyword
+    arguments as fields to replace, so it cannot pass SAM's ``grad_fn`` (or ``value``,
+    ``hvp_fn``) to the optimizer. This does the same step, ``tx.update(grads, opt_state,
+    params, **extra_args)``, ``optax.apply_updates`` and ``step + 1``, and returns
+    ``state.replace(...)``, so any ``TrainState`` subclass works and keeps its other
+    fields: replace ``batch_stats`` yourself with the statistics of the unperturbed pass
+    (those of the perturbed pass, computed inside ``grad_fn``, are simply not returned).
+
+    Args:
+      state: a ``flax.training.train_state.TrainState`` (or any dataclass with ``step``,
+        ``params``, ``opt_state``, ``tx`` and ``replace``).
+      grads: the gradients at ``state.params``.
+      **extra_args: keyword arguments of ``tx.update`` (``grad_fn=...``).
+
+    Returns:
+      The new state.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> import flax.linen as nn
+      >>> from flax.training import train_state
+      >>> module = nn.Dense(1)
+      >>> x, y = jnp.ones((4, 3)), jnp.zeros((4, 1))
+      >>> params = module.init(jax.random.key(0), x)["params"]
+      >>> state = train_state.TrainState.create(
+      ...     apply_fn=module.apply, params=params, tx=optlab.sam(optax.sgd(0.1)))
+      >>> loss = lambda p: jnp.mean((state.apply_fn({"params": p}, x) - y) ** 2)
+      >>> state = optlab.apply_gradients(state, jax.grad(loss)(params), grad_fn=jax.grad(loss))
+      >>> int(state.step)
+      1
+    """
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra_args)
+    return state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+    )

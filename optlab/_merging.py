@@ -76,16 +76,6 @@ def _check_all(fn: str, ref: Any, models: Sequence[Any], ref_name: str, arg: str
         _check_compatible(fn, ref, m, ref_name, f"{arg}[{i}]")
 
 
-_acc = _tree.to_acc
-
-
-def _map(fn: Callable, *trees: Any) -> Any:
-    """``jax.tree.map`` keeping ``None`` leaves of the first tree."""
-    return jax.tree.map(
-        lambda x, *r: None if x is None else fn(x, *r), *trees, is_leaf=lambda x: x is None
-    )
-
-
 def _check_scalar(fn: str, **values: Any) -> None:
     for name, v in values.items():
         if jnp.ndim(v) != 0:
@@ -99,30 +89,30 @@ def _check_scalar(fn: str, **values: Any) -> None:
 
 @jax.jit
 def _weighted_kernel(total, w, ref, *others):
-    r = _acc(ref)
+    r = _tree.to_acc(ref)
     out = total.astype(r.dtype) * r
     for i, o in enumerate(others, start=1):
-        out = out + w[i].astype(r.dtype) * (_acc(o) - r)
+        out = out + w[i].astype(r.dtype) * (_tree.to_acc(o) - r)
     return out.astype(ref.dtype)
 
 
 @jax.jit
 def _uniform_kernel(ref, *others):
-    r = _acc(ref)
-    delta = sum(_acc(o) - r for o in others)
+    r = _tree.to_acc(ref)
+    delta = sum(_tree.to_acc(o) - r for o in others)
     return (r + delta / (len(others) + 1)).astype(ref.dtype)
 
 
 @jax.jit
 def _lerp_kernel(x, y, t):
-    x32, y32 = _acc(x), _acc(y)
+    x32, y32 = _tree.to_acc(x), _tree.to_acc(y)
     tt = t.astype(x32.dtype)
     return ((1 - tt) * x32 + tt * y32).astype(x.dtype)
 
 
 @jax.jit
 def _slerp_kernel(x, y, t, threshold):
-    x32, y32 = _acc(x), _acc(y)
+    x32, y32 = _tree.to_acc(x), _tree.to_acc(y)
     tt = t.astype(x32.dtype)
     nx = jnp.sqrt(jnp.sum(x32 * x32))
     ny = jnp.sqrt(jnp.sum(y32 * y32))
@@ -141,8 +131,8 @@ def _slerp_kernel(x, y, t, threshold):
 @jax.jit
 def _stock_ratio_kernel(eps, w0, *ws):
     k = len(ws)
-    r = _acc(w0)
-    deltas = [(_acc(w) - r).ravel() for w in ws]
+    r = _tree.to_acc(w0)
+    deltas = [(_tree.to_acc(w) - r).ravel() for w in ws]
     norms = [jnp.sqrt(jnp.sum(d * d)) for d in deltas]
     cos_sum = jnp.zeros([], r.dtype)
     for i in range(k):
@@ -157,16 +147,16 @@ def _stock_ratio_kernel(eps, w0, *ws):
 
 @jax.jit
 def _stock_merge_kernel(w0, ratio, *ws):
-    r = _acc(w0)
-    mean = r + sum(_acc(w) - r for w in ws) / len(ws)
+    r = _tree.to_acc(w0)
+    mean = r + sum(_tree.to_acc(w) - r for w in ws) / len(ws)
     t = ratio.astype(r.dtype)
     return (t * mean + (1 - t) * r).astype(w0.dtype)
 
 
 @jax.jit
 def _task_kernel(scaling, b, *ws):
-    r = _acc(b)
-    out = r + sum(scaling[i].astype(r.dtype) * (_acc(w) - r) for i, w in enumerate(ws))
+    r = _tree.to_acc(b)
+    out = r + sum(scaling[i].astype(r.dtype) * (_tree.to_acc(w) - r) for i, w in enumerate(ws))
     return out.astype(b.dtype)
 
 
@@ -232,7 +222,7 @@ def weighted_average(models: Sequence[Any], weights: Any, normalize: bool = True
     # sum_i w_i theta_i = W theta_0 + sum_{i>=1} w_i (theta_i - theta_0), with W = 1 exactly
     # after normalisation (so identical models average to themselves exactly).
     total = jnp.ones([], w.dtype) if normalize else jnp.sum(w)
-    return _map(lambda ref, *others: _weighted_kernel(total, w, ref, *others), *models)
+    return _tree.tree_map(lambda ref, *others: _weighted_kernel(total, w, ref, *others), *models)
 
 
 def uniform_soup(models: Sequence[Any]) -> Any:
@@ -261,8 +251,8 @@ def uniform_soup(models: Sequence[Any]) -> Any:
     models = _check_models("uniform_soup", models)
     _check_all("uniform_soup", models[0], models[1:], "models[0]", "models[1:]")
     if len(models) == 1:
-        return _map(jnp.asarray, models[0])
-    return _map(_uniform_kernel, *models)
+        return _tree.tree_map(jnp.asarray, models[0])
+    return _tree.tree_map(_uniform_kernel, *models)
 
 
 def greedy_soup(
@@ -353,7 +343,7 @@ def interpolate(a: Any, b: Any, t: float) -> Any:
     _check_scalar("interpolate", t=t)
     _check_compatible("interpolate", a, b, "a", "b")
     tt = jnp.asarray(t)
-    return _map(lambda x, y: _lerp_kernel(jnp.asarray(x), jnp.asarray(y), tt), a, b)
+    return _tree.tree_map(lambda x, y: _lerp_kernel(jnp.asarray(x), jnp.asarray(y), tt), a, b)
 
 
 def slerp(a: Any, b: Any, t: float, colinear_threshold: float = 0.9995) -> Any:
@@ -397,7 +387,7 @@ def slerp(a: Any, b: Any, t: float, colinear_threshold: float = 0.9995) -> Any:
     _check_compatible(fn, a, b, "a", "b")
     tt = jnp.asarray(t)
     thr = jnp.asarray(colinear_threshold, jnp.float32)
-    return _map(lambda x, y: _slerp_kernel(jnp.asarray(x), jnp.asarray(y), tt, thr), a, b)
+    return _tree.tree_map(lambda x, y: _slerp_kernel(jnp.asarray(x), jnp.asarray(y), tt, thr), a, b)
 
 
 # ---------------------------------------------------------------------------
@@ -448,8 +438,9 @@ def model_stock(
     _check_all(fn, anchor, finetuned, "anchor", "finetuned")
     _base.check_nonnegative(fn, eps=eps)
     eps_arr = jnp.asarray(eps, jnp.float32)
-    ratios = _map(lambda w0, *ws: _stock_ratio_kernel(eps_arr, w0, *ws), anchor, *finetuned)
-    merged = _map(_stock_merge_kernel, anchor, ratios, *finetuned)
+    ratios = _tree.tree_map(lambda w0, *ws: _stock_ratio_kernel(eps_arr, w0, *ws), anchor,
+                            *finetuned)
+    merged = _tree.tree_map(_stock_merge_kernel, anchor, ratios, *finetuned)
     return (merged, ratios) if return_ratios else merged
 
 
@@ -493,4 +484,4 @@ def task_arithmetic(base: Any, finetuned: Sequence[Any], scaling: Any = 1.0) -> 
             f" model ({len(finetuned)}), got shape {s.shape}."
         )
     s = s.astype(jnp.promote_types(s.dtype, jnp.float32))
-    return _map(lambda b, *ws: _task_kernel(s, b, *ws), base, *finetuned)
+    return _tree.tree_map(lambda b, *ws: _task_kernel(s, b, *ws), base, *finetuned)

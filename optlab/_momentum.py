@@ -25,7 +25,7 @@ from optlab import _base, _tree
 
 __all__ = [
     "scale_by_momentum",
-    "scale_by_adam",
+    "scale_by_adam_family",
     "scale_by_diffgrad",
     "scale_by_ademamix",
     "mars_correction",
@@ -52,26 +52,6 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def _map(fn: Callable, tree: Any, *rest: Any) -> Any:
-    """``jax.tree.map`` that keeps ``None`` leaves (frozen parameters) as ``None``."""
-    return _tree.tree_none_safe_map(fn, tree, *rest)
-
-
-_cast_like = _tree.tree_cast_like
-
-
-def _check_optional_int(fn_name: str, minimum: int = 1, **hparams: Any) -> None:
-    """Validate concrete integer hyperparameters; ``None`` and traced arrays pass.
-
-    ``optax.inject_hyperparams`` turns Python ints into arrays, so only concrete
-    values are checked (like every validator in ``_base``).
-    """
-    for name, value in hparams.items():
-        if value is None or isinstance(value, jax.Array):
-            continue
-        _base.check_int(fn_name, minimum, **{name: value})
-
-
 def _canonical_dtype(dtype: Any) -> Any:
     return None if dtype is None else jnp.dtype(dtype)
 
@@ -88,11 +68,10 @@ def _upcast_fields(state: Any, updates: Any, fields: tuple[str, ...]) -> Any:
     def up(x, g):
         return x.astype(jnp.promote_types(x.dtype, jnp.result_type(g)))
 
-    return state._replace(**{f: _map(up, getattr(state, f), updates) for f in fields})
+    return state._replace(**{f: _tree.tree_map(up, getattr(state, f), updates) for f in fields})
 
 
 def _wrap_optax(
-    fn_name: str,
     inner: optax.GradientTransformation,
     init_cast: Callable[[Any], Any] | None = None,
     moment_fields: tuple[str, ...] = (),
@@ -105,12 +84,10 @@ def _wrap_optax(
     replaces, so the layout never changes, and updates keep the dtype of the
     incoming gradients. ``moment_fields`` are upcast before the update (see
     :func:`_upcast_fields`). ``post(updates, new_state)``, when given, rewrites the
-    inner updates before they are cast. ``init`` rejects integer params (``fn_name``
-    is the public name used in the message).
+    inner updates before they are cast.
     """
 
     def init_fn(params):
-        _base.check_float_tree(fn_name, params)
         state = inner.init(params)
         return init_cast(state) if init_cast is not None else state
 
@@ -120,7 +97,7 @@ def _wrap_optax(
         new_updates, new_state = inner.update(updates, work_state, params)
         if post is not None:
             new_updates = post(new_updates, new_state)
-        return _cast_like(new_updates, updates), _cast_like(new_state, state)
+        return _tree.tree_cast_like(new_updates, updates), _tree.tree_cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -135,7 +112,7 @@ def _visible_nonfinite(direction: Any, momentum: Any) -> Any:
     def leaf(d, m):
         return jnp.where(jnp.isfinite(m), d, m.astype(d.dtype))
 
-    return _map(leaf, direction, momentum)
+    return _tree.tree_map(leaf, direction, momentum)
 
 
 # ---------------------------------------------------------------------------
@@ -184,19 +161,22 @@ def scale_by_momentum(
       learning <https://proceedings.mlr.press/v28/sutskever13.html>`_, 2013.
     """
     _base.check_decay("scale_by_momentum", b1=b1)
+    return _base.public("scale_by_momentum", _scale_by_momentum(b1, nesterov, accumulator_dtype))
+
+
+def _scale_by_momentum(b1, nesterov, accumulator_dtype):
     return _wrap_optax(
-        "scale_by_momentum",
         optax.trace(decay=b1, nesterov=nesterov, accumulator_dtype=accumulator_dtype),
         moment_fields=("trace",),
     )
 
 
 # ---------------------------------------------------------------------------
-# Adam / AMSGrad / AdaMax
+# Adam / AMSGrad / AdaMax / NAdam
 # ---------------------------------------------------------------------------
 
 
-def scale_by_adam(
+def scale_by_adam_family(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
@@ -208,7 +188,7 @@ def scale_by_adam(
     mu_dtype: Any = None,
     nu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""Adam's direction, with AMSGrad, AdaMax and Nesterov options.
+    r"""Adam's direction and its family (AMSGrad, AdaMax, NAdam) in one, with state dtypes.
 
     .. math::
         m_t = b_1 m_{t-1} + (1-b_1) g_t, \quad v_t = b_2 v_{t-1} + (1-b_2) g_t^2,
@@ -226,10 +206,12 @@ def scale_by_adam(
       (``eps_root`` must then be 0).
     * ``nesterov=True`` is NAdam's look-ahead first moment (Dozat, 2016).
 
-    The three variants are optax's own code; this wrapper adds ``nu_dtype``
-    (optax only has ``mu_dtype``), keeps the state dtypes fixed after ``init``,
-    returns updates in the dtype of the gradients and ignores extra arguments.
-    ``mu_dtype=nu_dtype=jnp.bfloat16`` halves the state memory of float32 params.
+    The variants are optax's own code (``optax.scale_by_adam``, ``scale_by_amsgrad``,
+    ``scale_by_adamax``); the name differs from optax's because this adds: one switch
+    for the family, ``nu_dtype`` (optax only has ``mu_dtype``), validated
+    hyperparameters, state dtypes fixed after ``init``, updates in the gradients'
+    dtype, extra arguments ignored. ``mu_dtype=nu_dtype=jnp.bfloat16`` halves the state
+    memory of float32 params. Without those needs, ``optax.scale_by_adam`` is the same.
 
     Args:
       b1: decay of the first moment, in ``[0, 1)``.
@@ -250,7 +232,8 @@ def scale_by_adam(
 
     Example:
       >>> import jax.numpy as jnp, optax, optlab
-      >>> tx = optax.chain(optlab.scale_by_adam(amsgrad=True), optax.scale_by_learning_rate(1e-3))
+      >>> tx = optax.chain(optlab.scale_by_adam_family(amsgrad=True),
+      ...                  optax.scale_by_learning_rate(1e-3))
       >>> params = {"w": jnp.ones((2, 3))}
       >>> state = tx.init(params)
       >>> updates, state = tx.update({"w": jnp.full((2, 3), 0.5)}, state, params)
@@ -265,7 +248,7 @@ def scale_by_adam(
       Dozat, `Incorporating Nesterov Momentum into Adam
       <https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
     """
-    name = "scale_by_adam"
+    name = "scale_by_adam_family"
     _base.check_decay(name, b1=b1, b2=b2)
     _base.check_nonnegative(name, eps=eps, eps_root=eps_root)
     if amsgrad and adamax:
@@ -277,6 +260,12 @@ def scale_by_adam(
         )
     if adamax and _base.is_concrete_number(eps_root) and eps_root != 0:
         raise ValueError(f"`optlab.{name}`: AdaMax has no `eps_root`, got eps_root={eps_root!r}.")
+    tx = _scale_by_adam_family(b1, b2, eps, eps_root, amsgrad, adamax, nesterov, mu_dtype,
+                               nu_dtype)
+    return _base.public(name, tx)
+
+
+def _scale_by_adam_family(b1, b2, eps, eps_root, amsgrad, adamax, nesterov, mu_dtype, nu_dtype):
     mu_dtype = _canonical_dtype(mu_dtype)
     nu_dtype = _canonical_dtype(nu_dtype)
 
@@ -299,7 +288,7 @@ def scale_by_adam(
         return state._replace(**fields)
 
     return _wrap_optax(
-        name, inner, init_cast, ("mu", "nu", "nu_max") if amsgrad else ("mu", "nu")
+        inner, init_cast, ("mu", "nu", "nu_max") if amsgrad else ("mu", "nu")
     )
 
 
@@ -368,10 +357,13 @@ def scale_by_diffgrad(
     name = "scale_by_diffgrad"
     _base.check_decay(name, b1=b1, b2=b2)
     _base.check_nonnegative(name, eps=eps)
+    return _base.public("scale_by_diffgrad", _scale_by_diffgrad(b1, b2, eps))
+
+
+def _scale_by_diffgrad(b1, b2, eps):
     adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
 
     def init_fn(params):
-        _base.check_float_tree(name, params)
         return ScaleByDiffGradState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params),
@@ -389,11 +381,11 @@ def scale_by_diffgrad(
             xi = jax.nn.sigmoid(jnp.abs(diff))
             return (xi * d).astype(g.dtype)
 
-        new_updates = _map(friction, direction, updates, state.prev_grad)
+        new_updates = _tree.tree_map(friction, direction, updates, state.prev_grad)
         new_state = ScaleByDiffGradState(
             count=adam_state.count, mu=adam_state.mu, nu=adam_state.nu, prev_grad=updates
         )
-        return new_updates, _cast_like(new_state, state)
+        return new_updates, _tree.tree_cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -449,6 +441,23 @@ def _ademamix_beta3_warmup(
     a = step / jnp.asarray(warmup, jnp.float32)
     mixed = inv_half_life((1.0 - a) * half_life(beta_start) + a * half_life(beta_end))
     return jnp.where(step < warmup, mixed, beta_end)
+
+
+def check_ademamix(name, b1, b2, b3, alpha, b3_warmup, alpha_warmup, eps, eps_root) -> None:
+    """Validate the hyperparameters of :func:`scale_by_ademamix` (and ``optlab.ademamix``)."""
+    _base.check_decay(name, b1=b1, b2=b2)
+    if not callable(b3):
+        _base.check_decay(name, b3=b3)
+    if not callable(alpha):
+        _base.check_nonnegative(name, alpha=alpha)
+    _base.check_nonnegative(name, eps=eps, eps_root=eps_root)
+    _base.check_int_unless_traced(name, 1, b3_warmup=b3_warmup, alpha_warmup=alpha_warmup)
+    if callable(b3) and b3_warmup is not None:
+        raise ValueError(f"`optlab.{name}`: give either a schedule `b3` or `b3_warmup`, not both.")
+    if callable(alpha) and alpha_warmup is not None:
+        raise ValueError(
+            f"`optlab.{name}`: give either a schedule `alpha` or `alpha_warmup`, not both."
+        )
 
 
 def scale_by_ademamix(
@@ -520,24 +529,15 @@ def scale_by_ademamix(
       Pagliardini et al, `The AdEMAMix Optimizer: Better, Faster, Older
       <https://arxiv.org/abs/2409.03137>`_, 2024.
     """
-    name = "scale_by_ademamix"
-    _base.check_decay(name, b1=b1, b2=b2)
-    if not callable(b3):
-        _base.check_decay(name, b3=b3)
-    if not callable(alpha):
-        _base.check_nonnegative(name, alpha=alpha)
-    _base.check_nonnegative(name, eps=eps, eps_root=eps_root)
-    _check_optional_int(name, 1, b3_warmup=b3_warmup, alpha_warmup=alpha_warmup)
-    if callable(b3) and b3_warmup is not None:
-        raise ValueError(f"`optlab.{name}`: give either a schedule `b3` or `b3_warmup`, not both.")
-    if callable(alpha) and alpha_warmup is not None:
-        raise ValueError(
-            f"`optlab.{name}`: give either a schedule `alpha` or `alpha_warmup`, not both."
-        )
+    check_ademamix("scale_by_ademamix", b1, b2, b3, alpha, b3_warmup, alpha_warmup, eps, eps_root)
+    tx = _scale_by_ademamix(b1, b2, b3, alpha, b3_warmup, alpha_warmup, eps, eps_root, mu_dtype)
+    return _base.public("scale_by_ademamix", tx)
+
+
+def _scale_by_ademamix(b1, b2, b3, alpha, b3_warmup, alpha_warmup, eps, eps_root, mu_dtype):
     mu_dtype = _canonical_dtype(mu_dtype)
 
     def init_fn(params):
-        _base.check_float_tree(name, params)
         return ScaleByAdEMAMixState(
             count=jnp.zeros([], jnp.int32),
             m1=optax.tree.zeros_like(params, dtype=mu_dtype),
@@ -573,9 +573,9 @@ def scale_by_ademamix(
             out = (a + alpha_t * b) / (jnp.sqrt(v + eps_root) + eps)
             return out.astype(g.dtype)
 
-        new_updates = _map(direction, updates, m1_hat, m2, nu_hat)
+        new_updates = _tree.tree_map(direction, updates, m1_hat, m2, nu_hat)
         new_state = ScaleByAdEMAMixState(count=count_inc, m1=m1, m2=m2, nu=nu)
-        return new_updates, _cast_like(new_state, state)
+        return new_updates, _tree.tree_cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -614,7 +614,7 @@ def mars_correction(
     in the official code): :math:`g_{t-1}` is the previous step's gradient, not
     a second gradient evaluation at the current batch.
 
-    Chain it before :func:`optlab.scale_by_adam` with the *same* ``b1`` to get
+    Chain it before :func:`optlab.scale_by_adam_family` with the *same* ``b1`` to get
     MARS-AdamW (both moments are then taken of :math:`\tilde c_t`), or before
     :func:`optlab.scale_by_lion` for MARS-Lion. The official code applies MARS
     to 2-D weights only and plain AdamW to the other leaves; use
@@ -636,7 +636,7 @@ def mars_correction(
       >>> import jax.numpy as jnp, optax, optlab
       >>> mars_adamw = optax.chain(
       ...     optlab.mars_correction(gamma=0.025, b1=0.95),
-      ...     optlab.scale_by_adam(b1=0.95, b2=0.99),
+      ...     optlab.scale_by_adam_family(b1=0.95, b2=0.99),
       ...     optax.add_decayed_weights(0.0),
       ...     optax.scale_by_learning_rate(3e-3))
       >>> params = {"w": jnp.ones((2, 2))}
@@ -651,9 +651,11 @@ def mars_correction(
     _base.check_decay(name, b1=b1)
     if max_norm is not None:
         _base.check_positive(name, max_norm=max_norm)
+    return _base.public("mars_correction", _mars_correction(gamma, b1, max_norm))
 
+
+def _mars_correction(gamma, b1, max_norm):
     def init_fn(params):
-        _base.check_float_tree(name, params)
         return MarsCorrectionState(prev_grad=optax.tree.zeros_like(params))
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -669,9 +671,9 @@ def mars_correction(
                 c = c * factor
             return c.astype(g.dtype)
 
-        new_updates = _map(correct, updates, state.prev_grad)
+        new_updates = _tree.tree_map(correct, updates, state.prev_grad)
         new_state = MarsCorrectionState(prev_grad=updates)
-        return new_updates, _cast_like(new_state, state)
+        return new_updates, _tree.tree_cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -710,7 +712,7 @@ def with_grad_sign(
         d_t = \operatorname{sign}(g_t) \odot |u_t|,
 
     where :math:`u_t` is the update of ``inner`` (Grams uses Adam's direction,
-    :func:`optlab.scale_by_adam`). Momentum then only sets the step size per
+    :func:`optlab.scale_by_adam_family`). Momentum then only sets the step size per
     coordinate; the direction is always the current gradient's, so
     :math:`\operatorname{sign}(d_t) = \operatorname{sign}(g_t)` (zero where the
     gradient is zero).
@@ -732,7 +734,7 @@ def with_grad_sign(
 
     Example:
       >>> import jax.numpy as jnp, optax, optlab
-      >>> grams = optax.chain(optlab.with_grad_sign(optlab.scale_by_adam()),
+      >>> grams = optax.chain(optlab.with_grad_sign(optlab.scale_by_adam_family()),
       ...                     optax.scale_by_learning_rate(1e-3))
       >>> params = jnp.array([1.0, -1.0])
       >>> updates, state = grams.update(jnp.array([2.0, -3.0]), grams.init(params), params)
@@ -743,11 +745,14 @@ def with_grad_sign(
       Cao et al, `Grams: Gradient Descent with Adaptive Momentum Scaling
       <https://arxiv.org/abs/2412.17107>`_, 2024.
     """
+    return _base.public("with_grad_sign", _with_grad_sign(inner, inner_is_direction))
+
+
+def _with_grad_sign(inner, inner_is_direction):
     inner = optax.with_extra_args_support(inner)
     sign_factor = 1.0 if inner_is_direction else -1.0
 
     def init_fn(params):
-        _base.check_float_tree("with_grad_sign", params)
         return WithGradSignState(inner_state=inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -756,7 +761,7 @@ def with_grad_sign(
         def grams(u_leaf, g):
             return (sign_factor * jnp.sign(g) * jnp.abs(u_leaf).astype(g.dtype)).astype(g.dtype)
 
-        return _map(grams, u, updates), WithGradSignState(inner_state=inner_state)
+        return _tree.tree_map(grams, u, updates), WithGradSignState(inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -778,7 +783,7 @@ def cautious(
     update moves against the gradient: for a full optax optimizer (default,
     ``optlab.cautious(optax.adamw(1e-3))``, whose updates are added to the
     params) :math:`u_t g_t < 0`; with ``inner_is_direction=True`` (a
-    pre-learning-rate direction such as :func:`optlab.scale_by_adam`, inside a
+    pre-learning-rate direction such as :func:`optlab.scale_by_adam_family`, inside a
     chain) :math:`u_t g_t > 0`. Coordinates where either is zero are masked.
 
     The mask uses the official code's strict inequality and the
@@ -810,10 +815,13 @@ def cautious(
       <https://arxiv.org/abs/2411.16085>`_, 2024.
     """
     _base.check_positive("cautious", eps=eps)
+    return _base.public("cautious", _cautious(inner, eps, inner_is_direction))
+
+
+def _cautious(inner, eps, inner_is_direction):
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
-        _base.check_float_tree("cautious", params)
         return CautiousState(inner_state=inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -832,7 +840,7 @@ def cautious(
                 u_leaf.dtype
             )
 
-        return _map(mask_leaf, u, updates), CautiousState(inner_state=inner_state)
+        return _tree.tree_map(mask_leaf, u, updates), CautiousState(inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -939,15 +947,15 @@ def scale_by_optimistic_amsgrad(
             d = theta / denom + hint - hint_prev
             return d.astype(g.dtype), hint
 
-        out = _map(step, updates, state.mu, mu, nu_max, state.hint)
+        out = _tree.tree_map(step, updates, state.mu, mu, nu_max, state.hint)
         # Split the (direction, hint) pairs along the structure of `updates` (which may
         # itself contain tuples).
-        new_updates = _map(lambda g, o: o[0], updates, out)
-        hint = _map(lambda g, o: o[1], updates, out)
+        new_updates = _tree.tree_map(lambda g, o: o[0], updates, out)
+        hint = _tree.tree_map(lambda g, o: o[1], updates, out)
         new_state = ScaleByOptimisticAMSGradState(
             count=optax.safe_increment(state.count), mu=mu, nu=nu, nu_max=nu_max, hint=hint
         )
-        return new_updates, _cast_like(new_state, state)
+        return new_updates, _tree.tree_cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -995,8 +1003,11 @@ def scale_by_lion(
       <https://arxiv.org/abs/2302.06675>`_, 2023.
     """
     _base.check_decay("scale_by_lion", b1=b1, b2=b2)
+    return _base.public("scale_by_lion", _scale_by_lion(b1, b2, mu_dtype))
+
+
+def _scale_by_lion(b1, b2, mu_dtype):
     return _wrap_optax(
-        "scale_by_lion",
         optax.scale_by_lion(b1=b1, b2=b2, mu_dtype=_canonical_dtype(mu_dtype)),
         moment_fields=("mu",),
         post=lambda u, new_state: _visible_nonfinite(u, new_state.mu),
@@ -1044,19 +1055,21 @@ def scale_by_signum(b1: jax.typing.ArrayLike = 0.9) -> optax.GradientTransformat
       <https://arxiv.org/abs/2302.06675>`_, 2023.
     """
     _base.check_decay("scale_by_signum", b1=b1)
+    return _base.public("scale_by_signum", _scale_by_signum(b1))
 
+
+def _scale_by_signum(b1):
     def init_fn(params):
-        _base.check_float_tree("scale_by_signum", params)
         return ScaleBySignumState(mu=optax.tree.zeros_like(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
         # Where the momentum is NaN/inf its sign would be a finite step forever: return it.
-        new_updates = _map(
+        new_updates = _tree.tree_map(
             lambda g, m: jnp.where(jnp.isfinite(m), jnp.sign(m), m).astype(g.dtype), updates, mu
         )
-        return new_updates, _cast_like(ScaleBySignumState(mu=mu), state)
+        return new_updates, _tree.tree_cast_like(ScaleBySignumState(mu=mu), state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -1119,8 +1132,16 @@ def scale_by_adafactor(
     name = "scale_by_adafactor"
     _base.check_positive(name, decay_rate=decay_rate)
     _base.check_nonnegative(name, epsilon=epsilon)
-    _check_optional_int(name, 0, step_offset=step_offset)
-    _check_optional_int(name, 1, min_dim_size_to_factor=min_dim_size_to_factor)
+    _base.check_int_unless_traced(name, 0, step_offset=step_offset)
+    _base.check_int_unless_traced(name, 1, min_dim_size_to_factor=min_dim_size_to_factor)
+    tx = _scale_by_adafactor(factored, decay_rate, step_offset, min_dim_size_to_factor, epsilon,
+                             decay_rate_fn)
+    return _base.public(name, tx)
+
+
+def _scale_by_adafactor(
+    factored, decay_rate, step_offset, min_dim_size_to_factor, epsilon, decay_rate_fn
+):
     kwargs = {} if decay_rate_fn is None else {"decay_rate_fn": decay_rate_fn}
     inner = optax.scale_by_factored_rms(
         factored=factored,
@@ -1131,17 +1152,13 @@ def scale_by_adafactor(
         **kwargs,
     )
 
-    def init_fn(params):
-        _base.check_float_tree(name, params)
-        return inner.init(params)
-
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _base.require_params(params)
         new_updates, new_state = inner.update(updates, state, params)
-        return _cast_like(new_updates, updates), _cast_like(new_state, state)
+        return _tree.tree_cast_like(new_updates, updates), _tree.tree_cast_like(new_state, state)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -1228,29 +1245,32 @@ def scale_by_sgd_sai(
     name = "scale_by_sgd_sai"
     _base.check_decay(name, b1=b1)
     _base.check_nonnegative(name, eps=eps)
+    return _base.public("scale_by_sgd_sai", _scale_by_sgd_sai(b1, eps))
 
+
+def _scale_by_sgd_sai(b1, eps):
     def init_fn(params):
-        _base.check_float_tree(name, params)
         return ScaleBySGDSaIState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params),
-            scale=_map(lambda p: jnp.zeros([], jnp.float32), params),
+            scale=_tree.tree_map(lambda p: jnp.zeros([], jnp.float32), params),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         # A clear error instead of lax.cond's "branch outputs" structure mismatch.
-        _base.check_same_structure(name, updates, state.mu, "updates", "params")
+        _base.check_same_structure("scale_by_sgd_sai", updates, state.mu, "updates", "params")
         first = state.count == 0
         # Computed only on the first step (a real branch on accelerators).
         scale = jax.lax.cond(
             first,
-            lambda: _map(lambda g: _gsnr(g, eps), updates),
+            lambda: _tree.tree_map(lambda g: _gsnr(g, eps), updates),
             lambda: state.scale,
         )
-        mu = _map(lambda g, m: jnp.where(first, g, b1 * m + (1.0 - b1) * g), updates, state.mu)
-        new_updates = _map(lambda g, m, s: (s * m).astype(g.dtype), updates, mu, scale)
+        mu = _tree.tree_map(lambda g, m: jnp.where(first, g, b1 * m + (1.0 - b1) * g), updates,
+                            state.mu)
+        new_updates = _tree.tree_map(lambda g, m, s: (s * m).astype(g.dtype), updates, mu, scale)
         new_state = ScaleBySGDSaIState(count=optax.safe_increment(state.count), mu=mu, scale=scale)
-        return new_updates, _cast_like(new_state, state)
+        return new_updates, _tree.tree_cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

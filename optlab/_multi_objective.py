@@ -40,9 +40,6 @@ def _stacked_leaves(fn_name: str, updates) -> tuple[list[jax.Array], object, int
     return leaves, treedef, m
 
 
-_f32 = _tree.to_acc
-
-
 def _gramian(leaves: list[jax.Array], m: int) -> jax.Array:
     """``G_ij = <g_i, g_j>`` summed over leaves, in float32.
 
@@ -52,7 +49,7 @@ def _gramian(leaves: list[jax.Array], m: int) -> jax.Array:
     """
     gram = jnp.zeros((m, m), jnp.float32)
     for g in leaves:
-        x = _f32(g)
+        x = _tree.to_acc(g)
         axes = tuple(range(2, x.ndim + 1))
         gram = gram + jnp.sum(x[:, None] * x[None, :], axis=axes)
     return gram
@@ -63,7 +60,7 @@ def _combine(leaves: list[jax.Array], treedef, weights: jax.Array):
     out = []
     for g in leaves:
         w = weights[(slice(None),) + (None,) * (g.ndim - 1)]
-        out.append(jnp.sum(w * _f32(g), axis=0).astype(g.dtype))
+        out.append(jnp.sum(w * _tree.to_acc(g), axis=0).astype(g.dtype))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -150,10 +147,6 @@ def upgrad(
         _base.check_int("upgrad", max_iters=max_iters)
     _base.check_positive("upgrad", reg_eps=reg_eps)
 
-    def init_fn(params):
-        _base.check_float_tree("upgrad", params)
-        return optax.EmptyState()
-
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         leaves, treedef, m = _stacked_leaves("upgrad", updates)
@@ -166,7 +159,8 @@ def upgrad(
         v = eye + jax.vmap(lambda u: _nnls_gram(gram, gram @ u, iters))(eye)
         return _combine(leaves, treedef, jnp.mean(v, axis=0)), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    return _base.public("upgrad", tx)
 
 
 def mgda(max_iters: int = 500) -> optax.GradientTransformationExtraArgs:
@@ -199,10 +193,6 @@ def mgda(max_iters: int = 500) -> optax.GradientTransformationExtraArgs:
     """
     _base.check_int("mgda", max_iters=max_iters)
 
-    def init_fn(params):
-        _base.check_float_tree("mgda", params)
-        return optax.EmptyState()
-
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         leaves, treedef, m = _stacked_leaves("mgda", updates)
@@ -229,7 +219,8 @@ def mgda(max_iters: int = 500) -> optax.GradientTransformationExtraArgs:
         a = jax.lax.fori_loop(0, max_iters, step, jnp.full((m,), 1.0 / m, jnp.float32))
         return _combine(leaves, treedef, a), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    return _base.public("mgda", tx)
 
 
 class PCGradState(NamedTuple):

@@ -34,7 +34,6 @@ __all__ = [
     "radial_projection",
     "RadialProjectionState",
     "centralize",
-    "add_decayed_weights",
     "cautious_weight_decay",
     "WeightDecayScheduleState",
 ]
@@ -48,9 +47,6 @@ _OTHER_RANKS_SINKHORN = ("normalize", "reshape")
 # ---------------------------------------------------------------------------
 
 
-_acc = _tree.to_acc
-
-
 def _check_choice(fn_name: str, name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(
@@ -59,7 +55,7 @@ def _check_choice(fn_name: str, name: str, value: Any, choices: Sequence[str]) -
         )
 
 
-def _check_channel_axis(fn_name: str, channel_axis: Any) -> None:
+def check_channel_axis(fn_name: str, channel_axis: Any) -> None:
     if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
         raise TypeError(
             f"`optlab.{fn_name}`: `channel_axis` must be a Python int, got"
@@ -153,20 +149,14 @@ def normalize_by_global_norm(
     """
     _base.check_nonnegative("normalize_by_global_norm", eps=eps)
 
-    def init_fn(params):
-        _base.check_float_tree("normalize_by_global_norm", params)
-        return optax.EmptyState()
-
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        sq = jnp.zeros((), jnp.float32)
-        for leaf in jax.tree.leaves(updates):
-            sq = sq + jnp.sum(jnp.square(_acc(leaf)))
-        inv = _tree.safe_div(1.0, jnp.sqrt(sq) + eps)
-        updates = _tree.tree_none_safe_map(lambda u: (_acc(u) * inv).astype(u.dtype), updates)
+        inv = _tree.safe_div(1.0, _tree.global_norm(updates) + eps)
+        updates = _tree.tree_map(lambda u: (_tree.to_acc(u) * inv).astype(u.dtype), updates)
         return updates, state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    return _base.public("normalize_by_global_norm", tx)
 
 
 def normalize_by_leaf_norm(
@@ -196,19 +186,16 @@ def normalize_by_leaf_norm(
     """
     _base.check_nonnegative("normalize_by_leaf_norm", eps=eps)
 
-    def init_fn(params):
-        _base.check_float_tree("normalize_by_leaf_norm", params)
-        return optax.EmptyState()
-
     def _normalize(u):
-        u32 = _acc(u)
+        u32 = _tree.to_acc(u)
         return (u32 * _tree.safe_div(1.0, _tree.leaf_norm(u32) + eps)).astype(u.dtype)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        return _tree.tree_none_safe_map(_normalize, updates), state
+        return _tree.tree_map(_normalize, updates), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    return _base.public("normalize_by_leaf_norm", tx)
 
 
 def scale_by_sign() -> optax.GradientTransformationExtraArgs:
@@ -233,18 +220,28 @@ def scale_by_sign() -> optax.GradientTransformationExtraArgs:
       Bernstein and Newhouse, `Old Optimizer, New Norm: An Anthology
       <https://arxiv.org/abs/2409.20325>`_, 2024
     """
-    inner = optax.with_extra_args_support(optax.scale_by_sign())
-
-    def init_fn(params):
-        _base.check_float_tree("scale_by_sign", params)
-        return inner.init(params)
-
-    return optax.GradientTransformationExtraArgs(init_fn, inner.update)
+    return _base.public("scale_by_sign", optax.scale_by_sign())
 
 
 # ---------------------------------------------------------------------------
 # Newton-Schulz orthogonalization (Muon)
 # ---------------------------------------------------------------------------
+
+
+def check_newton_schulz(fn: str, ns_steps: Any, ns_coeffs: Any, eps: Any) -> None:
+    """Validate the Newton-Schulz hyperparameters of :func:`orthogonalize` (and Muon)."""
+    _base.check_int(fn, ns_steps=ns_steps)
+    if (
+        isinstance(ns_coeffs, (str, bytes))
+        or not hasattr(ns_coeffs, "__len__")
+        or len(ns_coeffs) != 3
+    ):
+        raise ValueError(
+            f"`optlab.{fn}`: `ns_coeffs` must be a sequence of 3 numbers (a, b, c), got"
+            f" ns_coeffs={ns_coeffs!r}."
+        )
+    _base.check_finite(fn, **{f"ns_coeffs[{i}]": k for i, k in enumerate(ns_coeffs)})
+    _base.check_nonnegative(fn, eps=eps)
 
 
 def _newton_schulz(x: jax.Array, coeffs, steps: int, eps) -> jax.Array:
@@ -253,7 +250,7 @@ def _newton_schulz(x: jax.Array, coeffs, steps: int, eps) -> jax.Array:
     if transposed:  # iterate on the smaller Gram matrix; f(X^T) = f(X)^T
         x = x.T
     a, b, c = (jnp.asarray(k, x.dtype) for k in coeffs)
-    x32 = _acc(x)  # the Frobenius norm is accumulated in float32 even for bfloat16
+    x32 = _tree.to_acc(x)  # the Frobenius norm is accumulated in float32 even for bfloat16
     x = (x32 * _tree.safe_div(1.0, _tree.leaf_norm(x32) + eps)).astype(x.dtype)
 
     def body(_, x):
@@ -329,31 +326,19 @@ def orthogonalize(
       Kovalev, `Understanding Gradient Orthogonalization for Deep Learning via
       Non-Euclidean Trust-Region Optimization <https://arxiv.org/abs/2503.12645>`_, 2025
     """
-    fn = "orthogonalize"
-    _base.check_int(fn, ns_steps=ns_steps)
-    if (
-        isinstance(ns_coeffs, (str, bytes))
-        or not hasattr(ns_coeffs, "__len__")
-        or len(ns_coeffs) != 3
-    ):
-        raise ValueError(
-            f"`optlab.{fn}`: `ns_coeffs` must be a sequence of 3 numbers (a, b, c), got"
-            f" ns_coeffs={ns_coeffs!r}."
-        )
-    _base.check_finite(fn, **{f"ns_coeffs[{i}]": k for i, k in enumerate(ns_coeffs)})
-    _base.check_nonnegative(fn, eps=eps)
-    _check_choice(fn, "other_ranks", other_ranks, _OTHER_RANKS_ORTHO)
-    coeffs = tuple(ns_coeffs)
+    check_newton_schulz("orthogonalize", ns_steps, ns_coeffs, eps)
+    _check_choice("orthogonalize", "other_ranks", other_ranks, _OTHER_RANKS_ORTHO)
+    return _base.public("orthogonalize", _orthogonalize(ns_steps, ns_coeffs, eps, other_ranks))
 
-    def init_fn(params):
-        _base.check_float_tree(fn, params)
-        return optax.EmptyState()
+
+def _orthogonalize(ns_steps, ns_coeffs, eps, other_ranks):
+    coeffs = tuple(ns_coeffs)
 
     def _orthogonalize(u):
         if u.ndim < 2 or (u.ndim > 2 and other_ranks == "passthrough"):
             return u
         # float32 (at least); bfloat16 leaves iterate in bfloat16, as Muon does.
-        x = u if u.dtype == jnp.bfloat16 else _acc(u)
+        x = u if u.dtype == jnp.bfloat16 else _tree.to_acc(u)
 
         def ns(x):
             return _newton_schulz(_as_matrix(x), coeffs, ns_steps, eps).reshape(x.shape)
@@ -362,9 +347,26 @@ def orthogonalize(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        return _tree.tree_none_safe_map(_orthogonalize, updates), state
+        return _tree.tree_map(_orthogonalize, updates), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+def _scale_by_muon_shape() -> optax.GradientTransformationExtraArgs:
+    """Muon's width scale: each 2-D ``(fan_in, fan_out)`` update times
+    ``sqrt(max(1, fan_out / fan_in))`` (Keller Jordan's reference code and
+    ``optax.contrib.muon``'s default); other leaves unchanged. Stateless."""
+
+    def scale(u):
+        if u.ndim != 2:
+            return u
+        return (u * max(1.0, u.shape[1] / u.shape[0]) ** 0.5).astype(u.dtype)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return _tree.tree_map(scale, updates), state
+
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -430,11 +432,10 @@ def sinkhorn_normalize(
     _base.check_int(fn, num_iters=num_iters)
     _base.check_nonnegative(fn, eps=eps)
     _check_choice(fn, "other_ranks", other_ranks, _OTHER_RANKS_SINKHORN)
+    return _base.public("sinkhorn_normalize", _sinkhorn_normalize(num_iters, eps, other_ranks))
 
-    def init_fn(params):
-        _base.check_float_tree(fn, params)
-        return optax.EmptyState()
 
+def _sinkhorn_normalize(num_iters, eps, other_ranks):
     def _rms_normalize(x):
         return x * (math.sqrt(max(x.size, 1)) * _tree.safe_div(1.0, _tree.leaf_norm(x) + eps))
 
@@ -451,7 +452,7 @@ def sinkhorn_normalize(
         return jax.lax.fori_loop(0, num_iters, body, x)
 
     def _normalize(u):
-        x = _acc(u)
+        x = _tree.to_acc(u)
         if u.ndim == 2:
             x = _sinkhorn(x)
         elif u.ndim > 2 and other_ranks == "reshape":
@@ -462,9 +463,9 @@ def sinkhorn_normalize(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        return _tree.tree_none_safe_map(_normalize, updates), state
+        return _tree.tree_map(_normalize, updates), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -513,13 +514,14 @@ def scale_by_trust_ratio(
     """
     fn = "scale_by_trust_ratio"
     _base.check_nonnegative(fn, min_norm=min_norm, trust_coefficient=trust_coefficient, eps=eps)
+    return _base.public(
+        "scale_by_trust_ratio", _scale_by_trust_ratio(min_norm, trust_coefficient, eps)
+    )
 
-    def init_fn(params):
-        _base.check_float_tree(fn, params)
-        return optax.EmptyState()
 
+def _scale_by_trust_ratio(min_norm, trust_coefficient, eps):
     def _scale(u, p):
-        u32, p32 = _acc(u), _acc(p)
+        u32, p32 = _tree.to_acc(u), _tree.to_acc(p)
         param_norm = optax.safe_norm(p32, min_norm)
         update_norm = optax.safe_norm(u32, min_norm)
         ratio = _tree.safe_div(trust_coefficient * param_norm, update_norm + eps)
@@ -530,9 +532,9 @@ def scale_by_trust_ratio(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _base.require_params(params)
-        return _tree.tree_none_safe_map(_scale, updates, params), state
+        return _tree.tree_map(_scale, updates, params), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -627,16 +629,20 @@ def radial_projection(
     """
     fn = "radial_projection"
     _base.check_nonnegative(fn, delta=delta, wd_ratio=wd_ratio, weight_decay=weight_decay, eps=eps)
-    _check_channel_axis(fn, channel_axis)
+    check_channel_axis(fn, channel_axis)
     if not hasattr(inner, "init") or not hasattr(inner, "update"):
         raise TypeError(
             f"`optlab.{fn}`: `inner` must be an optax.GradientTransformation, got"
             f" inner={inner!r}."
         )
+    tx = _radial_projection(inner, delta, wd_ratio, weight_decay, eps, channel_axis)
+    return _base.public("radial_projection", tx)
+
+
+def _radial_projection(inner, delta, wd_ratio, weight_decay, eps, channel_axis):
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
-        _base.check_float_tree(fn, params)
         return RadialProjectionState(inner_state=inner.init(params))
 
     def _view(d, g, w, axes):
@@ -652,10 +658,10 @@ def radial_projection(
         return invariant, projected
 
     def _leaf(d, g, w):
-        d32, g32, w32 = _acc(d), _acc(g), _acc(w)
+        d32, g32, w32 = _tree.to_acc(d), _tree.to_acc(g), _tree.to_acc(w)
         if w.ndim > 1:
             channel_invariant, channel_proj = _view(
-                d32, g32, w32, _reduction_axes(fn, w.ndim, channel_axis)
+                d32, g32, w32, _reduction_axes("radial_projection", w.ndim, channel_axis)
             )
             layer_invariant, layer_proj = _view(d32, g32, w32, tuple(range(w.ndim)))
             out = jnp.where(
@@ -670,7 +676,7 @@ def radial_projection(
     def update_fn(updates, state, params=None, **extra_args):
         _base.require_params(params)
         direction, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-        out = _tree.tree_none_safe_map(_leaf, direction, updates, params)
+        out = _tree.tree_map(_leaf, direction, updates, params)
         return out, RadialProjectionState(inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -714,25 +720,22 @@ def centralize(*, channel_axis: int = -1) -> optax.GradientTransformationExtraAr
       Yong et al., `Gradient Centralization: A New Optimization Technique for Deep Neural
       Networks <https://arxiv.org/abs/2004.01461>`_, 2020
     """
-    _check_channel_axis("centralize", channel_axis)
-
-    def init_fn(params):
-        _base.check_float_tree("centralize", params)
-        return optax.EmptyState()
+    check_channel_axis("centralize", channel_axis)
 
     def _centralize(u):
         if u.ndim <= 1:
             return u
-        u32 = _acc(u)
+        u32 = _tree.to_acc(u)
         axes = _reduction_axes("centralize", u.ndim, channel_axis)
         mean = jnp.mean(u32, axis=axes, keepdims=True)
         return (u32 - mean).astype(u.dtype)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        return _tree.tree_none_safe_map(_centralize, updates), state
+        return _tree.tree_map(_centralize, updates), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+    return _base.public("centralize", tx)
 
 
 # ---------------------------------------------------------------------------
@@ -741,7 +744,7 @@ def centralize(*, channel_axis: int = -1) -> optax.GradientTransformationExtraAr
 
 
 class WeightDecayScheduleState(NamedTuple):
-    """State of :func:`optlab.add_decayed_weights` and :func:`optlab.cautious_weight_decay`.
+    """State of :func:`optlab.cautious_weight_decay` (and the named optimizers' decay stage).
 
     Used only when ``weight_decay`` is a schedule (a scalar rate keeps ``EmptyState()``).
 
@@ -752,14 +755,13 @@ class WeightDecayScheduleState(NamedTuple):
     count: jax.Array  # shape=(), dtype=int32
 
 
-def _weight_decay(
-    fn: str, weight_decay, mask, cautious: bool
-) -> optax.GradientTransformationExtraArgs:
-    if not callable(weight_decay):
-        _base.check_nonnegative(fn, weight_decay=weight_decay)
+def _weight_decay(weight_decay, mask, cautious: bool) -> optax.GradientTransformationExtraArgs:
+    """Unchecked builder of :func:`cautious_weight_decay` and, with ``cautious=False``, of
+    the named optimizers' decoupled weight decay: ``u + rate * w`` computed in float32 and
+    cast back to the update's dtype (``optax.add_decayed_weights`` under
+    :func:`optlab.in_float32`)."""
 
     def init_fn(params):
-        _base.check_float_tree(fn, params)
         if callable(weight_decay):
             return WeightDecayScheduleState(count=jnp.zeros([], jnp.int32))
         return optax.EmptyState()
@@ -776,57 +778,17 @@ def _weight_decay(
                 return updates, state
 
         def _decay(u, p):
-            u32, p32 = _acc(u), _acc(p)
+            u32, p32 = _tree.to_acc(u), _tree.to_acc(p)
             if cautious:  # the paper's indicator 1(u * w >= 0), via signs (no underflow)
                 p32 = jnp.where(jnp.sign(u32) * jnp.sign(p32) >= 0, p32, 0.0)
             return (u32 + rate * p32).astype(u.dtype)
 
-        return _tree.tree_none_safe_map(_decay, updates, params), state
+        return _tree.tree_map(_decay, updates, params), state
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     if mask is not None:
         tx = optax.masked(tx, mask)
     return tx
-
-
-def add_decayed_weights(
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: optax.MaskOrFn = None,
-) -> optax.GradientTransformationExtraArgs:
-    """Adds decoupled weight decay: ``u <- u + weight_decay * w``.
-
-    ``optax.add_decayed_weights`` with its arguments validated (``weight_decay >= 0``),
-    extra arguments accepted, and the output cast back to the update dtype (a float32
-    schedule value no longer turns bfloat16 updates into float32). Place it after the
-    preconditioner and before the learning rate for AdamW-style decoupled decay.
-    Needs ``params``.
-
-    Args:
-      weight_decay: a scalar >= 0 or a schedule ``step -> rate``.
-      mask: a tree of booleans like ``params`` (or a prefix of it), or a function
-        ``params -> mask``; ``True`` where decay applies. ``None`` decays everything.
-
-    Returns:
-      An ``optax.GradientTransformationExtraArgs``.
-
-    State:
-      ``EmptyState()`` for a scalar ``weight_decay``;
-      ``WeightDecayScheduleState(count)`` for a schedule (wrapped in
-      ``optax.MaskedState`` when a mask is given).
-
-    Example:
-      >>> import jax.numpy as jnp, optlab
-      >>> tx = optlab.add_decayed_weights(0.1)
-      >>> p = jnp.array([1.0, -2.0])
-      >>> u, _ = tx.update(jnp.array([0.5, 0.5]), tx.init(p), p)
-      >>> print(u)
-      [0.6 0.3]
-
-    References:
-      Loshchilov and Hutter, `Decoupled Weight Decay Regularization
-      <https://arxiv.org/abs/1711.05101>`_, 2019
-    """
-    return _weight_decay("add_decayed_weights", weight_decay, mask, cautious=False)
 
 
 def cautious_weight_decay(
@@ -876,4 +838,6 @@ def cautious_weight_decay(
     References:
       Chen et al., `Cautious Weight Decay <https://arxiv.org/abs/2510.12402>`_, 2025
     """
-    return _weight_decay("cautious_weight_decay", weight_decay, mask, cautious=True)
+    if not callable(weight_decay):
+        _base.check_nonnegative("cautious_weight_decay", weight_decay=weight_decay)
+    return _base.public("cautious_weight_decay", _weight_decay(weight_decay, mask, cautious=True))

@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _base, _tree
-from optlab._registry import named_chain, register_optimizer
 
-__all__ = ["DPAggregateState", "dp_aggregate", "dpsgd"]
+__all__ = ["DPAggregateState", "dp_aggregate"]
 
 
 class DPAggregateState(NamedTuple):
@@ -84,9 +83,11 @@ def dp_aggregate(
     _base.check_positive("dp_aggregate", l2_norm_clip=l2_norm_clip)
     _base.check_nonnegative("dp_aggregate", noise_multiplier=noise_multiplier)
     _base.check_int("dp_aggregate", minimum=0, seed=seed)
+    return _base.public("dp_aggregate", _dp_aggregate(l2_norm_clip, noise_multiplier, seed))
 
+
+def _dp_aggregate(l2_norm_clip, noise_multiplier, seed):
     def init_fn(params):
-        _base.check_float_tree("dp_aggregate", params)
         return DPAggregateState(key=jax.random.PRNGKey(seed))
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -115,64 +116,3 @@ def dp_aggregate(
         return jax.tree.unflatten(treedef, out), DPAggregateState(key=new_key)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-@register_optimizer(paper="Deep Learning with Differential Privacy (2016)")
-def dpsgd(
-    learning_rate: optax.ScalarOrSchedule,
-    l2_norm_clip: jax.typing.ArrayLike,
-    noise_multiplier: jax.typing.ArrayLike,
-    seed: int = 0,
-    momentum: jax.typing.ArrayLike | None = None,
-    nesterov: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-    """DP-SGD: SGD (with optional momentum) on per-example clipped, noised gradients.
-
-    ``dp_aggregate(l2_norm_clip, noise_multiplier, seed)``, then
-    ``optax.trace(momentum, nesterov)`` if ``momentum`` is given, then
-    ``-learning_rate``. ``update`` takes per-example gradients (a leading batch axis on
-    every leaf), as ``optax.contrib.dpsgd``.
-
-    Args:
-      learning_rate: the learning rate or a schedule.
-      l2_norm_clip: the per-example clipping norm (> 0).
-      noise_multiplier: noise standard deviation relative to the clipping norm (>= 0).
-      seed: seed of the noise key (int >= 0).
-      momentum: heavy-ball momentum in [0, 1), or ``None`` for plain SGD.
-      nesterov: use Nesterov momentum.
-
-    Returns:
-      An :class:`optax.GradientTransformationExtraArgs`; the state of the chain holds
-      :class:`DPAggregateState`, the momentum trace (if any) and the schedule count.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, optax, optlab
-      >>> loss = lambda w, x, y: (x @ w - y) ** 2
-      >>> x, y = jnp.ones((8, 2)), jnp.ones(8)
-      >>> tx = optlab.dpsgd(learning_rate=0.1, l2_norm_clip=1.0, noise_multiplier=0.1)
-      >>> w = jnp.zeros(2)
-      >>> state = tx.init(w)
-      >>> per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(w, x, y)
-      >>> updates, state = tx.update(per_example, state, w)
-      >>> updates.shape
-      (2,)
-
-    References:
-      Abadi et al., `Deep Learning with Differential Privacy
-      <https://arxiv.org/abs/1607.00133>`_, 2016
-    """
-    _base.check_learning_rate("dpsgd", learning_rate)
-    _base.check_positive("dpsgd", l2_norm_clip=l2_norm_clip)
-    _base.check_nonnegative("dpsgd", noise_multiplier=noise_multiplier)
-    _base.check_int("dpsgd", minimum=0, seed=seed)
-    if momentum is not None:
-        _base.check_decay("dpsgd", momentum=momentum)
-    return named_chain(
-        dp_aggregate(l2_norm_clip, noise_multiplier, seed),
-        (
-            optax.trace(decay=momentum, nesterov=nesterov)
-            if momentum is not None
-            else optax.identity()
-        ),
-        optax.scale_by_learning_rate(learning_rate),
-    )

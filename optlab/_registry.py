@@ -1,35 +1,27 @@
 """Registry of named optimizers: ``optlab.get``, ``optlab.available``, ``optlab.describe``.
 
-A named optimizer joins the registry with the :func:`register_optimizer` decorator and
-builds its chain with :func:`named_chain`, which records the stage names so that
-:func:`describe` can print them::
-
-    @register_optimizer(paper="Decoupled Weight Decay Regularization (2019)")
-    def adamw(learning_rate, b1=0.9, ...):
-        \"\"\"AdamW: Adam with decoupled weight decay.\"\"\"
-        return named_chain(
-            scale_by_adam(b1=b1, ...),
-            add_decayed_weights(weight_decay, mask),
-            optax.scale_by_learning_rate(learning_rate),
-        )
+The top floor of the house: a plain table from name to (factory, paper), imported only by
+``optlab/__init__.py``; nothing below imports it. A named optimizer joins by one entry
+in ``_TABLE``. :func:`describe` reads stage names off the optimizer's state: a named
+optimizer is an ``optax.named_chain``, whose state is a dict keyed by stage name.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
-import functools
-import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab import _base
+from optlab import _aliases as A
 
-__all__ = ["get", "available", "describe", "OptimizerInfo"]
+__all__ = ["OptimizerInfo", "available", "describe", "get"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +30,7 @@ class OptimizerInfo:
 
     Attributes:
       name: the registered name (``optlab.get(name, ...)``).
-      description: one line, by default the first line of the factory's docstring.
+      description: one line, the first line of the factory's docstring.
       paper: the source paper, "Title (year)".
       factory: the function building the optimizer (``optlab.<name>``).
     """
@@ -52,143 +44,49 @@ class OptimizerInfo:
         return f"{self.name:<16} {self.description}  [{self.paper}]"
 
 
-_OPTIMIZERS: dict[str, OptimizerInfo] = {}
-# init function of a chain built by `named_chain` -> the names of its stages.
-_CHAIN_STAGES: "weakref.WeakKeyDictionary[Callable, tuple[str, ...]]" = weakref.WeakKeyDictionary()
-# update function of a stage given an explicit name with `label` -> that name.
-_LABELS: "weakref.WeakKeyDictionary[Callable, str]" = weakref.WeakKeyDictionary()
+# name -> (factory, paper). A named optimizer joins the registry by one entry here.
+_TABLE: dict[str, tuple[Callable[..., optax.GradientTransformation], str]] = {
+    "sgd": (A.sgd, "A Stochastic Approximation Method (1951); momentum: Polyak (1964)"),
+    "lars": (A.lars, "Large Batch Training of Convolutional Networks (2017)"),
+    "sgd_sai": (A.sgd_sai, ("No More Adam: Learning Rate Scaling at Initialization is All You Need"
+                            " (2024)")),
+    "sgdp": (A.sgdp, ("AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant"
+                      " Weights (2021)")),
+    "signum": (A.signum, "signSGD: Compressed Optimisation for Non-Convex Problems (2018)"),
+    "sinkgd": (A.sinkgd, ("Gradient Multi-Normalization for Stateless and Scalable LLM Training"
+                          " (2025)")),
+    "adamw": (A.adamw, "Decoupled Weight Decay Regularization (2019)"),
+    "amsgrad": (A.amsgrad, "On the Convergence of Adam and Beyond (2018)"),
+    "diffgrad": (A.diffgrad, ("diffGrad: An Optimization Method for Convolutional Neural Networks"
+                              " (2019)")),
+    "adamp": (A.adamp, ("AdamP: Slowing Down the Slowdown for Momentum Optimizers on"
+                        " Scale-invariant Weights (2021)")),
+    "ademamix": (A.ademamix, "The AdEMAMix Optimizer: Better, Faster, Older (2024)"),
+    "mars_adamw": (A.mars_adamw, ("MARS: Unleashing the Power of Variance Reduction for Training"
+                                  " Large Models (2024)")),
+    "grams": (A.grams, "Grams: Gradient Descent with Adaptive Momentum Scaling (2024)"),
+    "cautious_adamw": (A.cautious_adamw, ("Cautious Optimizers: Improving Training with One Line of"
+                                          " Code (2024)")),
+    "lion": (A.lion, "Symbolic Discovery of Optimization Algorithms (2023)"),
+    "cautious_lion": (A.cautious_lion, ("Cautious Optimizers: Improving Training with One Line of"
+                                        " Code (2024)")),
+    "lamb": (A.lamb, ("Large Batch Optimization for Deep Learning: Training BERT in 76 minutes"
+                      " (2020)")),
+    "muon": (A.muon, "Muon: An optimizer for hidden layers in neural networks (2024)"),
+    "adafactor": (A.adafactor, ("Adafactor: Adaptive Learning Rates with Sublinear Memory Cost"
+                                " (2018)")),
+    "sophia": (A.sophia, ("Sophia: A Scalable Stochastic Second-order Optimizer for Language Model"
+                          " Pre-training (2023)")),
+    "adahessian": (A.adahessian, ("ADAHESSIAN: An Adaptive Second Order Optimizer for Machine"
+                                  " Learning (2020)")),
+    "dpsgd": (A.dpsgd, "Deep Learning with Differential Privacy (2016)"),
+}
 
 
-def register_optimizer(name: str | None = None, *, paper: str, description: str | None = None):
-    """Decorator adding a named-optimizer factory to the registry.
-
-    ``description`` defaults to the first line of the factory's docstring. The
-    registered factory is the decorated one, wrapped so that the ``init`` of the
-    optimizer it builds first checks that every parameter leaf is floating point,
-    raising a ``TypeError`` that names ``optlab.<name>`` (the stages would otherwise
-    raise it under their own names). Signature and docstring are kept
-    (``functools.wraps``), so ``optax.inject_hyperparams`` sees the same arguments.
-    """
-
-    def decorator(fn):
-        key = name or fn.__name__
-        if key in _OPTIMIZERS:
-            raise ValueError(f"optlab: optimizer {key!r} registered twice")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        desc = description or (doc[0].strip() if doc else "")
-
-        @functools.wraps(fn)
-        def factory(*args, **kwargs):
-            return _check_float_params(key, fn(*args, **kwargs))
-
-        _OPTIMIZERS[key] = OptimizerInfo(key, desc, paper, factory)
-        return factory
-
-    return decorator
-
-
-def _check_float_params(fn_name: str, tx: optax.GradientTransformation):
-    """``tx`` whose ``init`` first runs ``_base.check_float_tree(fn_name, params)``."""
-    tx = optax.with_extra_args_support(tx)
-
-    def init_fn(params):
-        _base.check_float_tree(fn_name, params)
-        return tx.init(params)
-
-    stages = _CHAIN_STAGES.get(tx.init)
-    if stages is not None:  # keep the recorded stages for `describe`
-        _CHAIN_STAGES[init_fn] = stages
-    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
-
-
-# Outer function names that say nothing about what a stage does.
-_GENERIC_NAMES = frozenset({"init_empty_state", "with_extra_args_support", "init_fn", "update_fn",
-                            "init", "update"})
-
-
-def _outer_name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", "").split(".<locals>")[0]
-
-
-def _inner_transforms(fn: Any) -> list[str]:
-    """Names of the transformations a closure captured (wrapped stages), in order."""
-    out = []
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:  # empty cell
-            continue
-        if isinstance(value, optax.GradientTransformation):
-            out.append(_stage_name(value))
-        elif isinstance(value, dict) and value and all(
-            isinstance(v, optax.GradientTransformation) for v in value.values()
-        ):
-            out.extend(f"{k}: {_stage_name(v)}" for k, v in value.items())
-    return out
-
-
-def _public_name_in_closure(fn: Any) -> str | None:
-    """A captured string naming a public optlab function (the ``fn_name`` of private
-    factory helpers, used for their error messages)."""
-    import optlab  # lazily: the package is fully imported by the time stages are named
-
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:
-            continue
-        if isinstance(value, str) and value in optlab.__all__:
-            return value
-    return None
-
-
-def _stage_name(tx: Any) -> str:
-    """A readable name for one stage: recorded chains and labels first, then inferred.
-
-    The inference reads the factory name off the closures (``scale_by_adam.<locals>.
-    update_fn`` -> ``scale_by_adam``) and recurses into wrapped transformations
-    (``masked(scale_by_trust_ratio)``); private helpers (named by the public function
-    they serve, when they captured its name) and optax's shared stateless
-    ``init_empty_state`` are looked through.
-    """
-    stages = _CHAIN_STAGES.get(tx.init)
-    if stages is not None:
-        return "chain(" + ", ".join(stages) + ")"
-    label = _LABELS.get(tx.update)
-    if label is not None:
-        return label
-    for fn in (tx.update, tx.init):
-        name = _outer_name(fn)
-        inner = _inner_transforms(fn)
-        if name and not name.startswith("_") and name not in _GENERIC_NAMES:
-            return f"{name}({', '.join(inner)})" if inner else name
-        if inner:
-            return inner[0] if len(inner) == 1 else "(" + ", ".join(inner) + ")"
-        public = _public_name_in_closure(fn)
-        if public is not None:
-            return public
-    return _outer_name(tx.update) or repr(tx)
-
-
-def label(name: str, tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """Give ``tx`` the stage name ``name`` in :func:`optlab.describe` (returns ``tx``).
-
-    For stages whose factory name cannot be read off the closure, e.g.
-    ``optax.scale_by_learning_rate`` (which returns a plain ``optax.scale``).
-    """
-    _LABELS[tx.update] = name
-    return tx
-
-
-def named_chain(*transforms: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """``optax.chain`` that remembers its stage names for :func:`optlab.describe`.
-
-    Each stage's name is read off its factory (see :func:`_stage_name`); wrap a stage in
-    :func:`label` to name it explicitly.
-    """
-    tx = optax.chain(*transforms)
-    _CHAIN_STAGES[tx.init] = tuple(_stage_name(t) for t in transforms)
-    return tx
+def _info(name: str) -> OptimizerInfo:
+    factory, paper = _TABLE[name]
+    doc = (factory.__doc__ or "").strip().splitlines()
+    return OptimizerInfo(name, doc[0].strip() if doc else "", paper, factory)
 
 
 def available() -> list[OptimizerInfo]:
@@ -207,7 +105,7 @@ def available() -> list[OptimizerInfo]:
       ... # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
       lion Lion: ... [Symbolic Discovery of Optimization Algorithms (2023)]
     """
-    return [_OPTIMIZERS[k] for k in sorted(_OPTIMIZERS)]
+    return [_info(k) for k in sorted(_TABLE)]
 
 
 def get(name: str, /, **kwargs: Any) -> optax.GradientTransformation:
@@ -231,25 +129,50 @@ def get(name: str, /, **kwargs: Any) -> optax.GradientTransformation:
     Raises:
       KeyError: for an unknown name, listing the closest registered names.
     """
-    if name not in _OPTIMIZERS:
-        close = difflib.get_close_matches(name, list(_OPTIMIZERS), n=3, cutoff=0.5)
+    if name not in _TABLE:
+        close = difflib.get_close_matches(name, list(_TABLE), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(
             f"`optlab.get`: unknown optimizer {name!r}.{hint} `optlab.available()` lists all"
-            f" {len(_OPTIMIZERS)} names."
+            f" {len(_TABLE)} names."
         )
-    return _OPTIMIZERS[name].factory(**kwargs)
+    return _TABLE[name][0](**kwargs)
 
 
 def _tree_bytes(tree: Any) -> int:
-    return int(sum(np.prod(x.shape, dtype=np.int64) * jnp.dtype(x.dtype).itemsize
-                   for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
+    return int(
+        sum(
+            np.prod(x.shape, dtype=np.int64) * jnp.dtype(x.dtype).itemsize
+            for x in jax.tree.leaves(tree)
+            if hasattr(x, "dtype")
+        )
+    )
+
+
+def _outline(state: Any, indent: str = "  ") -> list[str]:
+    """Stage lines of a state: the ordered dict of ``optax.named_chain`` and the
+    ``inner_states`` of ``optax.partition`` are numbered levels; tuples (``optax.chain``,
+    wrapper states) are looked through; anything else (moments like params) is a leaf."""
+    if isinstance(state, optax.transforms.PartitionState):
+        state = collections.OrderedDict(state.inner_states)
+    if isinstance(state, collections.OrderedDict):
+        lines = []
+        for i, (key, sub) in enumerate(state.items(), 1):
+            lines.append(f"{indent}{i}. {key}")
+            lines.extend(_outline(sub, indent + "   "))
+        return lines
+    if isinstance(state, (tuple, list)):
+        return [line for sub in state for line in _outline(sub, indent)]
+    return []
 
 
 def describe(
     tx_or_name: str | optax.GradientTransformation, params: Any = None, **kwargs: Any
 ) -> str:
     """Describe an optimizer: its stages and its state bytes per parameter byte.
+
+    Stages are read off the state: the keys of ``optax.named_chain`` (every named
+    optimizer) and ``optax.partition`` states, nested levels indented.
 
     Args:
       tx_or_name: a registered name (built with ``kwargs``, ``learning_rate``
@@ -273,21 +196,29 @@ def describe(
     """
     lines = []
     if isinstance(tx_or_name, str):
-        info = _OPTIMIZERS.get(tx_or_name)
         tx = get(tx_or_name, **{"learning_rate": 1e-3, **kwargs})
-        lines.append(str(info))
+        lines.append(str(_info(tx_or_name)))
     else:
         tx = tx_or_name
     if params is None:
-        params = {"w": jax.ShapeDtypeStruct((256, 256), jnp.float32),
-                  "b": jax.ShapeDtypeStruct((256,), jnp.float32)}
-    stages = _CHAIN_STAGES.get(tx.init)
-    if stages is not None:
+        params = {
+            "w": jax.ShapeDtypeStruct((256, 256), jnp.float32),
+            "b": jax.ShapeDtypeStruct((256,), jnp.float32),
+        }
+    outline: list[str] = []
+
+    def init(p):  # the state's own containers, before jax flattens them
+        state = tx.init(p)
+        outline.extend(_outline(state))
+        return state
+
+    state = jax.eval_shape(init, params)
+    if outline:
         lines.append("chain:")
-        lines.extend(f"  {i}. {s}" for i, s in enumerate(stages, 1))
+        lines.extend(outline)
     else:
-        lines.append(f"transform: {_stage_name(tx)}")
-    state = jax.eval_shape(tx.init, params)
+        kind = "chain" if type(state) is tuple else type(state).__name__  # optax.chain: tuple
+        lines.append(f"transform: {kind}")
     ratio = _tree_bytes(state) / max(_tree_bytes(params), 1)
     lines.append(f"state bytes per parameter byte: {ratio:.2f}")
     text = "\n".join(lines)

@@ -29,7 +29,6 @@ import numpy as np
 import optax
 
 from optlab import _base
-from optlab import _registry
 from optlab import _tree
 
 __all__ = [
@@ -41,7 +40,7 @@ __all__ = [
     "scale_by_adahessian",
 ]
 
-_HVP_HOW = (
+HVP_HOW = (
     "a function `hvp_fn(params, v) -> H @ v`, e.g."
     " `hvp_fn = lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1]`, passed as"
     " `tx.update(grads, state, params, hvp_fn=hvp_fn)`; with Flax NNX,"
@@ -49,24 +48,8 @@ _HVP_HOW = (
 )
 
 
-_none_safe = _tree.tree_none_safe_map
-
-
 def _cast_tree_like(tree: Any, like: Any) -> Any:
-    return _none_safe(lambda x, y: x.astype(jnp.result_type(y)), tree, like)
-
-
-def _check_int_hparam(fn_name: str, minimum: int, **hparams: Any) -> None:
-    """Like ``_base.check_int``, but let integer arrays through unchecked.
-
-    ``optax.inject_hyperparams`` turns Python ints into int32 arrays (traced in
-    ``update``); ``seed`` and ``update_interval`` work as arrays, so only Python values
-    are checked.
-    """
-    for name, value in hparams.items():
-        if isinstance(value, (jax.Array, np.ndarray)) and jnp.issubdtype(value.dtype, jnp.integer):
-            continue
-        _base.check_int(fn_name, minimum=minimum, **{name: value})
+    return _tree.tree_map(lambda x, y: x.astype(jnp.result_type(y)), tree, like)
 
 
 # ---------------------------------------------------------------------------
@@ -119,7 +102,6 @@ def _rademacher_like(key: jax.Array, tree: Any) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
-
 class HutchinsonState(NamedTuple):
     """State for :func:`optlab.hutchinson_diag_hessian`.
 
@@ -131,22 +113,19 @@ class HutchinsonState(NamedTuple):
     key: jax.Array  # shape=(2,), dtype=uint32: raw PRNG key, split at every call
 
 
-def _hutchinson(fn_name: str, seed: int) -> optax.GradientTransformationExtraArgs:
-    """Hutchinson's estimator; ``fn_name`` names the public caller in error messages."""
-    _check_int_hparam(fn_name, 0, seed=seed)
+def _hutchinson(seed: int) -> optax.GradientTransformationExtraArgs:
+    """Unchecked builder of :func:`hutchinson_diag_hessian` (its callers check ``hvp_fn``)."""
 
     def init_fn(params):
-        _base.check_float_tree(fn_name, params)
         return HutchinsonState(key=jax.random.PRNGKey(seed))
 
     def update_fn(updates, state, params=None, *, hvp_fn=None, **extra_args):
         del extra_args
         _base.require_params(params)
-        hvp_fn = _base.require_extra_arg(fn_name, "hvp_fn", hvp_fn, _HVP_HOW)
         key, subkey = jax.random.split(state.key)  # the probes of optax's estimator
         z = _cast_tree_like(_rademacher_like(subkey, params), params)
         hz = hvp_fn(params, z)
-        diag = _none_safe(lambda zi, hzi: zi * hzi.astype(zi.dtype), z, hz)
+        diag = _tree.tree_map(lambda zi, hzi: zi * hzi.astype(zi.dtype), z, hz)
         return _cast_tree_like(diag, updates), HutchinsonState(key=key)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -195,20 +174,19 @@ def hutchinson_diag_hessian(*, seed: int = 0) -> optax.GradientTransformationExt
 
       Bekas, Kokiopoulou and Saad, `An estimator for the diagonal of a matrix`, 2007.
     """
-    return _hutchinson("hutchinson_diag_hessian", seed)
+    _base.check_int_unless_traced("hutchinson_diag_hessian", 0, seed=seed)
+    return _base.public("hutchinson_diag_hessian", _hutchinson(seed), hvp_fn=HVP_HOW)
 
 
-def _default_estimator(fn_name: str, seed: int) -> optax.GradientTransformationExtraArgs:
-    """Hutchinson's estimator whose errors name ``optlab.<fn_name>`` (the function the
-    user called, e.g. the named optimizer ``sophia``); ``optlab.describe`` shows it as
-    ``hutchinson_diag_hessian``."""
-    return _registry.label("hutchinson_diag_hessian", _hutchinson(fn_name, seed))
-
-
-def _resolve_hessian_fn(fn_name, hessian_diagonal_fn, seed):
+def _resolve_hessian_fn(hessian_diagonal_fn, seed):
     if hessian_diagonal_fn is None:
-        return _default_estimator(fn_name, seed)
+        return _hutchinson(seed)
     return optax.with_extra_args_support(hessian_diagonal_fn)
+
+
+def hessian_needs(hessian_diagonal_fn) -> dict[str, str]:
+    """The default estimator needs ``hvp_fn``; a custom one checks its own inputs."""
+    return {"hvp_fn": HVP_HOW} if hessian_diagonal_fn is None else {}
 
 
 # ---------------------------------------------------------------------------
@@ -321,11 +299,20 @@ def scale_by_sophia(
     _base.check_positive(name, eps=eps, gamma=gamma)
     if clip_threshold is not None:
         _base.check_positive(name, clip_threshold=clip_threshold)
-    _check_int_hparam(name, 1, update_interval=update_interval)
-    hessian_fn = _resolve_hessian_fn(name, hessian_diagonal_fn, seed)
+    _base.check_int_unless_traced(name, 1, update_interval=update_interval)
+    if hessian_diagonal_fn is None:
+        _base.check_int_unless_traced(name, 0, seed=seed)
+    tx = _scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval, seed,
+                          hessian_diagonal_fn, mu_dtype)
+    return _base.public(name, tx, **hessian_needs(hessian_diagonal_fn))
+
+
+def _scale_by_sophia(
+    b1, b2, eps, gamma, clip_threshold, update_interval, seed, hessian_diagonal_fn, mu_dtype
+):
+    hessian_fn = _resolve_hessian_fn(hessian_diagonal_fn, seed)
 
     def init_fn(params):
-        _base.check_float_tree(name, params)
         return ScaleBySophiaState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params, dtype=mu_dtype),
@@ -339,11 +326,11 @@ def scale_by_sophia(
         count_inc = optax.safe_increment(state.count)
         mu = _cast_tree_like(optax.tree.update_moment(grads, state.mu, b1, 1), state.mu)
         mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
-        ratio = _none_safe(lambda m, h: m / jnp.maximum(gamma * h, eps), mu_hat, state.nu)
+        ratio = _tree.tree_map(lambda m, h: m / jnp.maximum(gamma * h, eps), mu_hat, state.nu)
         if clip_threshold is not None:
             # A non-finite momentum (from an inf/NaN gradient) stays visible instead of
             # being clipped to +-c forever.
-            ratio = _none_safe(
+            ratio = _tree.tree_map(
                 lambda r, m: jnp.where(jnp.isfinite(m), jnp.clip(r, -clip_threshold,
                                                                   clip_threshold), m),
                 ratio, mu_hat)
@@ -466,10 +453,17 @@ def scale_by_adahessian(
     _base.check_decay(name, b1=b1, b2=b2)
     _base.check_positive(name, eps=eps)
     _base.check_unit_interval(name, hessian_power=hessian_power)
-    hessian_fn = _resolve_hessian_fn(name, hessian_diagonal_fn, seed)
+    if hessian_diagonal_fn is None:
+        _base.check_int_unless_traced(name, 0, seed=seed)
+    tx = _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed,
+                              hessian_diagonal_fn)
+    return _base.public(name, tx, **hessian_needs(hessian_diagonal_fn))
+
+
+def _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed, hessian_diagonal_fn):
+    hessian_fn = _resolve_hessian_fn(hessian_diagonal_fn, seed)
 
     def init_fn(params):
-        _base.check_float_tree(name, params)
         return ScaleByAdaHessianState(
             count=jnp.zeros([], jnp.int32),
             mu=optax.tree.zeros_like(params),
@@ -482,13 +476,13 @@ def scale_by_adahessian(
         diag, hessian_state = hessian_fn.update(updates, state.hessian_state, params,
                                                 **extra_args)
         if spatial_average:
-            diag = _none_safe(_spatial_average, diag)
+            diag = _tree.tree_map(_spatial_average, diag)
         count_inc = optax.safe_increment(state.count)
         mu = _cast_tree_like(optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
         nu = _cast_tree_like(optax.tree.update_moment(diag, state.nu, b2, 2), state.nu)
         mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
         nu_hat = optax.tree.bias_correction(nu, b2, count_inc)
-        new_updates = _none_safe(
+        new_updates = _tree.tree_map(
             lambda m, v: m / (jnp.sqrt(v) ** hessian_power + eps), mu_hat, nu_hat
         )
         new_state = ScaleByAdaHessianState(count=count_inc, mu=mu, nu=nu,

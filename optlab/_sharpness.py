@@ -1,34 +1,31 @@
 """Sharpness-aware minimization family: one driver, pluggable perturbation policies.
 
-Every method here follows the same two-gradient recipe. At the current point ``w``
-with gradient ``g``, a *policy* builds a perturbation ``e`` (SAM: ``rho g / ||g||``),
-the gradient ``g_p`` is evaluated at ``w + e``, the policy turns ``(g, g_p)`` into a
-descent direction ``d`` (SAM: ``d = g_p``) and the base optimizer is applied to ``d``
-at the *unperturbed* point ``w``. :func:`sharpness_aware` is that driver;
+Every method here evaluates a second gradient. At the current point ``w`` with gradient
+``g``, a *policy* picks a point ``w'`` (SAM: ``w + rho g / ||g||``), the driver evaluates
+``g' = grad_fn(w')``, the policy combines ``(g, g')`` into a direction ``d`` (SAM:
+``d = g'``), and the base optimizer is applied to ``d`` at the *unperturbed* ``w``.
+:func:`sharpness_aware` is that driver and :class:`PerturbationPolicy` the protocol;
 :func:`sam`, :func:`asam`, :func:`gsam`, :func:`fisher_sam`, :func:`masked_sam`,
-:func:`looksam`, :func:`multistep_sam`, :func:`random_sam` and
-:func:`unnormalized_sam` are thin calls of it with a built-in policy.
+:func:`looksam`, :func:`multistep_sam`, :func:`random_sam` and :func:`unnormalized_sam`
+are thin calls of it with a built-in policy.
 
-Two ways to obtain the second gradient
---------------------------------------
-``mode="grad_fn"`` (default): ``update(grads, state, params, *, grad_fn)`` where
-``grad_fn(params) -> grads`` evaluates the loss gradient at any point (the library-wide
-protocol, shared with the other ``grad_fn`` users). One call is one full SAM step::
+The second gradient comes from the keyword argument ``grad_fn(params) -> grads`` of
+``update`` (the library-wide protocol), so one call is one full step::
 
     grad_fn = jax.grad(lambda p: loss(p, batch))
     updates, state = tx.update(grad_fn(params), state, params, grad_fn=grad_fn)
 
-With Flax NNX, ``nnx.Optimizer.update(model, grads, grad_fn=...)`` forwards the keyword
-to ``tx.update``; ``params`` is then the ``nnx.State`` of the ``wrt`` variables (plain
-arrays), so ``grad_fn`` takes and returns such a state (see :func:`sam`).
+Flax: ``nnx.Optimizer.update(model, grads, grad_fn=...)`` forwards the keyword; build
+``grad_fn`` with :func:`optlab.nnx_grad_fn` (BatchNorm and Dropout handled). Linen:
+:class:`optlab.TrainState` forwards it from ``apply_gradients``.
 
-``mode="two_call"``: for loops that cannot pass a function. Calls alternate, like
-``optax.contrib.sam``'s default mode: the *ascent* call receives the gradient at ``w``
-and returns the perturbation as the update (the parameters move to ``w + e``); the
-*descent* call receives the gradient at ``w + e`` and returns ``w - (w + e) + u`` (the
-perturbation is undone and the base update ``u`` of the perturbed gradient is applied).
-Multi-step policies take ``num_steps`` ascent calls. The state keeps ``w`` and its
-gradient; its layout is the same in every phase.
+Loops that cannot pass a function (one gradient per ``update`` call, parameters moved
+to the perturbed point in between): use ``optax.contrib.sam(inner,
+optax.chain(optax.contrib.normalize(), optax.sgd(rho)))``, which is SAM in that style
+(``sync_period=2``, tested equal to :func:`sam`). optlab has no such mode: it needs the
+unperturbed point, its gradient and a phase counter in the state of every policy, and
+the perturbed weights become visible to the rest of the loop (BatchNorm statistics,
+weight averages, checkpoints and evaluations taken between the two calls).
 
 m-sharpness and data parallelism
 --------------------------------
@@ -36,14 +33,13 @@ m-sharpness and data parallelism
 ``grad_fn`` (``jax.lax.pmean``), and leave ``axis_name=None``: every device then uses the
 same perturbation. *m-SAM* (m = per-device batch): pass local (per-shard) gradients and
 a local ``grad_fn`` with ``axis_name="data"``: each shard perturbs by its own gradient and
-the perturbed gradients (and the unperturbed ones, where a policy uses them) are
-``pmean``-ed over the axis before the base optimizer, so the replicated parameters and
-optimizer state stay identical. Under ``jax.shard_map`` with ``check_vma=True``, a
-gradient with respect to replicated (invariant) parameters is summed over the axis by
-the transpose rule: compute the local ``grads`` at
-``jax.lax.pcast(params, "data", to="varying")`` (or use ``check_vma=False``). The driver
-calls ``grad_fn`` at points it marks as varying, so ``grad_fn = lambda p:
-jax.grad(loss)(p, local_batch)`` returns local gradients::
+the gradients handed to ``combine`` (at ``w`` and at the perturbed point) are
+``pmean``-ed over the axis, so the replicated parameters and optimizer state stay
+identical. Under ``jax.shard_map`` with ``check_vma=True``, a gradient with respect to
+replicated (invariant) parameters is summed over the axis by the transpose rule: compute
+the local ``grads`` at ``jax.lax.pcast(params, "data", to="varying")`` (or use
+``check_vma=False``). The driver calls ``grad_fn`` at points it marks as varying, so
+``grad_fn = lambda p: jax.grad(loss)(p, local_batch)`` returns local gradients::
 
     def step(params, opt_state, x, y):  # inside jax.shard_map, x and y sharded on "data"
         grad_fn = lambda p: jax.grad(loss)(p, x, y)
@@ -55,7 +51,8 @@ jax.grad(loss)(p, local_batch)`` returns local gradients::
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,59 +64,137 @@ from optlab import _base, _tree
 __all__ = [
     "PerturbationPolicy",
     "SharpnessAwareState",
-    "sharpness_aware",
-    "sam",
     "asam",
-    "gsam",
-    "fisher_sam",
-    "masked_sam",
-    "looksam",
-    "multistep_sam",
-    "random_sam",
-    "unnormalized_sam",
-    "sam_policy",
     "asam_policy",
     "fisher_policy",
+    "fisher_sam",
+    "gsam",
     "gsam_policy",
+    "looksam",
     "looksam_policy",
+    "masked_sam",
     "multistep_policy",
-    "random_policy",
-    "unnormalized_policy",
+    "multistep_sam",
     "norm_layer_mask",
+    "random_policy",
+    "random_sam",
+    "sam",
+    "sam_policy",
+    "sharpness_aware",
     "sharpness_diagnostics",
+    "unnormalized_policy",
+    "unnormalized_sam",
 ]
 
-GradFn = Callable[[Any], Any]
-_MODES = ("grad_fn", "two_call")
-
 # ---------------------------------------------------------------------------
-# Tree math (float32 accumulation, ``None`` leaves skipped)
+# The policy protocol
 # ---------------------------------------------------------------------------
 
 
-_f32 = _tree.to_acc
+def _perturbed_grads_only(grads, perturbed_grads, state, step):
+    del grads, step
+    return perturbed_grads, state
 
 
-def _vdot(a: Any, b: Any) -> jax.Array:
-    total = jnp.zeros((), jnp.float32)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        total = total + jnp.sum(_f32(x) * _f32(y))
-    return total
+class PerturbationPolicy(NamedTuple):
+    """Where a sharpness-aware method takes its second gradient, and what it does with it.
+
+    A policy is three plain functions on pytrees and a period; :func:`sharpness_aware`
+    drives them. Each step, at parameters ``w`` with gradient ``g`` and step count
+    ``step`` (int32, from 0)::
+
+        point, state = perturb(g, w, state, step, grad_fn=...)
+        g_p = grad_fn(point)                  # the driver's only gradient call
+        d, state = combine(g, g_p, state, step)
+        updates = inner.update(d, inner_state, w)
+
+    Hyperparameters live in the policy (closures); a schedule is evaluated at ``step``.
+    The driver hands over float trees in at least float32 (bfloat16 leaves upcast), casts
+    ``point`` to the parameters' dtypes and ``d`` to the gradients', and keeps the dtypes
+    of the floating leaves of ``state``. Everything is traced: no Python control flow on
+    values.
+
+    Attributes:
+      init: ``params -> state``: any pytree of arrays (``()`` if stateless: SAM; a PRNG
+        key: random perturbations; moments or the previous iterate: weight prediction,
+        random points on the segment from the last iterate).
+      perturb: ``(grads, params, state, step, *, grad_fn) -> (point, state)``. ``point``
+        has the structure of ``params``: ``params + e`` for a perturbation ``e`` (SAM,
+        ASAM, Fisher, layer-wise radii, random noise), a look-ahead point (extragradient
+        ``w - lr g``, weight prediction) or any other point (a random point between the
+        last iterate and ``w``). Under the driver's ``mask`` the unselected leaves are
+        ``None`` in ``grads``, ``params`` and ``point`` (``jax.tree.map`` and
+        ``optax.tree.*`` skip them; norms are then over the selected leaves; a state
+        shaped like ``params`` that ``perturb`` rewrites must keep its other leaves).
+        ``grad_fn(point) -> grads`` (same convention) is for multi-step ascents; most
+        policies ignore it (``**unused``).
+      combine: ``(grads, perturbed_grads, state, step) -> (direction, state)`` on full
+        trees: the descent direction from ``g`` and ``g_p`` (default ``g_p``). Mixtures
+        such as ``(1 - a) g + a g_p`` (finite-difference gradient-norm penalty, mixed
+        random perturbation) or projections (GSAM) go here; so do state updates that
+        need ``g_p`` (moments of weight prediction).
+      every_k: perturb only when ``step % every_k == 0`` (``grad_fn`` is then not called on
+        the other steps, under ``lax.cond``); there ``combine`` gets
+        ``perturbed_grads=None`` and must give a direction from ``g`` and its state.
+
+    Example:
+      A sign-SAM (``e = rho sign(g) / sqrt(n)``) as a new policy:
+
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> def perturb(grads, params, state, step, **unused):
+      ...     n = optax.tree.size(grads)
+      ...     e = jax.tree.map(lambda g: 0.05 * jnp.sign(g) / n**0.5, grads)
+      ...     return optax.tree.add(params, e), state
+      >>> policy = optlab.PerturbationPolicy(init=lambda params: (), perturb=perturb)
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), policy)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> grad_fn = jax.grad(lambda p: jnp.sum(p["w"] ** 2))
+      >>> updates, state = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
+    """
+
+    init: Callable[[Any], Any]
+    perturb: Callable[..., tuple[Any, Any]]
+    combine: Callable[[Any, Any, Any, jax.Array], tuple[Any, Any]] = _perturbed_grads_only
+    every_k: int = 1
 
 
-def _norm(a: Any) -> jax.Array:
-    return jnp.sqrt(_vdot(a, a))
+class SharpnessAwareState(NamedTuple):
+    """State of :func:`sharpness_aware` and the SAM family.
+
+    Attributes:
+      count: steps taken (int32), the ``step`` handed to the policy.
+      inner_state: state of the wrapped optimizer ``inner``.
+      policy_state: state of the policy (LookSAM's ``g_v``, the random key, or ``()``).
+    """
+
+    count: jax.Array
+    inner_state: optax.OptState
+    policy_state: Any
 
 
-def _scale(tree: Any, s: jax.Array) -> Any:
-    return jax.tree.map(lambda x: _f32(x) * s, tree)
+# ---------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------
+
+_GRAD_FN_HOW = (
+    "a function `params -> grads` evaluating the loss gradient at any point, e.g."
+    " `tx.update(g, s, p, grad_fn=jax.grad(loss))`; with Flax NNX,"
+    " `optimizer.update(model, grads, grad_fn=optlab.nnx_grad_fn(model, loss_fn))`."
+)
 
 
-_cast_like = _tree.tree_cast_like
+def _acc_floats(tree: Any) -> Any:
+    """Floating leaves in their accumulation dtype (bfloat16 -> float32); others kept."""
+    return jax.tree.map(
+        lambda x: _tree.to_acc(x) if jnp.issubdtype(x.dtype, jnp.inexact) else x, tree
+    )
 
 
-def _pmean(tree: Any, axis_name: Any) -> Any:
-    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+def _floats_like(tree: Any, like: Any) -> Any:
+    """Floating leaves of ``tree`` cast to the dtypes of ``like``'s; others kept."""
+    return jax.tree.map(
+        lambda x, y: x.astype(y.dtype) if jnp.issubdtype(y.dtype, jnp.inexact) else x, tree, like
+    )
 
 
 def _as_varying(tree: Any, axis_name: Any) -> Any:
@@ -135,333 +210,163 @@ def _as_varying(tree: Any, axis_name: Any) -> Any:
 
     def cast(x):
         vma = getattr(jax.typeof(x), "vma", None)
-        if vma is None:
-            return x
-        missing = tuple(n for n in names if n not in vma)
+        missing = () if vma is None else tuple(n for n in names if n not in vma)
         return jax.lax.pcast(x, missing, to="varying") if missing else x
 
     return jax.tree.map(cast, tree)
 
 
-# ---------------------------------------------------------------------------
-# Policies
-# ---------------------------------------------------------------------------
+def _flatten_like(fn_name: str, what: str, tree: Any, treedef) -> list:
+    try:
+        return treedef.flatten_up_to(tree)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"`optlab.{fn_name}`: {what} must have the tree structure of `params`: {err}"
+        ) from None
 
 
-class PerturbationPolicy(NamedTuple):
-    """How a sharpness-aware method perturbs the weights and combines the two gradients.
-
-    A policy is plain functions; :func:`sharpness_aware` drives them. Custom methods
-    build one directly.
-
-    Attributes:
-      init: ``params -> policy_state`` (any pytree of arrays; ``()`` if stateless).
-      ascent: ``(e, g, params, rho, policy_state) -> (e, policy_state)``: one ascent
-        step. ``g`` is the gradient at ``params + e``; ``e`` is the current perturbation
-        (zeros, float32, at the first step). The three trees hold only the *perturbed*
-        leaves (those selected by the driver's ``mask``), as lists. Return float32.
-      descent: ``(g, g_p, policy_state) -> (d, policy_state)``: the descent direction
-        from the gradient ``g`` at ``w`` and ``g_p`` at ``w + e`` (full trees). ``None``
-        means ``d = g_p``.
-      num_steps: ascent steps per update (``grad_fn`` is called ``num_steps`` times).
-      every: perturb only when ``count % every == 0``; other steps use ``reuse``.
-      reuse: ``(g, policy_state) -> d`` on steps without perturbation (``every > 1``).
-      name: a label for error messages and ``repr``.
-
-    Example:
-      >>> import jax.numpy as jnp, optax, optlab
-      >>> def ascent(e, g, params, rho, state):  # sign-SAM: e = rho * sign(g) / sqrt(n)
-      ...     n = sum(x.size for x in g)
-      ...     return [rho * jnp.sign(x) / max(n, 1) ** 0.5 for x in g], state
-      >>> policy = optlab.PerturbationPolicy(init=lambda p: (), ascent=ascent)
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), policy, rho=0.05)
-    """
-
-    init: Callable[[Any], Any]
-    ascent: Callable[..., tuple[Any, Any]]
-    descent: Callable[..., tuple[Any, Any]] | None = None
-    num_steps: int = 1
-    every: int = 1
-    reuse: Callable[[Any, Any], Any] | None = None
-    name: str = "custom"
+def _mask_flags(fn_name: str, mask: Any, params: Any, treedef) -> list[bool]:
+    flags = _flatten_like(fn_name, "`mask`", mask(params) if callable(mask) else mask, treedef)
+    for f in flags:
+        if not isinstance(f, (bool, np.bool_)):
+            raise TypeError(
+                f"`optlab.{fn_name}`: `mask` leaves must be Python bools (one per parameter"
+                f" leaf), got {f!r}."
+            )
+    return [bool(f) for f in flags]
 
 
-def _no_state(params: Any) -> tuple:
-    del params
-    return ()
+def _sharpness_aware(
+    fn_name: str, inner: Any, policy: PerturbationPolicy, mask: Any, axis_name: Any
+) -> optax.GradientTransformationExtraArgs:
+    """The driver; ``fn_name`` is the public function that errors name."""
+    if not hasattr(inner, "init") or not hasattr(inner, "update"):
+        raise TypeError(
+            f"`optlab.{fn_name}`: `inner` must be an optax GradientTransformation, got {inner!r}."
+        )
+    base = optax.with_extra_args_support(inner)
+
+    def pmean(tree):
+        return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+    def init_fn(params):
+        _base.check_float_tree(fn_name, params)
+        zero = jnp.zeros([], jnp.int32)
+        return SharpnessAwareState(zero, base.init(params), policy.init(params))
+
+    def update_fn(updates, state, params=None, *, grad_fn=None, **extra_args):
+        _base.require_params(params)
+        grad_fn = _base.require_extra_arg(fn_name, "grad_fn", grad_fn, _GRAD_FN_HOW)
+        p_leaves, treedef = jax.tree.flatten(params)
+        _flatten_like(fn_name, "`updates`", updates, treedef)
+        flags = (
+            [True] * len(p_leaves) if mask is None else _mask_flags(fn_name, mask, params, treedef)
+        )
+
+        def select(tree):  # unselected leaves -> None
+            return treedef.unflatten(
+                [x if f else None for x, f in zip(treedef.flatten_up_to(tree), flags)]
+            )
+
+        def grad_at(point):  # the full gradient at a (selected) point, accumulation dtype
+            sel = iter(jax.tree.leaves(point))
+            full = treedef.unflatten([next(sel) if f else p for p, f in zip(p_leaves, flags)])
+            g = grad_fn(_as_varying(_tree.tree_cast_like(full, params), axis_name))
+            _flatten_like(fn_name, "`grad_fn(params)`", g, treedef)
+            return _acc_floats(g)
+
+        step, g = state.count, _acc_floats(updates)
+
+        def perturbed_step(pstate):
+            point, pstate = policy.perturb(
+                select(g),
+                select(_acc_floats(params)),
+                pstate,
+                step,
+                grad_fn=lambda p: select(grad_at(p)),
+            )
+            return policy.combine(pmean(g), pmean(grad_at(point)), pstate, step)
+
+        def plain_step(pstate):
+            return policy.combine(pmean(g), None, pstate, step)
+
+        def casted(branch):
+            def run(pstate):
+                d, new = branch(_acc_floats(pstate))
+                return _tree.tree_cast_like(d, updates), _floats_like(new, pstate)
+
+            return run
+
+        if policy.every_k == 1:
+            d, pstate = casted(perturbed_step)(state.policy_state)
+        else:
+            d, pstate = jax.lax.cond(
+                step % policy.every_k == 0,
+                casted(perturbed_step),
+                casted(plain_step),
+                state.policy_state,
+            )
+        new_updates, inner_state = base.update(d, state.inner_state, params, **extra_args)
+        return new_updates, SharpnessAwareState(optax.safe_increment(step), inner_state, pstate)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _sam_ascent(e, g, params, rho, state):
-    del e, params
-    return _scale(g, _tree.safe_div(rho, _norm(g))), state
+def sharpness_aware(
+    inner: optax.GradientTransformation,
+    policy: PerturbationPolicy,
+    *,
+    mask: Any = None,
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Sharpness-aware wrapper of ``inner`` with a pluggable perturbation policy.
 
+    One step at ``w`` with gradient ``g``: ``point = policy.perturb(g, w, ...)``,
+    ``g_p = grad_fn(point)``, ``d = policy.combine(g, g_p, ...)`` and the update is
+    ``inner.update(d, inner_state, w)`` (see :class:`PerturbationPolicy`; policies with
+    ``every_k > 1`` call ``grad_fn`` every ``every_k`` steps only).
 
-def sam_policy() -> PerturbationPolicy:
-    """The SAM perturbation ``e = rho g / ||g||`` and descent ``d = g_p``.
-
-    The first-order solution of ``max_{||e|| <= rho} L(w + e)``.
+    Args:
+      inner: the base optimizer (any optax transformation), applied to ``d``.
+      policy: a :class:`PerturbationPolicy` (``optlab.sam_policy(rho)`` ...).
+      mask: which parameter leaves are perturbed: a pytree of Python bools with the
+        structure of ``params`` (``True`` = perturbed) or a callable ``params -> mask``
+        (e.g. :func:`optlab.norm_layer_mask`); ``None`` perturbs every leaf. Norms are
+        taken over the perturbed leaves only; the descent covers all leaves. The same
+        argument of every ``*_sam`` function.
+      axis_name: m-sharpness: a mapped axis name (``shard_map`` / ``pmap``); each shard
+        perturbs by its local gradient and the gradients passed to ``combine`` are
+        ``pmean``-ed over the axis. ``None``: no collective (global SAM if the caller
+        averages). The same argument of every ``*_sam`` function; see the module notes.
 
     Returns:
-      A :class:`PerturbationPolicy` for :func:`sharpness_aware`.
+      An :class:`optax.GradientTransformationExtraArgs` whose ``update`` needs the keyword
+      ``grad_fn(params) -> grads``.
 
     Example:
-      >>> import optax, optlab
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.sam_policy(), rho=0.05)
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum(p["w"] ** 2)
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.gsam_policy(rho=0.05, alpha=0.1))
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> state = tx.init(params)
+      >>> grad_fn = jax.grad(loss)
+      >>> updates, state = tx.update(grad_fn(params), state, params, grad_fn=grad_fn)
+      >>> params = optax.apply_updates(params, updates)
+
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, policy_state)``.
 
     References:
       Foret et al., `Sharpness-Aware Minimization for Efficiently Improving
       Generalization <https://arxiv.org/abs/2010.01412>`_, 2021
     """
-    return PerturbationPolicy(init=_no_state, ascent=_sam_ascent, name="sam")
-
-
-def unnormalized_policy() -> PerturbationPolicy:
-    """Unnormalized SAM (USAM): ``e = rho g`` and ``d = g_p``.
-
-    Returns:
-      A :class:`PerturbationPolicy` for :func:`sharpness_aware`.
-
-    Example:
-      >>> import optax, optlab
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.unnormalized_policy(), rho=0.05)
-
-    References:
-      Andriushchenko and Flammarion, `Towards Understanding Sharpness-Aware Minimization
-      <https://arxiv.org/abs/2206.06232>`_, 2022
-    """
-
-    def ascent(e, g, params, rho, state):
-        del e, params
-        return _scale(g, jnp.asarray(rho, jnp.float32)), state
-
-    return PerturbationPolicy(init=_no_state, ascent=ascent, name="unnormalized")
-
-
-def asam_policy(eta: jax.typing.ArrayLike = 0.01) -> PerturbationPolicy:
-    """Adaptive SAM: ``e = rho T^2 g / ||T g||`` with ``T = |w| + eta`` element-wise.
-
-    With ``eta = 0`` the perturbed point is invariant to element-wise rescalings: for
-    ``v = a * w`` (``a > 0``) and a loss ``L'(v) = L(v / a)``, ASAM at ``v`` perturbs to
-    ``a * (w + e_w)``, the image of the perturbed point at ``w``.
-
-    Args:
-      eta: offset added to ``|w|`` so zero weights are still perturbed (>= 0).
-
-    Returns:
-      A :class:`PerturbationPolicy` for :func:`sharpness_aware`.
-
-    Example:
-      >>> import optax, optlab
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.asam_policy(0.01), rho=0.5)
-
-    References:
-      Kwon et al., `ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant
-      Learning of Deep Neural Networks <https://arxiv.org/abs/2102.11600>`_, 2021
-    """
-    _base.check_nonnegative("asam_policy", eta=eta)
-
-    def ascent(e, g, params, rho, state):
-        del e
-        t = [jnp.abs(_f32(p)) + eta for p in params]
-        tg = [ti * _f32(gi) for ti, gi in zip(t, g)]
-        s = _tree.safe_div(rho, _norm(tg))
-        return [ti * tgi * s for ti, tgi in zip(t, tg)], state
-
-    return PerturbationPolicy(init=_no_state, ascent=ascent, name="asam")
-
-
-def fisher_policy(eta: jax.typing.ArrayLike = 1.0) -> PerturbationPolicy:
-    """Fisher SAM: the SAM ball replaced by the diagonal-Fisher ellipsoid.
-
-    ``f = 1 + eta g^2`` (empirical diagonal Fisher from the batch gradient) and
-    ``e = rho f^{-1} g / sqrt(g^T f^{-1} g)``, the maximizer of the linearized loss over
-    ``e^T diag(f) e <= rho^2``. ``eta = 0`` is SAM.
-
-    Args:
-      eta: weight of the squared gradient in the Fisher approximation (>= 0).
-
-    Returns:
-      A :class:`PerturbationPolicy` for :func:`sharpness_aware`.
-
-    Example:
-      >>> import optax, optlab
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.fisher_policy(1.0), rho=0.1)
-
-    References:
-      Kim et al., `Fisher SAM: Information Geometry and Sharpness Aware Minimisation
-      <https://arxiv.org/abs/2206.04920>`_, 2022
-    """
-    _base.check_nonnegative("fisher_policy", eta=eta)
-
-    def ascent(e, g, params, rho, state):
-        del e, params
-        g32 = [_f32(x) for x in g]
-        finv_g = [x / (1.0 + eta * x * x) for x in g32]
-        denom = jnp.sqrt(_vdot(finv_g, g32))
-        s = _tree.safe_div(rho, denom)
-        return [x * s for x in finv_g], state
-
-    return PerturbationPolicy(init=_no_state, ascent=ascent, name="fisher")
-
-
-def gsam_policy(alpha: jax.typing.ArrayLike = 0.1) -> PerturbationPolicy:
-    """GSAM: SAM perturbation, descent ``d = g_p - alpha g_perp``.
-
-    ``g`` (the gradient at ``w``) is split into its component along ``g_p`` and the
-    orthogonal rest ``g_perp = g - (<g, g_p> / ||g_p||^2) g_p``; descending along
-    ``-g_perp`` lowers the surrogate gap ``L(w + e) - L(w)`` without changing the
-    perturbed loss to first order. ``alpha = 0`` is SAM.
-
-    Args:
-      alpha: weight of the orthogonal component (>= 0).
-
-    Returns:
-      A :class:`PerturbationPolicy` for :func:`sharpness_aware`.
-
-    Example:
-      >>> import optax, optlab
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.gsam_policy(0.1), rho=0.05)
-
-    References:
-      Zhuang et al., `Surrogate Gap Guided Sharpness-Aware Minimization
-      <https://arxiv.org/abs/2203.08065>`_, 2022
-    """
-    _base.check_nonnegative("gsam_policy", alpha=alpha)
-
-    def descent(g, g_p, state):
-        coef = _tree.safe_div(_vdot(g, g_p), _vdot(g_p, g_p))
-        d = jax.tree.map(
-            lambda gi, pi: _f32(pi) - alpha * (_f32(gi) - coef * _f32(pi)), g, g_p
+    if not isinstance(policy, PerturbationPolicy):
+        raise TypeError(
+            "`optlab.sharpness_aware`: `policy` must be a PerturbationPolicy (e.g."
+            f" `optlab.sam_policy()`), got {policy!r}."
         )
-        return d, state
-
-    return PerturbationPolicy(init=_no_state, ascent=_sam_ascent, descent=descent, name="gsam")
-
-
-def looksam_policy(k: int = 5, alpha: jax.typing.ArrayLike = 0.7) -> PerturbationPolicy:
-    """LookSAM: a full SAM step every ``k`` steps, a cheap re-use in between.
-
-    On a perturbation step (``count % k == 0``) the descent is ``g_s = g_p`` and the
-    component of ``g_s`` orthogonal to ``g``, ``g_v = g_s - (<g, g_s> / ||g||^2) g``, is
-    stored. Other steps skip the second gradient and descend along
-    ``g + alpha (||g|| / ||g_v||) g_v``. ``k = 1`` is SAM.
-
-    Args:
-      k: perturbation period (int >= 1).
-      alpha: weight of the re-used orthogonal component (>= 0).
-
-    Returns:
-      A :class:`PerturbationPolicy` whose state is ``g_v`` (params' shapes and dtypes).
-
-    Example:
-      >>> import optax, optlab
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.looksam_policy(k=5), rho=0.05)
-
-    References:
-      Liu et al., `Towards Efficient and Scalable Sharpness-Aware Minimization
-      <https://arxiv.org/abs/2203.02714>`_, 2022
-    """
-    _base.check_int("looksam_policy", k=k)
-    _base.check_nonnegative("looksam_policy", alpha=alpha)
-
-    def init(params):
-        return jax.tree.map(jnp.zeros_like, params)
-
-    def descent(g, g_p, state):
-        coef = _tree.safe_div(_vdot(g, g_p), _vdot(g, g))
-        g_v = jax.tree.map(lambda gi, si: _f32(si) - coef * _f32(gi), g, g_p)
-        return g_p, _cast_like(g_v, state)
-
-    def reuse(g, state):
-        s = alpha * _tree.safe_div(_norm(g), _norm(state))
-        return jax.tree.map(lambda gi, vi: _f32(gi) + s * _f32(vi), g, state)
-
-    return PerturbationPolicy(
-        init=init, ascent=_sam_ascent, descent=descent, every=k, reuse=reuse, name="looksam"
-    )
-
-
-def multistep_policy(
-    num_steps: int = 3,
-    step_size: jax.typing.ArrayLike | None = None,
-    *,
-    normalize: bool = True,
-) -> PerturbationPolicy:
-    """Multi-step ascent (adversarial model perturbation), projected onto the rho ball.
-
-    ``e_0 = 0``; for ``i < num_steps``: ``e <- P_rho(e + step_size * u_i)`` with
-    ``u_i = g_i / ||g_i||`` (``normalize=True``) or ``g_i`` (AMP's plain gradient step),
-    ``g_i`` the gradient at ``w + e`` and ``P_rho`` the projection onto ``||e|| <= rho``.
-    With ``normalize=True`` and ``step_size = rho``, one step is SAM.
-
-    Args:
-      num_steps: ascent steps (int >= 1); ``grad_fn`` is called ``num_steps`` times.
-      step_size: ascent step size (> 0); ``None`` means ``rho``.
-      normalize: normalize each ascent gradient.
-
-    Returns:
-      A :class:`PerturbationPolicy` for :func:`sharpness_aware`.
-
-    Example:
-      >>> import optax, optlab
-      >>> policy = optlab.multistep_policy(num_steps=3, step_size=0.02)
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), policy, rho=0.05)
-
-    References:
-      Zheng et al., `Regularizing Neural Networks via Adversarial Model Perturbation
-      <https://arxiv.org/abs/2010.04925>`_, 2021
-    """
-    _base.check_int("multistep_policy", num_steps=num_steps)
-    if step_size is not None:
-        _base.check_positive("multistep_policy", step_size=step_size)
-
-    def ascent(e, g, params, rho, state):
-        del params
-        size = rho if step_size is None else step_size
-        s = _tree.safe_div(size, _norm(g)) if normalize else jnp.asarray(size, jnp.float32)
-        e = [ei + s * _f32(gi) for ei, gi in zip(e, g)]
-        n = _norm(e)
-        factor = jnp.where(n > rho, _tree.safe_div(rho, n), 1.0)
-        return [ei * factor for ei in e], state
-
-    return PerturbationPolicy(init=_no_state, ascent=ascent, num_steps=num_steps, name="multistep")
-
-
-def random_policy(seed: int = 0) -> PerturbationPolicy:
-    """Random-direction perturbation ``e = rho z / ||z||``, ``z ~ N(0, I)``.
-
-    The gradient is not used for the ascent. The PRNG key (``uint32[2]``) lives in the
-    policy state and is split at every perturbation. Under ``axis_name`` every device
-    draws the same direction.
-
-    Args:
-      seed: seed of the PRNG key (int >= 0).
-
-    Returns:
-      A :class:`PerturbationPolicy` whose state is the key.
-
-    Example:
-      >>> import optax, optlab
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.random_policy(seed=0), rho=0.05)
-
-    References:
-      Liu et al., `Random Sharpness-Aware Minimization
-      <https://openreview.net/forum?id=htUvh7xPoa>`_, 2022
-    """
-    _base.check_int("random_policy", minimum=0, seed=seed)
-
-    def init(params):
-        del params
-        return jax.random.PRNGKey(seed)
-
-    def ascent(e, g, params, rho, key):
-        del e, params
-        key, sub = jax.random.split(key)
-        keys = jax.random.split(sub, max(len(g), 1))
-        z = [jax.random.normal(k, jnp.shape(x), jnp.float32) for k, x in zip(keys, g)]
-        return _scale(z, _tree.safe_div(rho, _norm(z))), key
-
-    return PerturbationPolicy(init=init, ascent=ascent, name="random")
+    _base.check_int("sharpness_aware", every_k=policy.every_k)
+    return _sharpness_aware("sharpness_aware", inner, policy, mask, axis_name)
 
 
 # ---------------------------------------------------------------------------
@@ -524,361 +429,273 @@ def norm_layer_mask(
 
 
 # ---------------------------------------------------------------------------
-# The driver
+# Built-in policies: the math, on float32 trees (hyperparameters checked by the callers)
 # ---------------------------------------------------------------------------
 
 
-class SharpnessAwareState(NamedTuple):
-    """State of :func:`sharpness_aware` and the SAM family.
-
-    Attributes:
-      count: descent steps taken (int32).
-      phase: ``mode="two_call"``: ascent calls made in the current step (int32,
-        always 0 in ``grad_fn`` mode).
-      base_state: state of the base optimizer.
-      policy_state: state of the policy (LookSAM's ``g_v``, the random key, or ``()``).
-      anchor: ``mode="two_call"``: the unperturbed parameters ``w``; ``()`` otherwise.
-      anchor_grad: ``mode="two_call"``: the gradient at ``w``; ``()`` otherwise.
-    """
-
-    count: jax.Array
-    phase: jax.Array
-    base_state: optax.OptState
-    policy_state: Any
-    anchor: Any
-    anchor_grad: Any
+def _at(value: Any, step: jax.Array) -> jax.Array:
+    """A hyperparameter or schedule at ``step``, as a float32 scalar."""
+    return jnp.asarray(value(step) if callable(value) else value, jnp.float32)
 
 
-def _mask_flags(fn_name: str, mask: Any, params: Any, treedef) -> list[bool]:
-    n = treedef.num_leaves
-    if mask is None:
-        return [True] * n
-    tree = mask(params) if callable(mask) else mask
-    try:
-        flags = treedef.flatten_up_to(tree)
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            f"`optlab.{fn_name}`: `mask` must have the structure of `params` (one bool per"
-            f" leaf): {err}"
-        ) from None
-    out = []
-    for f in flags:
-        if not isinstance(f, (bool, np.bool_)):
-            raise TypeError(
-                f"`optlab.{fn_name}`: `mask` leaves must be Python bools (one per parameter"
-                f" leaf), got {f!r}."
-            )
-        out.append(bool(f))
-    return out
+def _no_state(params: Any) -> tuple:
+    del params
+    return ()
 
 
-def _make_sharpness_aware(
-    fn_name: str,
-    base_tx: optax.GradientTransformation,
-    policy: PerturbationPolicy,
-    rho: optax.ScalarOrSchedule,
-    *,
-    mask: Any = None,
-    mode: str = "grad_fn",
-    axis_name: Any = None,
-) -> optax.GradientTransformationExtraArgs:
-    if not callable(rho):
-        _base.check_nonnegative(fn_name, rho=rho)
-    if not isinstance(policy, PerturbationPolicy):
-        raise TypeError(
-            f"`optlab.{fn_name}`: `policy` must be a PerturbationPolicy (e.g."
-            f" `optlab.sam_policy()`), got {policy!r}."
+def _vdot(a: Any, b: Any) -> jax.Array:
+    """``<a, b>`` as a sum of products: ``optax.tree.vdot``'s ``jnp.vdot`` contracts the
+    sharded axes, which explicit sharding refuses."""
+    return optax.tree.sum(optax.tree.mul(a, b))
+
+
+def _along(tree: Any, length: jax.Array) -> Any:
+    """``length * tree / ||tree||`` (zero for a zero tree)."""
+    return optax.tree.scale(_tree.safe_div(length, optax.tree.norm(tree)), tree)
+
+
+def _sam(rho):
+    def perturb(grads, params, state, step, **unused):
+        return optax.tree.add(params, _along(grads, _at(rho, step))), state
+
+    return PerturbationPolicy(_no_state, perturb)
+
+
+def _unnormalized(rho):
+    def perturb(grads, params, state, step, **unused):
+        return optax.tree.add_scale(params, _at(rho, step), grads), state
+
+    return PerturbationPolicy(_no_state, perturb)
+
+
+def _asam(rho, eta):
+    def perturb(grads, params, state, step, **unused):
+        t = jax.tree.map(lambda w: jnp.abs(w) + eta, params)
+        e = optax.tree.mul(t, _along(optax.tree.mul(t, grads), _at(rho, step)))
+        return optax.tree.add(params, e), state
+
+    return PerturbationPolicy(_no_state, perturb)
+
+
+def _fisher(rho, eta):
+    def perturb(grads, params, state, step, **unused):
+        finv_g = jax.tree.map(lambda g: g / (1.0 + eta * g * g), grads)
+        s = _tree.safe_div(_at(rho, step), jnp.sqrt(_vdot(finv_g, grads)))
+        return optax.tree.add_scale(params, s, finv_g), state
+
+    return PerturbationPolicy(_no_state, perturb)
+
+
+def _gsam(rho, alpha):
+    def combine(grads, perturbed_grads, state, step):
+        del step
+        coef = _tree.safe_div(
+            _vdot(grads, perturbed_grads),
+            _vdot(perturbed_grads, perturbed_grads),
         )
-    if mode not in _MODES:
-        raise ValueError(f"`optlab.{fn_name}`: `mode` must be one of {_MODES}, got mode={mode!r}.")
-    _base.check_int(fn_name, num_steps=policy.num_steps, every=policy.every)
-    if policy.every > 1 and policy.reuse is None:
-        raise ValueError(f"`optlab.{fn_name}`: a policy with every > 1 needs `reuse`.")
-    if not hasattr(base_tx, "init") or not hasattr(base_tx, "update"):
-        raise TypeError(
-            f"`optlab.{fn_name}`: `base_tx` must be an optax GradientTransformation, got"
-            f" {base_tx!r}."
-        )
-    base = optax.with_extra_args_support(base_tx)
-    two_call = mode == "two_call"
-    n_steps = policy.num_steps
+        g_perp = optax.tree.add_scale(grads, -coef, perturbed_grads)
+        return optax.tree.add_scale(perturbed_grads, -alpha, g_perp), state
 
-    def init_fn(params):
-        _base.check_float_tree(fn_name, params)
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return SharpnessAwareState(
-            count=jnp.zeros([], jnp.int32),
-            phase=jnp.zeros([], jnp.int32),
-            base_state=base.init(params),
-            policy_state=policy.init(params),
-            anchor=params if two_call else (),
-            anchor_grad=zeros if two_call else (),
-        )
-
-    def rho_at(count):
-        return jnp.asarray(rho(count) if callable(rho) else rho, jnp.float32)
-
-    def select(leaves, flags):
-        return [x for x, f in zip(leaves, flags) if f]
-
-    def scatter(sel, flags, fill):
-        """Full leaf list: ``sel`` on selected leaves, ``fill[i]`` elsewhere."""
-        it = iter(sel)
-        return [next(it) if f else x for x, f in zip(fill, flags)]
-
-    def shift(p_leaves, e_sel, flags):
-        """Parameter leaves ``w + e`` (``e`` zero on unselected leaves)."""
-        it = iter(e_sel)
-        return [(_f32(p) + next(it)).astype(p.dtype) if f else p for p, f in zip(p_leaves, flags)]
-
-    def grad_leaves(fn, g, n):
-        leaves = jax.tree.leaves(g)
-        if len(leaves) != n:
-            raise ValueError(
-                f"`optlab.{fn_name}`: {fn} must have the tree structure of `params`"
-                f" ({n} array leaves), got {len(leaves)} leaves."
-            )
-        return leaves
-
-    # ---- grad_fn mode ----------------------------------------------------------------
-
-    def grad_fn_update(updates, state, params, grad_fn, extra_args):
-        grad_fn = _base.require_extra_arg(
-            fn_name,
-            "grad_fn",
-            grad_fn,
-            "a function `params -> grads` evaluating the loss gradient at any point, e.g."
-            " `tx.update(g, s, p, grad_fn=jax.grad(loss))`; with Flax NNX,"
-            " `optimizer.update(model, grads, grad_fn=...)`; or build the transform with"
-            " `mode='two_call'`.",
-        )
-        p_leaves, p_def = jax.tree.flatten(params)
-        g_leaves = grad_leaves("`updates`", updates, len(p_leaves))
-        flags = _mask_flags(fn_name, mask, params, p_def)
-        rho_t = rho_at(state.count)
-        p_sel = select(p_leaves, flags)
-
-        def perturbed_grad(pstate):
-            e = [jnp.zeros(jnp.shape(x), jnp.float32) for x in p_sel]
-            e, pstate = policy.ascent(e, select(g_leaves, flags), p_sel, rho_t, pstate)
-
-            def more(i, carry):
-                del i
-                e, pstate = carry
-                point = jax.tree.unflatten(p_def, shift(p_leaves, e, flags))
-                gi = grad_fn(_as_varying(point, axis_name))
-                gi = select(grad_leaves("`grad_fn(params)`", gi, len(p_leaves)), flags)
-                return policy.ascent(e, gi, p_sel, rho_t, pstate)
-
-            if n_steps > 1:
-                e, pstate = jax.lax.fori_loop(1, n_steps, more, (e, pstate))
-            point = jax.tree.unflatten(p_def, shift(p_leaves, e, flags))
-            g_p = grad_fn(_as_varying(point, axis_name))
-            grad_leaves("`grad_fn(params)`", g_p, len(p_leaves))
-            return g_p, pstate
-
-        def full_step(pstate):
-            g_p, pstate = perturbed_grad(pstate)
-            g_p = _pmean(g_p, axis_name)
-            if policy.descent is None:
-                return _cast_like(g_p, updates), pstate
-            d, pstate = policy.descent(_pmean(updates, axis_name), g_p, pstate)
-            return _cast_like(d, updates), pstate
-
-        def cheap_step(pstate):
-            d = policy.reuse(_pmean(updates, axis_name), pstate)
-            return _cast_like(d, updates), pstate
-
-        if policy.every > 1:
-            d, pstate = jax.lax.cond(
-                state.count % policy.every == 0, full_step, cheap_step, state.policy_state
-            )
-        else:
-            d, pstate = full_step(state.policy_state)
-        new_updates, base_state = base.update(d, state.base_state, params, **extra_args)
-        return new_updates, state._replace(
-            count=optax.safe_increment(state.count),
-            base_state=base_state,
-            policy_state=pstate,
-        )
-
-    # ---- two-call mode ---------------------------------------------------------------
-
-    def two_call_update(updates, state, params, extra_args):
-        p_leaves, p_def = jax.tree.flatten(params)
-        g_leaves, g_def = jax.tree.flatten(updates)
-        grad_leaves("`updates`", updates, len(p_leaves))
-        flags = _mask_flags(fn_name, mask, params, p_def)
-        a_leaves = p_def.flatten_up_to(state.anchor)
-        rho_t = rho_at(state.count)
-
-        def as_updates(leaves):
-            return jax.tree.unflatten(
-                g_def, [x.astype(g.dtype) for x, g in zip(leaves, g_leaves)]
-            )
-
-        def start(state):  # phase 0 at w: first ascent step, remember w and g
-            p_sel = select(p_leaves, flags)
-            e0 = [jnp.zeros(jnp.shape(x), jnp.float32) for x in p_sel]
-            e, pstate = policy.ascent(e0, select(g_leaves, flags), p_sel, rho_t, state.policy_state)
-            zeros = [jnp.zeros(jnp.shape(x), jnp.float32) for x in p_leaves]
-            out = as_updates(scatter(e, flags, zeros))
-            return out, state._replace(
-                phase=jnp.ones([], jnp.int32),
-                policy_state=pstate,
-                anchor=params,
-                anchor_grad=_cast_like(updates, state.anchor_grad),
-            )
-
-        def more(state):  # 0 < phase < num_steps, at w + e: one more ascent step
-            a_sel = select(a_leaves, flags)
-            p_sel = select(p_leaves, flags)
-            e_cur = [_f32(p) - _f32(a) for p, a in zip(p_sel, a_sel)]
-            e, pstate = policy.ascent(e_cur, select(g_leaves, flags), a_sel, rho_t,
-                                      state.policy_state)
-            delta = [_f32(a) + ei - _f32(p) for a, ei, p in zip(a_sel, e, p_sel)]
-            zeros = [jnp.zeros(jnp.shape(x), jnp.float32) for x in p_leaves]
-            out = as_updates(scatter(delta, flags, zeros))
-            return out, state._replace(phase=state.phase + 1, policy_state=pstate)
-
-        def descend(state):  # phase == num_steps, at w + e: undo e, base step on g_p
-            g_p = _pmean(updates, axis_name)
-            pstate = state.policy_state
-            if policy.descent is None:
-                d = g_p
-            else:
-                g = _pmean(jax.tree.unflatten(g_def, p_def.flatten_up_to(state.anchor_grad)),
-                           axis_name)
-                d, pstate = policy.descent(g, g_p, pstate)
-            d = _cast_like(d, updates)
-            anchor = jax.tree.unflatten(p_def, a_leaves)
-            u, base_state = base.update(d, state.base_state, anchor, **extra_args)
-            u_leaves = jax.tree.leaves(u)
-            out = as_updates([_f32(a) - _f32(p) + _f32(ui)
-                              for a, p, ui in zip(a_leaves, p_leaves, u_leaves)])
-            return out, state._replace(
-                count=optax.safe_increment(state.count),
-                phase=jnp.zeros([], jnp.int32),
-                base_state=base_state,
-                policy_state=pstate,
-            )
-
-        def reuse(state):  # phase 0, not a perturbation step (every > 1)
-            d = _cast_like(policy.reuse(_pmean(updates, axis_name), state.policy_state), updates)
-            u, base_state = base.update(d, state.base_state, params, **extra_args)
-            return _cast_like(u, updates), state._replace(
-                count=optax.safe_increment(state.count), base_state=base_state
-            )
-
-        branches = [start, more, descend]
-        if policy.every > 1:
-            branches.append(reuse)
-            perturb_now = state.count % policy.every == 0
-            first = jnp.where(perturb_now, 0, 3)
-        else:
-            first = 0
-        index = jnp.where(state.phase == 0, first, jnp.where(state.phase >= n_steps, 2, 1))
-        return jax.lax.switch(index, branches, state)
-
-    def update_fn(updates, state, params=None, *, grad_fn: GradFn | None = None, **extra_args):
-        _base.require_params(params)
-        if two_call:
-            return two_call_update(updates, state, params, extra_args)
-        return grad_fn_update(updates, state, params, grad_fn, extra_args)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _sam(rho)._replace(combine=combine)
 
 
-_COMMON_ARGS_DOC = """
-      mask: which parameter leaves are perturbed: a pytree of Python bools with the
-        structure of ``params`` (``True`` = perturbed) or a callable ``params -> mask``
-        (e.g. :func:`optlab.norm_layer_mask`); ``None`` perturbs every leaf. Norms are
-        taken over the perturbed leaves only; the descent gradient covers all leaves.
-      mode: ``"grad_fn"`` (one call per step, ``update(..., grad_fn=...)``) or
-        ``"two_call"`` (alternating ascent and descent calls, no ``grad_fn``).
-      axis_name: m-sharpness: a mapped axis name (``shard_map`` / ``pmap``); each shard
-        perturbs by its local gradient and the perturbed gradients are ``pmean``-ed
-        over the axis. ``None``: no collective (global SAM if the caller averages)."""
+def _looksam(rho, every_k, alpha):
+    def combine(grads, perturbed_grads, g_v, step):
+        del step
+        if perturbed_grads is None:  # no perturbation this step: re-use g_v
+            s = alpha * _tree.safe_div(optax.tree.norm(grads), optax.tree.norm(g_v))
+            return optax.tree.add_scale(grads, s, g_v), g_v
+        coef = _tree.safe_div(_vdot(grads, perturbed_grads), _vdot(grads, grads))
+        return perturbed_grads, optax.tree.add_scale(perturbed_grads, -coef, grads)
+
+    return PerturbationPolicy(optax.tree.zeros_like, _sam(rho).perturb, combine, every_k=every_k)
 
 
-def _common_args_doc(fn):
-    """Insert the shared ``mask`` / ``mode`` / ``axis_name`` argument docs."""
-    fn.__doc__ = fn.__doc__.replace("\n      __COMMON_ARGS__", _COMMON_ARGS_DOC)
-    return fn
+def _multistep(rho, num_steps, step_size, normalize):
+    def perturb(grads, params, state, step, *, grad_fn, **unused):
+        radius = _at(rho, step)
+        size = radius if step_size is None else _at(step_size, step)
+
+        def ascend(e, g):  # e <- P_rho(e + size * u(g))
+            e = optax.tree.add(e, _along(g, size) if normalize else optax.tree.scale(size, g))
+            n = optax.tree.norm(e)
+            return optax.tree.scale(jnp.where(n > radius, _tree.safe_div(radius, n), 1.0), e)
+
+        def more(i, e):
+            del i
+            return ascend(e, grad_fn(optax.tree.add(params, e)))
+
+        e = ascend(optax.tree.zeros_like(params), grads)
+        e = jax.lax.fori_loop(1, num_steps, more, e) if num_steps > 1 else e
+        return optax.tree.add(params, e), state
+
+    return PerturbationPolicy(_no_state, perturb)
 
 
-@_common_args_doc
-def sharpness_aware(
-    base_tx: optax.GradientTransformation,
-    policy: PerturbationPolicy,
-    rho: optax.ScalarOrSchedule = 0.05,
-    *,
-    mask: Any = None,
-    mode: str = "grad_fn",
-    axis_name: Any = None,
-) -> optax.GradientTransformationExtraArgs:
-    """Sharpness-aware wrapper of ``base_tx`` with a pluggable perturbation policy.
+def _random(rho, seed):
+    def perturb(grads, params, key, step, **unused):
+        del grads
+        key, sub = jax.random.split(key)
+        z = optax.tree.random_like(sub, params)
+        return optax.tree.add(params, _along(z, _at(rho, step))), key
 
-    One step, at parameters ``w`` with gradient ``g``: the policy's ascent builds the
-    perturbation ``e`` (``num_steps`` ascent steps, each with the gradient at
-    ``w + e``), ``g_p = grad_fn(w + e)``, the policy's descent gives ``d`` (``g_p`` by
-    default), and the update is ``base_tx.update(d, base_state, w)``. Policies with
-    ``every = k > 1`` (LookSAM) perturb only every ``k`` steps and call ``grad_fn``
-    only then. See the module notes for ``mode`` and m-sharpness.
+    return PerturbationPolicy(lambda params: jax.random.PRNGKey(seed), perturb)
 
-    Args:
-      base_tx: the base optimizer (any optax transformation), applied to ``d``.
-      policy: a :class:`PerturbationPolicy` (``optlab.sam_policy()`` ...).
-      rho: perturbation radius (>= 0) or a schedule of the step count.
-      __COMMON_ARGS__
 
-    Returns:
-      An :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes the keyword
-      ``grad_fn(params) -> grads`` (``mode="grad_fn"``). State:
-      :class:`SharpnessAwareState` (step count, phase, base state, policy state and, in
-      two-call mode, ``w`` and its gradient).
+# ---------------------------------------------------------------------------
+# Public policies (for sharpness_aware) and methods: validate, then build
+# ---------------------------------------------------------------------------
+
+
+def sam_policy(rho: optax.ScalarOrSchedule = 0.05) -> PerturbationPolicy:
+    """SAM's policy: the point ``w + rho g / ||g||``, descent along its gradient.
+
+    See :func:`sam`. ``rho``: radius (>= 0) or a schedule.
 
     Example:
-      >>> import jax, jax.numpy as jnp, optax, optlab
-      >>> loss = lambda p: jnp.sum(p["w"] ** 2)
-      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.gsam_policy(0.1), rho=0.05)
-      >>> params = {"w": jnp.array([1.0, -2.0])}
-      >>> state = tx.init(params)
-      >>> grad_fn = jax.grad(loss)
-      >>> updates, state = tx.update(grad_fn(params), state, params, grad_fn=grad_fn)
-      >>> params = optax.apply_updates(params, updates)
-
-    References:
-      Foret et al., `Sharpness-Aware Minimization for Efficiently Improving
-      Generalization <https://arxiv.org/abs/2010.01412>`_, 2021
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.sam_policy(rho=0.05))
     """
-    return _make_sharpness_aware(
-        "sharpness_aware", base_tx, policy, rho, mask=mask, mode=mode, axis_name=axis_name
-    )
+    _base.check_nonnegative("sam_policy", rho=rho)
+    return _sam(rho)
 
 
-@_common_args_doc
+def unnormalized_policy(rho: optax.ScalarOrSchedule = 0.05) -> PerturbationPolicy:
+    """USAM's policy: the point ``w + rho g`` (see :func:`unnormalized_sam`).
+
+    ``rho``: scale (>= 0) or a schedule.
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.unnormalized_policy(rho=0.05))
+    """
+    _base.check_nonnegative("unnormalized_policy", rho=rho)
+    return _unnormalized(rho)
+
+
+def asam_policy(
+    rho: optax.ScalarOrSchedule = 0.5, eta: jax.typing.ArrayLike = 0.01
+) -> PerturbationPolicy:
+    """ASAM's policy: ``e = rho T^2 g / ||T g||``, ``T = |w| + eta`` (see :func:`asam`).
+
+    ``rho``: radius (>= 0) or a schedule; ``eta``: offset of ``T`` (>= 0).
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.asam_policy(rho=0.5, eta=0.01))
+    """
+    _base.check_nonnegative("asam_policy", rho=rho, eta=eta)
+    return _asam(rho, eta)
+
+
+def fisher_policy(
+    rho: optax.ScalarOrSchedule = 0.1, eta: jax.typing.ArrayLike = 1.0
+) -> PerturbationPolicy:
+    """Fisher SAM's policy: ``e = rho f^-1 g / sqrt(g^T f^-1 g)``, ``f = 1 + eta g^2``.
+
+    See :func:`fisher_sam`. ``rho``: radius (>= 0) or a schedule; ``eta`` >= 0.
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.fisher_policy(rho=0.1, eta=1.0))
+    """
+    _base.check_nonnegative("fisher_policy", rho=rho, eta=eta)
+    return _fisher(rho, eta)
+
+
+def gsam_policy(
+    rho: optax.ScalarOrSchedule = 0.05, alpha: jax.typing.ArrayLike = 0.1
+) -> PerturbationPolicy:
+    """GSAM's policy: SAM's point, descent ``g_p - alpha g_perp`` (see :func:`gsam`).
+
+    ``rho``: radius (>= 0) or a schedule; ``alpha``: weight of ``g_perp`` (>= 0).
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.gsam_policy(rho=0.05, alpha=0.1))
+    """
+    _base.check_nonnegative("gsam_policy", rho=rho, alpha=alpha)
+    return _gsam(rho, alpha)
+
+
+def looksam_policy(
+    rho: optax.ScalarOrSchedule = 0.05, every_k: int = 5, alpha: jax.typing.ArrayLike = 0.7
+) -> PerturbationPolicy:
+    """LookSAM's policy: SAM every ``every_k`` steps, ``g_v`` re-used in between.
+
+    See :func:`looksam`. ``rho``: radius (>= 0) or a schedule; ``every_k``: period (int
+    >= 1); ``alpha`` >= 0. Its state is ``g_v`` (shapes and dtypes of the params).
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.looksam_policy(rho=0.05, every_k=5))
+    """
+    _base.check_nonnegative("looksam_policy", rho=rho, alpha=alpha)
+    _base.check_int("looksam_policy", every_k=every_k)
+    return _looksam(rho, every_k, alpha)
+
+
+def multistep_policy(
+    rho: optax.ScalarOrSchedule = 0.05,
+    num_steps: int = 3,
+    step_size: jax.typing.ArrayLike | None = None,
+    *,
+    normalize: bool = True,
+) -> PerturbationPolicy:
+    """Multi-step ascent (AMP) projected onto the ``rho`` ball (see :func:`multistep_sam`).
+
+    ``rho``: radius (>= 0) or a schedule; ``num_steps``: ascent steps (int >= 1);
+    ``step_size``: ascent step (> 0, ``None`` = ``rho``); ``normalize``: normalize each
+    ascent gradient.
+
+    Example:
+      >>> import optax, optlab
+      >>> policy = optlab.multistep_policy(rho=0.05, num_steps=3, step_size=0.02)
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), policy)
+    """
+    _base.check_nonnegative("multistep_policy", rho=rho)
+    _base.check_int("multistep_policy", num_steps=num_steps)
+    if step_size is not None:
+        _base.check_positive("multistep_policy", step_size=step_size)
+    return _multistep(rho, num_steps, step_size, normalize)
+
+
+def random_policy(rho: optax.ScalarOrSchedule = 0.05, seed: int = 0) -> PerturbationPolicy:
+    """Random-direction policy: ``e = rho z / ||z||``, ``z ~ N(0, I)`` (see :func:`random_sam`).
+
+    ``rho``: radius (>= 0) or a schedule; ``seed`` (int >= 0) of the key in its state.
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.random_policy(rho=0.05, seed=0))
+    """
+    _base.check_nonnegative("random_policy", rho=rho)
+    _base.check_int("random_policy", minimum=0, seed=seed)
+    return _random(rho, seed)
+
+
 def sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     *,
     mask: Any = None,
-    mode: str = "grad_fn",
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Sharpness-Aware Minimization: ``base_tx`` applied to the gradient at ``w + e``.
+    """Sharpness-Aware Minimization: ``inner`` applied to the gradient at ``w + e``.
 
-    ``e = rho g / ||g||`` and the update is ``base_tx`` of ``grad_fn(w + e)``, taken at
-    ``w``. ``rho = 0`` is exactly ``base_tx``.
+    ``e = rho g / ||g||``, the first-order solution of ``max_{||e|| <= rho} L(w + e)``;
+    the update is ``inner`` of ``grad_fn(w + e)``, taken at ``w``. ``rho = 0`` is
+    exactly ``inner``. For loops that cannot pass ``grad_fn`` (two ``update`` calls per
+    step), use ``optax.contrib.sam`` (see the module notes).
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
-      __COMMON_ARGS__
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``);
-      state :class:`SharpnessAwareState`.
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, optlab
@@ -893,352 +710,346 @@ def sam(
       >>> bool(jnp.allclose(params, 1.0, atol=0.05))
       True
 
-      Two-call mode (each step is two calls, each with the gradient at the current
-      point): ``optlab.sam(optax.sgd(0.1), mode="two_call")``.
+      With Flax NNX (BatchNorm and Dropout handled: see :func:`optlab.nnx_grad_fn`)::
 
-      With Flax NNX, ``grad_fn`` maps the ``nnx.State`` of the parameters to its
-      gradient::
-
-        graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-        def grad_fn(param_state):
-            return jax.grad(lambda p: loss_fn(nnx.merge(graphdef, p, rest)))(param_state)
         optimizer = nnx.Optimizer(model, optlab.sam(optax.sgd(0.1)), wrt=nnx.Param)
-        optimizer.update(model, nnx.grad(loss_fn)(model), grad_fn=grad_fn)
+        grads = nnx.grad(loss_fn)(model)
+        optimizer.update(model, grads, grad_fn=optlab.nnx_grad_fn(model, loss_fn))
+
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
 
     References:
       Foret et al., `Sharpness-Aware Minimization for Efficiently Improving
       Generalization <https://arxiv.org/abs/2010.01412>`_, 2021
     """
-    return _make_sharpness_aware(
-        "sam", base_tx, sam_policy(), rho, mask=mask, mode=mode, axis_name=axis_name
-    )
+    _base.check_nonnegative("sam", rho=rho)
+    return _sharpness_aware("sam", inner, _sam(rho), mask, axis_name)
 
 
-@_common_args_doc
 def unnormalized_sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     *,
     mask: Any = None,
-    mode: str = "grad_fn",
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Unnormalized SAM (USAM): the gradient at ``w + rho g`` (no normalization).
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation scale (>= 0) or a schedule.
-      __COMMON_ARGS__
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``);
-      state :class:`SharpnessAwareState`.
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
 
     Example:
       >>> import optax, optlab
       >>> tx = optlab.unnormalized_sam(optax.sgd(0.1), rho=0.05)
 
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
+
     References:
       Andriushchenko and Flammarion, `Towards Understanding Sharpness-Aware Minimization
       <https://arxiv.org/abs/2206.06232>`_, 2022
     """
-    return _make_sharpness_aware(
-        "unnormalized_sam", base_tx, unnormalized_policy(), rho, mask=mask, mode=mode,
-        axis_name=axis_name,
-    )
+    _base.check_nonnegative("unnormalized_sam", rho=rho)
+    return _sharpness_aware("unnormalized_sam", inner, _unnormalized(rho), mask, axis_name)
 
 
-@_common_args_doc
 def asam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.5,
     eta: jax.typing.ArrayLike = 0.01,
     *,
     mask: Any = None,
-    mode: str = "grad_fn",
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adaptive SAM: the perturbation ``e = rho T^2 g / ||T g||``, ``T = |w| + eta``.
 
     Element-wise adaptive radius: large weights are perturbed more. With ``eta = 0`` the
-    perturbed point is invariant to element-wise rescaling of the weights (see
-    :func:`asam_policy`), e.g. to scaling one ReLU layer by ``c`` and the next by
-    ``1 / c``.
+    perturbed point is invariant to element-wise rescalings: for ``v = a * w``
+    (``a > 0``) and ``L'(v) = L(v / a)``, ASAM at ``v`` perturbs to ``a * (w + e_w)``
+    (e.g. one ReLU layer scaled by ``c`` and the next by ``1 / c``).
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0; the paper uses about 10x SAM's) or a schedule.
-      eta: offset of ``T`` (>= 0).
-      __COMMON_ARGS__
+      eta: offset of ``T`` so that zero weights are still perturbed (>= 0).
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``);
-      state :class:`SharpnessAwareState`.
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
 
     Example:
       >>> import optax, optlab
       >>> tx = optlab.asam(optax.sgd(0.1), rho=0.5, eta=0.01)
 
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
+
     References:
       Kwon et al., `ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant
       Learning of Deep Neural Networks <https://arxiv.org/abs/2102.11600>`_, 2021
     """
-    _base.check_nonnegative("asam", eta=eta)
-    return _make_sharpness_aware(
-        "asam", base_tx, asam_policy(eta), rho, mask=mask, mode=mode, axis_name=axis_name
-    )
+    _base.check_nonnegative("asam", rho=rho, eta=eta)
+    return _sharpness_aware("asam", inner, _asam(rho, eta), mask, axis_name)
 
 
-@_common_args_doc
 def gsam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     alpha: jax.typing.ArrayLike = 0.1,
     *,
     mask: Any = None,
-    mode: str = "grad_fn",
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Surrogate-gap guided SAM: descent ``g_p - alpha g_perp``.
+    """Surrogate-gap guided SAM: SAM's point, descent ``g_p - alpha g_perp``.
 
-    ``g_perp`` is the component of the gradient at ``w`` orthogonal to the perturbed
-    gradient ``g_p`` (see :func:`gsam_policy`). ``alpha = 0`` is SAM. The paper schedules
-    ``rho`` proportionally to the learning rate; pass a schedule as ``rho``.
+    ``g_perp = g - (<g, g_p> / ||g_p||^2) g_p`` is the component of the gradient at ``w``
+    orthogonal to the perturbed gradient ``g_p``; descending along ``-g_perp`` lowers the
+    surrogate gap ``L(w + e) - L(w)`` without changing the perturbed loss to first order.
+    ``alpha = 0`` is SAM. The paper schedules ``rho`` with the learning rate: pass a
+    schedule.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
       alpha: weight of the orthogonal component (>= 0).
-      __COMMON_ARGS__
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``);
-      state :class:`SharpnessAwareState`.
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
 
     Example:
       >>> import optax, optlab
       >>> tx = optlab.gsam(optax.sgd(0.1), rho=0.05, alpha=0.1)
 
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
+
     References:
       Zhuang et al., `Surrogate Gap Guided Sharpness-Aware Minimization
       <https://arxiv.org/abs/2203.08065>`_, 2022
     """
-    _base.check_nonnegative("gsam", alpha=alpha)
-    return _make_sharpness_aware(
-        "gsam", base_tx, gsam_policy(alpha), rho, mask=mask, mode=mode, axis_name=axis_name
-    )
+    _base.check_nonnegative("gsam", rho=rho, alpha=alpha)
+    return _sharpness_aware("gsam", inner, _gsam(rho, alpha), mask, axis_name)
 
 
-@_common_args_doc
 def fisher_sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.1,
     eta: jax.typing.ArrayLike = 1.0,
     *,
     mask: Any = None,
-    mode: str = "grad_fn",
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """Fisher SAM: perturbation in the diagonal-Fisher ellipsoid.
+    """Fisher SAM: the SAM ball replaced by the diagonal-Fisher ellipsoid.
 
-    ``e = rho f^{-1} g / sqrt(g^T f^{-1} g)`` with ``f = 1 + eta g^2`` (see
-    :func:`fisher_policy`). ``eta = 0`` is SAM.
+    ``f = 1 + eta g^2`` (empirical diagonal Fisher from the batch gradient) and
+    ``e = rho f^-1 g / sqrt(g^T f^-1 g)``, the maximizer of the linearized loss over
+    ``e^T diag(f) e <= rho^2``. ``eta = 0`` is SAM.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
       eta: weight of the squared gradient in the Fisher (>= 0).
-      __COMMON_ARGS__
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``);
-      state :class:`SharpnessAwareState`.
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
 
     Example:
       >>> import optax, optlab
       >>> tx = optlab.fisher_sam(optax.sgd(0.1), rho=0.1, eta=1.0)
 
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
+
     References:
       Kim et al., `Fisher SAM: Information Geometry and Sharpness Aware Minimisation
       <https://arxiv.org/abs/2206.04920>`_, 2022
     """
-    _base.check_nonnegative("fisher_sam", eta=eta)
-    return _make_sharpness_aware(
-        "fisher_sam", base_tx, fisher_policy(eta), rho, mask=mask, mode=mode,
-        axis_name=axis_name,
-    )
+    _base.check_nonnegative("fisher_sam", rho=rho, eta=eta)
+    return _sharpness_aware("fisher_sam", inner, _fisher(rho, eta), mask, axis_name)
 
 
 def masked_sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     *,
     mask: Any = norm_layer_mask,
-    mode: str = "grad_fn",
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """SAM that perturbs only the leaves selected by ``mask`` (SAM-ON by default).
 
     ``e = rho m g / ||m g||`` with ``m`` the leaf mask: unselected leaves are evaluated
-    at their current value. By default ``mask`` is :func:`norm_layer_mask`, which
-    selects the scale and bias of normalization layers (SAM-ON); the descent still
-    updates every parameter.
+    at their current value. By default :func:`norm_layer_mask` selects the scale and
+    bias of normalization layers (SAM-ON); the descent still updates every parameter.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
       mask: pytree of Python bools or callable ``params -> mask`` (``True`` =
         perturbed); defaults to :func:`norm_layer_mask`.
-      mode: ``"grad_fn"`` or ``"two_call"`` (see :func:`sam`).
-      axis_name: m-sharpness axis (see :func:`sam`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``);
-      state :class:`SharpnessAwareState`.
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
 
     Example:
       >>> import optax, optlab
       >>> tx = optlab.masked_sam(optax.sgd(0.1), rho=0.05)  # SAM-ON
       >>> only_w = optlab.masked_sam(optax.sgd(0.1), mask={"w": True, "b": False})
 
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
+
     References:
       Mueller et al., `Normalization Layers Are All That Sharpness-Aware Minimization
       Needs <https://arxiv.org/abs/2306.04226>`_, 2023
     """
-    return _make_sharpness_aware(
-        "masked_sam", base_tx, sam_policy(), rho, mask=mask, mode=mode, axis_name=axis_name
-    )
+    _base.check_nonnegative("masked_sam", rho=rho)
+    return _sharpness_aware("masked_sam", inner, _sam(rho), mask, axis_name)
 
 
-@_common_args_doc
 def looksam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
-    k: int = 5,
+    every_k: int = 5,
     alpha: jax.typing.ArrayLike = 0.7,
     *,
     mask: Any = None,
-    mode: str = "grad_fn",
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """LookSAM: SAM every ``k`` steps, the stored orthogonal gradient re-used in between.
+    """LookSAM: SAM every ``every_k`` steps, the stored orthogonal gradient re-used between.
 
-    See :func:`looksam_policy`. ``grad_fn`` is called only on perturbation steps (under
-    ``lax.cond``), so the cost is about ``1 + 1/k`` gradients per step. ``k = 1`` is SAM.
+    On a perturbation step (``count % every_k == 0``) the descent is SAM's ``g_s = g_p`` and
+    ``g_v = g_s - (<g, g_s> / ||g||^2) g`` (the part of ``g_s`` orthogonal to ``g``) is
+    stored. Other steps skip ``grad_fn`` (under ``lax.cond``) and descend along
+    ``g + alpha (||g|| / ||g_v||) g_v``: about ``1 + 1/every_k`` gradients per step. ``every_k = 1``
+    is SAM.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
-      k: perturbation period (int >= 1).
+      every_k: perturbation period (int >= 1).
       alpha: weight of the re-used component (>= 0).
-      __COMMON_ARGS__
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``);
-      state :class:`SharpnessAwareState` (the policy state is ``g_v``).
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
 
     Example:
       >>> import optax, optlab
-      >>> tx = optlab.looksam(optax.sgd(0.1), rho=0.05, k=5, alpha=0.7)
+      >>> tx = optlab.looksam(optax.sgd(0.1), rho=0.05, every_k=5, alpha=0.7)
+
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, g_v)``, ``g_v`` like the params.
 
     References:
       Liu et al., `Towards Efficient and Scalable Sharpness-Aware Minimization
       <https://arxiv.org/abs/2203.02714>`_, 2022
     """
-    _base.check_int("looksam", k=k)
-    _base.check_nonnegative("looksam", alpha=alpha)
-    return _make_sharpness_aware(
-        "looksam", base_tx, looksam_policy(k, alpha), rho, mask=mask, mode=mode,
-        axis_name=axis_name,
-    )
+    _base.check_nonnegative("looksam", rho=rho, alpha=alpha)
+    _base.check_int("looksam", every_k=every_k)
+    return _sharpness_aware("looksam", inner, _looksam(rho, every_k, alpha), mask, axis_name)
 
 
-@_common_args_doc
 def multistep_sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     num_steps: int = 3,
     step_size: jax.typing.ArrayLike | None = None,
     *,
     normalize: bool = True,
     mask: Any = None,
-    mode: str = "grad_fn",
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Multi-step ascent SAM (adversarial model perturbation), projected onto the rho ball.
 
-    ``num_steps`` ascent steps ``e <- P_rho(e + step_size g(w + e) / ||g(w + e)||)``
-    (AMP's plain gradient step with ``normalize=False``), then the base update of the
-    gradient at ``w + e``. One step with the default ``step_size = rho`` is SAM. In
-    two-call mode a step takes ``num_steps + 1`` calls.
+    ``e_0 = 0``, then ``num_steps`` ascent steps ``e <- P_rho(e + step_size u)`` with
+    ``u = g(w + e) / ||g(w + e)||`` (AMP's plain ``u = g(w + e)`` with
+    ``normalize=False``) and ``P_rho`` the projection onto ``||e|| <= rho``; then the base
+    update of the gradient at ``w + e``. ``grad_fn`` is called ``num_steps`` times (in a
+    ``lax.fori_loop``). One step with the default ``step_size = rho`` is SAM.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: radius of the perturbation ball (>= 0) or a schedule.
       num_steps: ascent steps (int >= 1).
       step_size: ascent step size (> 0); ``None`` means ``rho``.
       normalize: normalize each ascent gradient.
-      __COMMON_ARGS__
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``);
-      state :class:`SharpnessAwareState`.
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
 
     Example:
       >>> import optax, optlab
       >>> tx = optlab.multistep_sam(optax.sgd(0.1), rho=0.05, num_steps=3, step_size=0.02)
 
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
+
     References:
       Zheng et al., `Regularizing Neural Networks via Adversarial Model Perturbation
       <https://arxiv.org/abs/2010.04925>`_, 2021
     """
+    _base.check_nonnegative("multistep_sam", rho=rho)
     _base.check_int("multistep_sam", num_steps=num_steps)
     if step_size is not None:
         _base.check_positive("multistep_sam", step_size=step_size)
-    return _make_sharpness_aware(
-        "multistep_sam", base_tx, multistep_policy(num_steps, step_size, normalize=normalize),
-        rho, mask=mask, mode=mode, axis_name=axis_name,
-    )
+    policy = _multistep(rho, num_steps, step_size, normalize)
+    return _sharpness_aware("multistep_sam", inner, policy, mask, axis_name)
 
 
-@_common_args_doc
 def random_sam(
-    base_tx: optax.GradientTransformation,
+    inner: optax.GradientTransformation,
     rho: optax.ScalarOrSchedule = 0.05,
     seed: int = 0,
     *,
     mask: Any = None,
-    mode: str = "grad_fn",
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Random-direction perturbation: the gradient at ``w + rho z / ||z||``, ``z ~ N(0, I)``.
 
-    A baseline for SAM (and the perturbation of random weight perturbation methods); the
-    key is in the state (see :func:`random_policy`).
+    A baseline for SAM (and the perturbation of random weight perturbation methods). The
+    PRNG key is in the state and split at every step; under ``axis_name`` every device
+    draws the same direction.
 
     Args:
-      base_tx: the base optimizer.
+      inner: the base optimizer.
       rho: perturbation radius (>= 0) or a schedule.
       seed: PRNG seed (int >= 0).
-      __COMMON_ARGS__
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
 
     Returns:
-      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``);
-      state :class:`SharpnessAwareState` (the policy state is the key).
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
 
     Example:
       >>> import optax, optlab
       >>> tx = optlab.random_sam(optax.sgd(0.1), rho=0.05, seed=0)
 
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, key)``.
+
     References:
       Liu et al., `Random Sharpness-Aware Minimization
       <https://openreview.net/forum?id=htUvh7xPoa>`_, 2022
     """
+    _base.check_nonnegative("random_sam", rho=rho)
     _base.check_int("random_sam", minimum=0, seed=seed)
-    return _make_sharpness_aware(
-        "random_sam", base_tx, random_policy(seed), rho, mask=mask, mode=mode,
-        axis_name=axis_name,
-    )
+    return _sharpness_aware("random_sam", inner, _random(rho, seed), mask, axis_name)
 
 
 # ---------------------------------------------------------------------------
@@ -1290,31 +1101,21 @@ def sharpness_diagnostics(
     if key is None:
         key = jax.random.PRNGKey(0)
     loss, g = jax.value_and_grad(loss_fn)(params)
-    g_norm = _norm(g)
-    s = _tree.safe_div(jnp.asarray(rho, jnp.float32), g_norm)
-    perturbed = jax.tree.map(lambda p, gi: (_f32(p) + s * _f32(gi)).astype(p.dtype), params, g)
-    perturbed_loss = loss_fn(perturbed)
+    g = _acc_floats(g)
+    g_norm = optax.tree.norm(g)
+    perturbed = optax.tree.add(_acc_floats(params), _along(g, jnp.asarray(rho, jnp.float32)))
+    perturbed_loss = loss_fn(_tree.tree_cast_like(perturbed, params))
 
-    grad = jax.grad(loss_fn)
+    def hvp(v):  # H v (forward-over-reverse), float32 in and out
+        tangent = _tree.tree_cast_like(v, params)
+        return _acc_floats(jax.jvp(jax.grad(loss_fn), (params,), (tangent,))[1])
 
-    def hvp(v):
-        return jax.jvp(grad, (params,), (v,))[1]
-
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    v0 = [jax.random.normal(k, jnp.shape(x), jnp.float32) for k, x in zip(keys, leaves)]
-    v0_norm = _norm(v0)
-    v0 = jax.tree.unflatten(
-        treedef, [(x * _tree.safe_div(1.0, v0_norm)).astype(p.dtype) for x, p in zip(v0, leaves)]
-    )
-
-    def body(i, v):
+    def power_step(i, v):
         del i
-        hv = hvp(v)
-        inv = _tree.safe_div(1.0, _norm(hv))
-        return jax.tree.map(lambda x, p: (_f32(x) * inv).astype(p.dtype), hv, v)
+        return _along(hvp(v), 1.0)
 
-    v = jax.lax.fori_loop(0, num_power_iters, body, v0)
+    v = _along(optax.tree.random_like(key, params, dtype=jnp.float32), 1.0)
+    v = jax.lax.fori_loop(0, num_power_iters, power_step, v)
     eig = _tree.safe_div(_vdot(v, hvp(v)), _vdot(v, v))
     loss32 = jnp.asarray(loss, jnp.float32)
     perturbed32 = jnp.asarray(perturbed_loss, jnp.float32)

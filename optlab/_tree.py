@@ -24,10 +24,24 @@ def to_acc(x: Any) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def sq_norm(x: jax.Array) -> jax.Array:
+    """Squared L2 norm of one array as a real scalar, accumulated in at least float32."""
+    x = to_acc(x)
+    return jnp.sum(jnp.real(x * jnp.conj(x)))
+
+
 def leaf_norm(x: jax.Array) -> jax.Array:
     """L2 norm of one array, accumulated in at least float32."""
-    x = to_acc(x)
-    return jnp.sqrt(jnp.sum(x * x))
+    return jnp.sqrt(sq_norm(x))
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """L2 norm of all leaves of ``tree`` together, accumulated in at least float32; 0 for
+    an empty tree. (``optax.tree.norm`` accumulates in the leaves' dtype.)"""
+    total = jnp.zeros((), jnp.float32)
+    for leaf in jax.tree.leaves(tree):
+        total = total + sq_norm(leaf)
+    return jnp.sqrt(total)
 
 
 def unitwise_norm(x: jax.Array) -> jax.Array:
@@ -60,7 +74,7 @@ def tree_cast_like(tree: Any, like: Any) -> Any:
     return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.result_type(y)), tree, like)
 
 
-def tree_none_safe_map(fn, tree: Any, *rest: Any) -> Any:
+def tree_map(fn, tree: Any, *rest: Any) -> Any:
     """``jax.tree.map`` that leaves ``None`` leaves of ``tree`` as ``None``."""
     return jax.tree.map(lambda x, *r: None if x is None else fn(x, *r), tree, *rest,
                         is_leaf=lambda x: x is None)

@@ -10,9 +10,10 @@ Checked in jax's default sharding mode (``AxisType.Auto``):
 
 * ``init_sharding[auto]``: eager ``tx.init(params)`` puts every state leaf shaped like
   a parameter on that parameter's sharding (and a leaf shaped like a stack of it,
-  ``(n, *shape)``, on that sharding with the stacking axis replicated). (``jax.jit(tx.init)`` cannot do this in
-  auto mode, not even for ``optax.adam``: an init that reads only shapes leaves the
-  parameters unused, jit drops them and runs on one device.)
+  ``(n, *shape)``, on that sharding with the stacking axis replicated).
+  (``jax.jit(tx.init)`` cannot do this in auto mode, not even for ``optax.adam``: an
+  init that reads only shapes leaves the parameters unused, jit drops them and runs on
+  one device.)
 * ``numerics``: 3 jitted updates give updates, params and state equal to the
   single-device run (rtol = atol = 1e-5; 2e-2 for cases keeping bfloat16 state).
 
@@ -30,9 +31,17 @@ Checked with explicit sharding (``AxisType.Explicit``, sharding in types, under
 Auto-mode sharding changes of updates or state after a step are XLA's choice and
 are reported under ``notes`` only.
 
-Usage: ``python3 tests/_sharding_worker.py OUT.json [case-id-substring ...]``. It
-writes ``{"n_devices", "checked", "matched_state_leaves", "failures", "notes",
-"seconds"}`` to OUT.json; ``failures`` maps a case id to ``[{"property", "detail"}]``.
+Usage:
+
+* ``python3 tests/_sharding_worker.py --serve`` (what the tests run: one long-lived process
+  per pytest process, so that jax starts once there and pytest-xdist spreads the cases):
+  reads case ids on stdin, one per line, and answers each with one JSON line on stdout,
+  ``RESULT_PREFIX`` + ``{"case", "n_devices", "failures", "notes",
+  "matched_state_leaves", "seconds"}``; ``failures`` is ``[{"property", "detail"}]``.
+* ``python3 tests/_sharding_worker.py OUT.json [case-id-substring ...]`` (by hand): checks
+  the matching cases (all by default) and writes ``{"n_devices", "checked",
+  "matched_state_leaves", "failures", "notes", "seconds"}`` to OUT.json, with
+  ``failures`` mapping a case id to ``[{"property", "detail"}]``.
 """
 
 from __future__ import annotations
@@ -108,7 +117,9 @@ def _is_key(x) -> bool:
 
 def _low_precision(tree) -> bool:
     return any(
-        hasattr(x, "dtype") and not _is_key(x) and jnp.issubdtype(x.dtype, jnp.floating)
+        hasattr(x, "dtype")
+        and not _is_key(x)
+        and jnp.issubdtype(x.dtype, jnp.floating)
         and jnp.finfo(x.dtype).bits < 32
         for x in jax.tree.leaves(tree)
     )
@@ -118,7 +129,8 @@ def _comparable(tree):
     """Numpy float64 copies of every array leaf (PRNG keys as their raw data)."""
     return [
         np.asarray(jax.random.key_data(x) if _is_key(x) else x, dtype=np.float64)
-        if hasattr(x, "dtype") else x
+        if hasattr(x, "dtype")
+        else x
         for x in jax.tree.leaves(tree)
     ]
 
@@ -189,8 +201,9 @@ def _run(tx, params, grads_list, step, init):
 
 def _error(e: BaseException) -> str:
     """The error and the innermost optlab frame that raised it (where to fix it)."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if f"{os.sep}optlab{os.sep}" in f.filename]
+    frames = [
+        f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}optlab{os.sep}" in f.filename
+    ]
     where = ""
     if frames:
         f = frames[-1]
@@ -216,8 +229,9 @@ def check_case(case: Case, meshes: dict) -> tuple[list[dict], list[dict], int]:
 
     # Single-device reference.
     one = jax.devices()[0]
-    ref = _run(tx, jax.device_put(params, one), jax.device_put(grads_list, one),
-               jax.jit(step_fn), tx.init)
+    ref = _run(
+        tx, jax.device_put(params, one), jax.device_put(grads_list, one), jax.jit(step_fn), tx.init
+    )
     tol = TOL_LOW_PRECISION if _low_precision(ref[0]) or _low_precision(ref[2]) else TOL
 
     # Auto mode: eager init keeps the shardings; jitted steps match the reference.
@@ -225,8 +239,9 @@ def check_case(case: Case, meshes: dict) -> tuple[list[dict], list[dict], int]:
     p_sh = shardings(case, mesh)
     sh_params = jax.device_put(params, p_sh)
     sh_grads = [jax.device_put(g, shardings(case, mesh, lead)) for g in grads_list]
-    state0, state, updates_list, new_params = _run(tx, sh_params, sh_grads, jax.jit(step_fn),
-                                                   tx.init)
+    state0, state, updates_list, new_params = _run(
+        tx, sh_params, sh_grads, jax.jit(step_fn), tx.init
+    )
     bad, matched = _sharding_mismatches(state0, case, p_sh)
     if bad:
         fail("init_sharding[auto]", "eager tx.init: " + "; ".join(bad))
@@ -242,8 +257,9 @@ def check_case(case: Case, meshes: dict) -> tuple[list[dict], list[dict], int]:
     for label, tree in [("updates", updates_list), ("state after 3 steps", state)]:
         bad, _ = _sharding_mismatches(tree, case, p_sh)
         if bad:
-            notes.append({"property": "auto_mode_resharding",
-                          "detail": f"{label}: " + "; ".join(bad)})
+            notes.append(
+                {"property": "auto_mode_resharding", "detail": f"{label}: " + "; ".join(bad)}
+            )
 
     # Explicit mode: jax.jit(tx.init) keeps the shardings; the update traces and keeps them.
     mesh = meshes["explicit"]
@@ -298,37 +314,91 @@ def _selftest_cases() -> list[Case]:
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
-    return [Case("_selftest_replicated_state", factory=replicated_state),
-            Case("_selftest_wrong_numerics", factory=wrong_numerics)]
+    return [
+        Case("_selftest_replicated_state", factory=replicated_state),
+        Case("_selftest_wrong_numerics", factory=wrong_numerics),
+    ]
+
+
+def _meshes() -> dict:
+    devices = jax.devices()
+    return {
+        mode: jax.make_mesh(
+            (4, 2), ("x", "y"), axis_types=(axis_type,) * 2, devices=devices[:N_DEVICES]
+        )
+        for mode, axis_type in [("auto", AxisType.Auto), ("explicit", AxisType.Explicit)]
+    }
+
+
+def run_case(case: Case, meshes: dict) -> dict:
+    """One case's report: ``{"case", "failures", "notes", "matched_state_leaves", "seconds"}``."""
+    t0 = time.perf_counter()
+    try:
+        failures, notes, matched = check_case(case, meshes)
+    except Exception as e:  # noqa: BLE001 - reported per case
+        failures, notes, matched = [{"property": "error", "detail": _error(e)}], [], 0
+    return {
+        "case": case.test_id,
+        "failures": failures,
+        "notes": notes,
+        "matched_state_leaves": matched,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+RESULT_PREFIX = "@@sharding-result@@ "
+
+
+def serve() -> int:
+    """Answer case ids read from stdin, one per line, with one ``RESULT_PREFIX`` JSON line
+    each on stdout (the case's :func:`run_case` report plus ``n_devices``). The ids of
+    :func:`_selftest_cases` are known too. Ends at end of input."""
+    n_devices = len(jax.devices())
+    meshes = _meshes() if n_devices >= N_DEVICES else None
+    by_id = {c.test_id: c for c in [*all_cases(), *_selftest_cases()]}
+    print(RESULT_PREFIX + json.dumps({"ready": True, "n_devices": n_devices}), flush=True)
+    for line in sys.stdin:
+        case_id = line.strip()
+        if not case_id:
+            continue
+        if meshes is None:
+            report = {"case": case_id, "error": f"only {n_devices} devices"}
+        elif case_id not in by_id:
+            report = {"case": case_id, "error": "unknown case id in the worker's registry"}
+        else:
+            report = run_case(by_id[case_id], meshes)
+        report["n_devices"] = n_devices
+        print(RESULT_PREFIX + json.dumps(report), flush=True)
+    return 0
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--serve"]:
+        return serve()
     out_path, patterns = argv[0], argv[1:]
     devices = jax.devices()
-    result = {"n_devices": len(devices), "checked": [], "matched_state_leaves": {},
-              "failures": {}, "notes": {}, "seconds": {}}
+    result = {
+        "n_devices": len(devices),
+        "checked": [],
+        "matched_state_leaves": {},
+        "failures": {},
+        "notes": {},
+        "seconds": {},
+    }
     if len(devices) >= N_DEVICES:
-        meshes = {
-            mode: jax.make_mesh((4, 2), ("x", "y"), axis_types=(axis_type,) * 2,
-                                devices=devices[:N_DEVICES])
-            for mode, axis_type in [("auto", AxisType.Auto), ("explicit", AxisType.Explicit)]
-        }
+        meshes = _meshes()
         cases = _selftest_cases() if patterns == ["_selftest"] else all_cases()
         for case in cases:
             if patterns and not any(p in case.test_id for p in patterns):
                 continue
-            t0 = time.perf_counter()
-            try:
-                failures, notes, matched = check_case(case, meshes)
-            except Exception as e:  # noqa: BLE001 - reported per case
-                failures, notes, matched = [{"property": "error", "detail": _error(e)}], [], 0
+            report = run_case(case, meshes)
             result["checked"].append(case.test_id)
-            result["matched_state_leaves"][case.test_id] = matched
-            result["seconds"][case.test_id] = round(time.perf_counter() - t0, 2)
-            if failures:
-                result["failures"][case.test_id] = failures
-            if notes:
-                result["notes"][case.test_id] = notes
+            result["matched_state_leaves"][case.test_id] = report["matched_state_leaves"]
+            result["seconds"][case.test_id] = report["seconds"]
+            if report["failures"]:
+                result["failures"][case.test_id] = report["failures"]
+            if report["notes"]:
+                result["notes"][case.test_id] = report["notes"]
     with open(out_path, "w") as f:
         json.dump(result, f, indent=1)
     return 0

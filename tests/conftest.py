@@ -8,6 +8,15 @@
   that need float64 use the ``x64`` fixture.
 * ``tests/`` is on ``sys.path`` (pytest's rootdir import mode), so tests import
   ``helpers`` and the ``cases`` registry package directly.
+* Hypothesis profiles, chosen with ``HYPOTHESIS_PROFILE`` (default ``fast``):
+
+  - ``fast``: one example per test that does not set ``max_examples`` itself (the shared
+    property suite): hypothesis' simplest example, which ``helpers.pytrees`` makes a fixed
+    tree with leaves of rank 0-3 (``helpers.rich_tree``) and every hyperparameter
+    strategy at its simplest value. Derandomized, so every run checks the same inputs.
+  - ``thorough`` (nightly-style): 20 examples per such test, random trees, values, scales
+    and hyperparameters, a fresh seed every run (hypothesis prints how to reproduce a
+    failure).
 """
 
 import os
@@ -18,8 +27,18 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile(
+    "fast", max_examples=1, derandomize=True, deadline=None, suppress_health_check=_HEALTH
+)
+settings.register_profile(
+    "thorough", max_examples=20, derandomize=False, deadline=None, suppress_health_check=_HEALTH
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import dataclasses
 import functools
 import importlib
 import pkgutil
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import chex
 import hypothesis.strategies as st
@@ -148,7 +149,7 @@ def make_extra_args(names, loss=quadratic_loss) -> dict[str, Any]:
     """Build the required extra arguments of a case from ``loss``."""
     builders = {
         "grad_fn": lambda: jax.grad(loss),
-        "hvp_fn": lambda: (lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1]),
+        "hvp_fn": lambda: lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1],
         "value": None,  # filled per step by step_extra_args
     }
     return {n: builders[n]() for n in names if builders[n] is not None}
@@ -203,19 +204,51 @@ _SHAPES_ANY = st.one_of(
 _SHAPES_MATRIX = st.tuples(st.integers(2, 6), st.integers(2, 6))
 
 
+# The first (simplest) example hypothesis draws from :func:`pytrees`: a fixed tree with
+# leaves of rank 0-3 (one nested dict) for "any", three matrices for "matrix". With the
+# default profile's one example per test, this is the tree every case is checked on; more
+# examples (``HYPOTHESIS_PROFILE=thorough``) add random trees, values and scales.
+RICH_SHAPES = {
+    "any": {"layer": {"w": (5, 3), "b": (3,)}, "p0": (), "p1": (2, 3, 4)},
+    "matrix": {"p0": (4, 6), "p1": (6, 2), "p2": (2, 2)},
+}
+
+
+def rich_tree(tree: str = "any", dtype=jnp.float32, seed: int = 0):
+    """The deterministic tree of :data:`RICH_SHAPES` (standard normal values, via NumPy so
+    that building it compiles nothing)."""
+    rng = np.random.default_rng(seed)
+    shapes = RICH_SHAPES["matrix" if tree == "matrix" else "any"]
+    return jax.tree.map(
+        lambda s: jnp.asarray(rng.standard_normal(s, np.float32).astype(dtype)),
+        shapes,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
 @st.composite
 def pytrees(draw, tree: str = "any", dtype=jnp.float32):
-    """A dict pytree (possibly nested) of 1-4 float leaves with random values."""
+    """A dict pytree (possibly nested) of 1-4 float leaves with random values.
+
+    The simplest example (the first one hypothesis tries) is :func:`rich_tree`.
+    """
+    if not draw(st.booleans()):
+        return rich_tree(tree, dtype)
     shapes_st = _SHAPES_MATRIX if tree == "matrix" else _SHAPES_ANY
     n = draw(st.integers(1, 4))
     shapes = [draw(shapes_st) for _ in range(n)]
     seed = draw(st.integers(0, 2**16))
     scale = draw(st.sampled_from([1e-3, 1.0, 10.0]))
     keys = jax.random.split(jax.random.key(seed), n)
-    leaves = [(scale * jax.random.normal(k, s, jnp.float32)).astype(dtype) for k, s in zip(keys, shapes)]
+    leaves = [
+        (scale * jax.random.normal(k, s, jnp.float32)).astype(dtype) for k, s in zip(keys, shapes)
+    ]
     if n >= 3 and draw(st.booleans()):
-        return {"layer": {"w": leaves[0], "b": leaves[1]}, **{f"p{i}": l for i, l in enumerate(leaves[2:])}}
-    return {f"p{i}": l for i, l in enumerate(leaves)}
+        return {
+            "layer": {"w": leaves[0], "b": leaves[1]},
+            **{f"p{i}": x for i, x in enumerate(leaves[2:])},
+        }
+    return {f"p{i}": x for i, x in enumerate(leaves)}
 
 
 def make_grads(case: Case, params, seed: int):
@@ -223,7 +256,10 @@ def make_grads(case: Case, params, seed: int):
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
     lead = {"per_example": (BATCH,), "stacked": (N_OBJECTIVES,)}.get(case.tree, ())
-    grads = [jax.random.normal(k, lead + x.shape, jnp.float32).astype(x.dtype) for k, x in zip(keys, leaves)]
+    grads = [
+        jax.random.normal(k, lead + x.shape, jnp.float32).astype(x.dtype)
+        for k, x in zip(keys, leaves)
+    ]
     return jax.tree.unflatten(treedef, grads)
 
 

@@ -408,11 +408,30 @@ CONVERGENCE = {
                dict(learning_rate=0.02, b1=0.9, weight_decay=0.0), 1e-5),
     "adahessian": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.1, hessian_power=0.5),
                    2e-3),
+    # Noise-free, never-clipping DP-SGD is SGD (on a batch of one example, see _per_example).
+    "dpsgd": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=1e-3, momentum=0.9), 1e-3),
 }
+# Hyperparameters without defaults, merged into every `optlab.get` of this file.
+REQUIRED = {"dpsgd": dict(l2_norm_clip=1e3, noise_multiplier=0.0)}
+
+
+def _get(name, **kwargs):
+    """``optlab.get`` with the required hyperparameters; DP-SGD fed a batch of one example."""
+    return _per_example(name, optlab.get(name, **{**REQUIRED.get(name, {}), **kwargs}))
+
+
+def _per_example(name, tx):
+    if name != "dpsgd":
+        return tx
+
+    def update_fn(grads, state, params=None, **extra_args):
+        return tx.update(jax.tree.map(lambda g: g[None], grads), state, params, **extra_args)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 def test_convergence_table_covers_every_optimizer():
-    """Every optimizer of ``_aliases`` (other modules register their own, e.g. DP-SGD)."""
+    """Every optimizer of ``_aliases``, each registered."""
     from optlab import _aliases
 
     assert set(CONVERGENCE) == set(_aliases.__all__)
@@ -424,11 +443,11 @@ def test_converges_on_parabola_and_rosenbrock(name):
     kw_p, tol_p, kw_r, tol_r = CONVERGENCE[name]
     hvp = name in ("sophia", "adahessian")
     params = fixed_params()
-    _, _, losses = run_optimizer(optlab.get(name, **kw_p), parabola, params, 300,
+    _, _, losses = run_optimizer(_get(name, **kw_p), parabola, params, 300,
                                  _hvp_extra(parabola) if hvp else None)
     assert losses[-1] < tol_p, f"{name}: parabola {losses[0]:.3g} -> {losses[-1]:.3g}"
     start = {"x": jnp.array([-1.2, 1.0])}
-    p_end, _, losses = run_optimizer(optlab.get(name, **kw_r), rosenbrock, start, 1000,
+    p_end, _, losses = run_optimizer(_get(name, **kw_r), rosenbrock, start, 1000,
                                      _hvp_extra(rosenbrock) if hvp else None)
     final = float(rosenbrock(p_end))
     assert final < tol_r, f"{name}: rosenbrock {losses[0]:.3g} -> {final:.3g}"
@@ -467,7 +486,7 @@ _BAD = [
 @pytest.mark.parametrize("name,kwargs,param", _BAD, ids=[f"{n}-{p}" for n, _, p in _BAD])
 def test_bad_hyperparameters_raise(name, kwargs, param):
     with pytest.raises(ValueError, match=rf"{param}"):
-        optlab.get(name, **kwargs)
+        _get(name, **kwargs)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw", "lion", "sophia", "muon", "lars"])
@@ -483,7 +502,8 @@ def test_schedules_and_traced_hyperparameters_accepted():
             continue
         factory = getattr(optlab, name)
         static = {"ns_steps", "num_iters", "min_dim_size_to_factor", "decay_offset",
-                  "channel_axis"} & set(inspect.signature(factory).parameters)
-        tx = optax.inject_hyperparams(factory, static_args=static)(learning_rate=1e-2)
+                  "channel_axis", "seed"} & set(inspect.signature(factory).parameters)
+        tx = _per_example(name, optax.inject_hyperparams(factory, static_args=static)(
+            learning_rate=1e-2, **REQUIRED.get(name, {})))
         _, _, losses = run_optimizer(tx, quadratic_loss, params, 3)
         assert np.all(np.isfinite(losses)), name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -294,7 +296,7 @@ def test_lawa_memory_is_k_copies():
 def test_switch_ema_params_equal_ema_after_a_switch(dtype):
     params = fixed_params(dtype=dtype)
     period = 3
-    tx = optlab.switch_ema(optax.adam(0.05), decay=0.7, period=period)
+    tx = optlab.switch_ema(optax.adam(0.05), decay=0.7, sync_period=period)
     iterates, states = _trajectory(tx, params, steps=9)
     for t, (x, state) in enumerate(zip(iterates, states), start=1):
         if t % period == 0:
@@ -307,7 +309,7 @@ def test_switch_ema_params_equal_ema_after_a_switch(dtype):
 def test_switch_ema_matches_reference(x64):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), fixed_params())
     decay, period = 0.6, 2
-    tx = optlab.switch_ema(optax.sgd(0.05), decay=decay, period=period)
+    tx = optlab.switch_ema(optax.sgd(0.05), decay=decay, sync_period=period)
     iterates, states = _trajectory(tx, params, steps=6)
     p, ema = params, params
     grad = jax.jit(jax.grad(_loss))
@@ -325,10 +327,11 @@ def test_switch_ema_matches_reference(x64):
 
 
 @pytest.mark.parametrize("sync_period", [1, 2, 3])
-def test_lookahead_alpha_one_equals_inner(sync_period):
+def test_lookahead_slow_step_size_one_equals_inner(sync_period):
     params = fixed_params()
     ref, _ = _trajectory(optax.adam(0.05), params)
-    got, _ = _trajectory(optlab.lookahead(optax.adam(0.05), sync_period=sync_period, alpha=1.0),
+    got, _ = _trajectory(optlab.lookahead(optax.adam(0.05), sync_period=sync_period,
+                                         slow_step_size=1.0),
                          params)
     chex.assert_trees_all_equal(ref, got)
 
@@ -340,7 +343,7 @@ def test_lookahead_matches_optax_lookahead(reset_state):
     ref_tx = optax.lookahead(fast, sync_period=3, slow_step_size=0.4, reset_state=reset_state)
     lp = optax.LookaheadParams.init_synced(params)
     ref_state = ref_tx.init(lp)
-    tx = optlab.lookahead(fast, sync_period=3, alpha=0.4, reset_state=reset_state)
+    tx = optlab.lookahead(fast, sync_period=3, slow_step_size=0.4, reset_state=reset_state)
 
     @jax.jit
     def step(lp, ref_state, p, state):
@@ -366,7 +369,7 @@ def test_lookahead_synced_params_equal_slow_weights():
 
 def test_lookahead_converges():
     params = {"x": jnp.zeros(3)}
-    tx = optlab.lookahead(optax.sgd(0.1), sync_period=5, alpha=0.5)
+    tx = optlab.lookahead(optax.sgd(0.1), sync_period=5, slow_step_size=0.5)
     final, _, losses = run_optimizer(tx, parabola, params, 100)
     assert losses[-1] < 1e-3 * losses[0]
 
@@ -451,6 +454,42 @@ def test_averaged_params_nested_and_ambiguous():
         optlab.averaged_params(state, which=5)
 
 
+class _PolyakState(NamedTuple):
+    """An averaging state defined outside optlab/_averaging.py (the protocol)."""
+
+    inner_state: object
+    total: dict
+
+    averaging_name = "polyak_test"
+
+    def averaged(self):
+        return self.total
+
+
+def _polyak(inner):  # keeps the sum of the iterates; enough to find and read it back
+    def init_fn(params):
+        return _PolyakState(inner.init(params), params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, inner_state = inner.update(updates, state.inner_state, params)
+        total = jax.tree.map(lambda t, p, u: t + p + u, state.total, params, updates)
+        return updates, _PolyakState(inner_state, total)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def test_averaged_params_finds_any_state_with_the_protocol():
+    params = fixed_params()
+    tx = optax.named_chain(("clip", optax.clip(1.0)),
+                           ("avg", optlab.ema_params(_polyak(optax.sgd(0.1)), decay=0.5)))
+    state = _run(optax.MultiSteps(tx, every_k_schedule=1), params)
+    inner = state.inner_opt_state["avg"].inner_state
+    chex.assert_trees_all_equal(optlab.averaged_params(state, which="polyak_test"), inner.total)
+    chex.assert_trees_all_equal(optlab.averaged_params(state, which=1), inner.total)
+    with pytest.raises(ValueError, match="ema_params at .*polyak_test at"):
+        optlab.averaged_params(state)
+
+
 def test_averaged_params_without_averaging_state_raises():
     state = optax.adam(1e-3).init(fixed_params())
     with pytest.raises(ValueError, match="averaged_params.*no averaging state"):
@@ -485,8 +524,10 @@ def test_averaged_params_is_jittable():
         (lambda: optlab.lawa(optax.sgd(0.1), k=0), ValueError, "lawa.*k"),
         (lambda: optlab.lawa(optax.sgd(0.1), k=2.0), TypeError, "lawa.*k"),
         (lambda: optlab.switch_ema(optax.sgd(0.1), decay=-0.1), ValueError, "switch_ema.*decay"),
-        (lambda: optlab.switch_ema(optax.sgd(0.1), period=0), ValueError, "switch_ema.*period"),
-        (lambda: optlab.lookahead(optax.sgd(0.1), alpha=1.5), ValueError, "lookahead.*alpha"),
+        (lambda: optlab.switch_ema(optax.sgd(0.1), sync_period=0), ValueError,
+         "switch_ema.*sync_period"),
+        (lambda: optlab.lookahead(optax.sgd(0.1), slow_step_size=1.5), ValueError,
+         "lookahead.*slow_step_size"),
         (lambda: optlab.lookahead(optax.sgd(0.1), sync_period=0), ValueError,
          "lookahead.*sync_period"),
         (lambda: optlab.swa_schedule(0.1, swa_lr=-1.0, start_step=5), ValueError,

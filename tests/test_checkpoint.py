@@ -50,8 +50,11 @@ def keys_to_data(tree):
 def data_to_keys(tree, like):
     """Inverse of :func:`keys_to_data`, with the key implementation of ``like``."""
     return jax.tree.map(
-        lambda x, l: jax.random.wrap_key_data(x, impl=jax.random.key_impl(l)) if _is_key(l) else x,
-        tree, like,
+        lambda x, ref: (
+            jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x
+        ),
+        tree,
+        like,
     )
 
 
@@ -73,6 +76,9 @@ def _setup(case):
 
 
 def _train(step, params, state, grads):
+    # orbax restores arrays committed to a device; commit every run's inputs the same way so
+    # that the jitted step compiles once per case (an uncommitted input would recompile it).
+    params, state = jax.device_put((params, state), jax.devices()[0])
     for g in grads:
         params, state = step(params, state, g)
     return params, state

@@ -161,7 +161,7 @@ def test_update_bn_linen_wrong_call_raises():
         lambda: optlab.ema_params(optax.adam(1e-2), decay=0.9, warmup="tf"),
         lambda: optlab.bema(optax.adam(1e-2)),
         lambda: optlab.lawa(optax.adam(1e-2), k=2),
-        lambda: optlab.switch_ema(optax.adam(1e-2), decay=0.5, period=2),
+        lambda: optlab.switch_ema(optax.adam(1e-2), decay=0.5, sync_period=2),
         lambda: optlab.lookahead(optax.adam(1e-2), sync_period=2),
     ],
     ids=["swa", "ema_params", "bema", "lawa", "switch_ema", "lookahead"],

@@ -14,27 +14,22 @@ The idioms, also useful as documentation:
 * **NNX + grad_fn.** ``optimizer.update(model, grads, **kw)`` calls
   ``tx.update(grads, opt_state, params, **kw)`` with ``params`` the *pure*
   ``nnx.State`` of the ``wrt`` variables (plain arrays, no ``Variable`` wrappers). So
-  ``grad_fn`` maps such a state to its gradient, a state of the same structure: split
-  the model once, ``graphdef, _, rest = nnx.split(model, nnx.Param, ...)``, and
-  differentiate ``p -> loss(nnx.merge(graphdef, p, rest))`` (see :func:`nnx_grad_fn`).
+  ``grad_fn`` maps such a state to its gradient, a state of the same structure:
+  :func:`optlab.nnx_grad_fn` builds it (models with BatchNorm and Dropout: see
+  ``tests/test_flax_sam.py``).
 * **Linen + grad_fn.** ``TrainState.apply_gradients`` does not forward keyword
-  arguments to ``tx.update`` (they are dataclass fields to replace), so either subclass
-  it (:class:`ExtraArgsTrainState`) or use SAM's ``mode="two_call"``, which needs no
-  extra argument: each step is two ``apply_gradients`` calls, each with the gradient
-  at the current parameters.
+  arguments to ``tx.update`` (they are dataclass fields to replace), so
+  :func:`optlab.apply_gradients` does the step with them.
 * **Averaged weights.** NNX: ``nnx.update(model, optlab.averaged_params(optimizer))``;
   Linen: ``state.apply_fn({"params": optlab.averaged_params(state.opt_state)}, x)``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import optlab
@@ -74,20 +69,10 @@ def mse(model, x, y):
     return jnp.mean((model(x) - y) ** 2)
 
 
-def nnx_grad_fn(model, loss_fn, *args):
-    """``grad_fn`` for ``nnx.Optimizer(..., wrt=nnx.Param)``: pure param state -> grads."""
-    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-
-    def grad_fn(param_state):
-        return jax.grad(lambda p: loss_fn(nnx.merge(graphdef, p, rest), *args))(param_state)
-
-    return grad_fn
-
-
 @nnx.jit(static_argnames="use_grad_fn")
 def nnx_train_step(model, optimizer, x, y, use_grad_fn=False):
     loss, grads = nnx.value_and_grad(mse)(model, x, y)
-    extra = {"grad_fn": nnx_grad_fn(model, mse, x, y)} if use_grad_fn else {}
+    extra = {"grad_fn": optlab.nnx_grad_fn(model, lambda m: mse(m, x, y))} if use_grad_fn else {}
     optimizer.update(model, grads, **extra)
     return loss
 
@@ -127,7 +112,7 @@ def test_nnx_grad_fn_idiom_gets_the_param_state():
     # and grad_fn received / returned the structure nnx.Optimizer passes as params.
     x, y = _data()
     state = nnx.as_pure(nnx.state(sam, nnx.Param))
-    grads = nnx_grad_fn(sam, mse, x, y)(state)
+    grads = optlab.nnx_grad_fn(sam, lambda m: mse(m, x, y))(state)
     assert jax.tree.structure(grads) == jax.tree.structure(state)
 
 
@@ -178,39 +163,24 @@ class LinenMLP(nn.Module):
         return nn.Dense(1)(nn.tanh(nn.Dense(HIDDEN)(x)))
 
 
-class ExtraArgsTrainState(train_state.TrainState):
-    """``TrainState`` whose ``apply_gradients`` forwards extra args (``grad_fn``) to ``tx``."""
-
-    def apply_gradients(self, *, grads, **extra_args: Any):
-        updates, opt_state = self.tx.update(grads, self.opt_state, self.params, **extra_args)
-        return self.replace(
-            step=self.step + 1,
-            params=optax.apply_updates(self.params, updates),
-            opt_state=opt_state,
-        )
-
-
 def _linen_loss(apply_fn):
     x, y = _data()
     return lambda params: jnp.mean((apply_fn({"params": params}, x) - y) ** 2)
 
 
-def linen_train(tx, mode="plain", steps=STEPS, state_cls=train_state.TrainState):
+def linen_train(tx, mode="plain", steps=STEPS):
     x, _ = _data()
     module = LinenMLP()
     params = module.init(jax.random.key(0), x)["params"]
-    state = state_cls.create(apply_fn=module.apply, params=params, tx=tx)
+    state = train_state.TrainState.create(apply_fn=module.apply, params=params, tx=tx)
     loss = _linen_loss(module.apply)
 
     @jax.jit
     def step(state):
         grads = jax.grad(loss)(state.params)
         if mode == "grad_fn":
-            return state.apply_gradients(grads=grads, grad_fn=jax.grad(loss))
-        state = state.apply_gradients(grads=grads)
-        if mode == "two_call":  # the descent call, at the perturbed point
-            state = state.apply_gradients(grads=jax.grad(loss)(state.params))
-        return state
+            return optlab.apply_gradients(state, grads, grad_fn=jax.grad(loss))
+        return state.apply_gradients(grads=grads)
 
     initial = float(loss(state.params))
     for _ in range(steps):
@@ -224,29 +194,18 @@ def test_linen_named_optimizer_trains():
 
 
 def test_linen_sam_with_grad_fn_trains():
-    _, _, initial, final = linen_train(
-        optlab.sam(optlab.adamw(LR), rho=0.05), mode="grad_fn", state_cls=ExtraArgsTrainState
-    )
+    _, _, initial, final = linen_train(optlab.sam(optlab.adamw(LR), rho=0.05), mode="grad_fn")
     assert final < DECREASE * initial
 
 
-def test_linen_sam_two_call_mode_with_plain_train_state():
-    """No extra argument needed: SAM's two-call mode through TrainState.apply_gradients."""
-    two_call, _, initial, final = linen_train(
-        optlab.sam(optlab.adamw(LR), rho=0.05, mode="two_call"), mode="two_call", steps=20
-    )
-    grad_fn, _, _, _ = linen_train(
-        optlab.sam(optlab.adamw(LR), rho=0.05), mode="grad_fn", steps=20,
-        state_cls=ExtraArgsTrainState,
-    )
-    assert final < initial
-    chex.assert_trees_all_close(two_call.params, grad_fn.params, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("make_tx", [
-    lambda: optlab.swa(optlab.adamw(LR), start_step=31, every_k=1),
-    lambda: optlab.ema_params(optlab.adamw(LR), decay=0.9),
-], ids=["swa", "ema_params"])
+@pytest.mark.parametrize(
+    "make_tx",
+    [
+        lambda: optlab.swa(optlab.adamw(LR), start_step=31, every_k=1),
+        lambda: optlab.ema_params(optlab.adamw(LR), decay=0.9),
+    ],
+    ids=["swa", "ema_params"],
+)
 def test_linen_averaged_params(make_tx):
     state, loss, initial, final = linen_train(make_tx())
     averaged = optlab.averaged_params(state.opt_state)

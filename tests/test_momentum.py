@@ -91,13 +91,13 @@ def _state_bytes(tree) -> int:
 BAD = [
     ("scale_by_momentum", dict(b1=1.0), "b1"),
     ("scale_by_momentum", dict(b1=-0.1), "b1"),
-    ("scale_by_adam", dict(b1=1.0), "b1"),
-    ("scale_by_adam", dict(b2=1.5), "b2"),
-    ("scale_by_adam", dict(eps=-1e-8), "eps"),
-    ("scale_by_adam", dict(eps_root=-1.0), "eps_root"),
-    ("scale_by_adam", dict(amsgrad=True, adamax=True), "amsgrad"),
-    ("scale_by_adam", dict(amsgrad=True, nesterov=True), "nesterov"),
-    ("scale_by_adam", dict(adamax=True, eps_root=1e-8), "eps_root"),
+    ("scale_by_adam_family", dict(b1=1.0), "b1"),
+    ("scale_by_adam_family", dict(b2=1.5), "b2"),
+    ("scale_by_adam_family", dict(eps=-1e-8), "eps"),
+    ("scale_by_adam_family", dict(eps_root=-1.0), "eps_root"),
+    ("scale_by_adam_family", dict(amsgrad=True, adamax=True), "amsgrad"),
+    ("scale_by_adam_family", dict(amsgrad=True, nesterov=True), "nesterov"),
+    ("scale_by_adam_family", dict(adamax=True, eps_root=1e-8), "eps_root"),
     ("scale_by_diffgrad", dict(b1=1.0), "b1"),
     ("scale_by_diffgrad", dict(b2=-0.5), "b2"),
     ("scale_by_diffgrad", dict(eps=-1.0), "eps"),
@@ -142,7 +142,7 @@ def test_bad_hyperparameters_raise_value_error(name, kwargs, param):
 
 def test_bad_values_are_named_in_message():
     with pytest.raises(ValueError, match=r"scale_by_adam.*b1.*in \[0, 1\).*b1=1\.0"):
-        optlab.scale_by_adam(b1=1.0)
+        optlab.scale_by_adam_family(b1=1.0)
     with pytest.raises(ValueError, match=r"scale_by_sgd_sai.*eps.*>= 0.*eps=-1\.0"):
         optlab.scale_by_sgd_sai(eps=-1.0)
 
@@ -196,14 +196,14 @@ def test_momentum_matches_optax_trace(nesterov):
 )
 def test_adam_variants_match_optax_over_20_steps(variant, ref):
     gs = _grad_seq(20, seed=1)
-    ours, _ = _trajectory(optlab.scale_by_adam(b1=0.8, b2=0.95, eps=1e-6, **variant), gs)
+    ours, _ = _trajectory(optlab.scale_by_adam_family(b1=0.8, b2=0.95, eps=1e-6, **variant), gs)
     ref_updates, _ = _trajectory(ref, gs)
     tree_allclose(ours, ref_updates, rtol=1e-6, atol=1e-6)
 
 
 def test_adam_matches_numpy_reference():
     gs = _grad_seq(5, seed=2)
-    ours, _ = _trajectory(optlab.scale_by_adam(), gs)
+    ours, _ = _trajectory(optlab.scale_by_adam_family(), gs)
     for k in gs:
         # float32 vs float64: 1 - 0.999**t carries a 5e-5 relative rounding error in float32.
         np.testing.assert_allclose(ours[k], _np_adam(np.asarray(gs[k], np.float64)), rtol=1e-4)
@@ -215,7 +215,7 @@ def test_amsgrad_v_hat_is_non_decreasing():
         lambda g: g * jnp.exp(-0.3 * jnp.arange(20.0)).reshape((-1,) + (1,) * (g.ndim - 1)),
         _grad_seq(20, seed=3),
     )
-    tx = optlab.scale_by_adam(b2=0.5, amsgrad=True)
+    tx = optlab.scale_by_adam_family(b2=0.5, amsgrad=True)
     params = jax.tree.map(lambda g: g[0], gs)
     state = tx.init(params)
     update = jax.jit(tx.update)
@@ -237,8 +237,8 @@ def test_amsgrad_v_hat_is_non_decreasing():
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_low_precision_state_halves_state_bytes(amsgrad):
     params = {"w": jnp.zeros((64, 32), jnp.float32), "b": jnp.zeros((32,), jnp.float32)}
-    full = optlab.scale_by_adam(amsgrad=amsgrad).init(params)
-    half = optlab.scale_by_adam(amsgrad=amsgrad, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16).init(
+    full = optlab.scale_by_adam_family(amsgrad=amsgrad).init(params)
+    half = optlab.scale_by_adam_family(amsgrad=amsgrad, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16).init(
         params
     )
     assert _state_bytes(half) * 2 == _state_bytes(full)
@@ -251,9 +251,9 @@ def test_low_precision_state_halves_state_bytes(amsgrad):
             "b": jax.random.normal(jax.random.key(1), (5, 32)),
         },
     )
-    tx = optlab.scale_by_adam(amsgrad=amsgrad, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    tx = optlab.scale_by_adam_family(amsgrad=amsgrad, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
     ours, state = _trajectory(tx, gs, params)
-    ref, _ = _trajectory(optlab.scale_by_adam(amsgrad=amsgrad), gs, params)
+    ref, _ = _trajectory(optlab.scale_by_adam_family(amsgrad=amsgrad), gs, params)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves((state.mu, state.nu)))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(ours))
     tree_allclose(ours, ref, rtol=5e-2, atol=5e-2)
@@ -432,7 +432,7 @@ def test_mars_gamma_zero_is_per_leaf_clip_and_base_unchanged():
             np.testing.assert_allclose(ours[k][t], g / n if n > 1 else g, rtol=1e-6)
     # Chained before Adam, gamma=0 (no clip) gives Adam exactly.
     chain, _ = _trajectory(
-        optax.chain(optlab.mars_correction(0.0, max_norm=None), optlab.scale_by_adam()), gs
+        optax.chain(optlab.mars_correction(0.0, max_norm=None), optlab.scale_by_adam_family()), gs
     )
     adam, _ = _trajectory(optax.scale_by_adam(), gs)
     tree_allclose(chain, adam, rtol=1e-6, atol=1e-7)  # equal up to XLA's fusion rounding
@@ -470,7 +470,7 @@ def test_mars_adamw_chain_matches_official_update():
     gs = _grad_seq(steps, seed=12, scale=0.5)
     tx = optax.chain(
         optlab.mars_correction(gamma, b1),
-        optlab.scale_by_adam(b1, b2, eps),
+        optlab.scale_by_adam_family(b1, b2, eps),
         optax.scale_by_learning_rate(lr),
     )
     ours, _ = _trajectory(tx, gs)
@@ -504,7 +504,7 @@ def test_mars_adamw_chain_matches_official_update():
 @given(params=pytrees(), seed=st.integers(0, 1000))
 def test_grams_sign_of_update_is_sign_of_gradient(params, seed):
     gs = jax.tree.map(lambda p: jax.random.normal(jax.random.key(seed), (3,) + p.shape), params)
-    ours, _ = _trajectory(optlab.with_grad_sign(optlab.scale_by_adam()), gs, params)
+    ours, _ = _trajectory(optlab.with_grad_sign(optlab.scale_by_adam_family()), gs, params)
     adam, _ = _trajectory(optax.scale_by_adam(), gs, params)
     chex.assert_trees_all_equal(jax.tree.map(jnp.sign, ours), jax.tree.map(jnp.sign, gs))
     tree_allclose(jax.tree.map(jnp.abs, ours), jax.tree.map(jnp.abs, adam), rtol=0, atol=0)
@@ -520,7 +520,7 @@ def test_grams_sign_of_update_is_sign_of_gradient(params, seed):
 def test_grams_hand_derived_three_steps():
     g = np.array([[1.0, -2.0, 0.0], [-0.5, -2.0, 1.0], [-1.0, 0.5, 1.0]])
     ours, _ = _trajectory(
-        optlab.with_grad_sign(optlab.scale_by_adam()), {"x": jnp.asarray(g, jnp.float32)}
+        optlab.with_grad_sign(optlab.scale_by_adam_family()), {"x": jnp.asarray(g, jnp.float32)}
     )
     ref = np.sign(g) * np.abs(_np_adam(g))
     np.testing.assert_allclose(ours["x"], ref, rtol=1e-4, atol=1e-7)
@@ -557,7 +557,7 @@ def test_cautious_masks_exactly_where_signs_disagree_and_rescales(params, seed):
     gs = jax.tree.map(lambda p: jax.random.normal(jax.random.key(seed), (4,) + p.shape), params)
     for inner, is_direction in [
         (optax.sgd(0.1, momentum=0.9), False),
-        (optlab.scale_by_adam(), True),
+        (optlab.scale_by_adam_family(), True),
     ]:
         ours, _ = _trajectory(optlab.cautious(inner, inner_is_direction=is_direction), gs, params)
         raw, _ = _trajectory(inner, gs, params)
@@ -577,10 +577,10 @@ def test_cautious_direction_in_chain_equals_cautious_full_optimizer():
     gs = _grad_seq(8, seed=13)
     lr = 1e-2
     inside = optax.chain(
-        optlab.cautious(optlab.scale_by_adam(), inner_is_direction=True),
+        optlab.cautious(optlab.scale_by_adam_family(), inner_is_direction=True),
         optax.scale_by_learning_rate(lr),
     )
-    outside = optlab.cautious(optax.chain(optlab.scale_by_adam(), optax.scale_by_learning_rate(lr)))
+    outside = optlab.cautious(optax.chain(optlab.scale_by_adam_family(), optax.scale_by_learning_rate(lr)))
     a, _ = _trajectory(inside, gs)
     b, _ = _trajectory(outside, gs)
     tree_allclose(a, b, rtol=1e-6, atol=0)
@@ -737,21 +737,21 @@ STEPS = 300
 CONVERGENCE = {  # name: (direction factory, peak learning rate of a linear decay to 0)
     "momentum": (lambda: optlab.scale_by_momentum(0.9), 0.02),
     "nesterov": (lambda: optlab.scale_by_momentum(0.9, nesterov=True), 0.02),
-    "adam": (lambda: optlab.scale_by_adam(), 0.1),
-    "amsgrad": (lambda: optlab.scale_by_adam(amsgrad=True), 0.1),
-    "adamax": (lambda: optlab.scale_by_adam(adamax=True), 0.1),
+    "adam": (lambda: optlab.scale_by_adam_family(), 0.1),
+    "amsgrad": (lambda: optlab.scale_by_adam_family(amsgrad=True), 0.1),
+    "adamax": (lambda: optlab.scale_by_adam_family(adamax=True), 0.1),
     "diffgrad": (lambda: optlab.scale_by_diffgrad(), 0.1),
     "ademamix": (
         lambda: optlab.scale_by_ademamix(b3=0.99, alpha=2.0, b3_warmup=50, alpha_warmup=50),
         0.1,
     ),
     "mars_adamw": (
-        lambda: optax.chain(optlab.mars_correction(0.025, 0.95), optlab.scale_by_adam(0.95, 0.99)),
+        lambda: optax.chain(optlab.mars_correction(0.025, 0.95), optlab.scale_by_adam_family(0.95, 0.99)),
         0.1,
     ),
-    "grams": (lambda: optlab.with_grad_sign(optlab.scale_by_adam()), 0.1),
+    "grams": (lambda: optlab.with_grad_sign(optlab.scale_by_adam_family()), 0.1),
     "cautious_adam": (
-        lambda: optlab.cautious(optlab.scale_by_adam(), inner_is_direction=True),
+        lambda: optlab.cautious(optlab.scale_by_adam_family(), inner_is_direction=True),
         0.1,
     ),
     "optimistic_amsgrad": (lambda: optlab.scale_by_optimistic_amsgrad(), 0.02),
@@ -784,14 +784,14 @@ def test_cautious_full_optimizer_converges():
 
 ALL_TRANSFORMS = {
     "momentum": lambda: optlab.scale_by_momentum(),
-    "adam": lambda: optlab.scale_by_adam(),
-    "amsgrad_bf16_state": lambda: optlab.scale_by_adam(
+    "adam": lambda: optlab.scale_by_adam_family(),
+    "amsgrad_bf16_state": lambda: optlab.scale_by_adam_family(
         amsgrad=True, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16
     ),
     "diffgrad": lambda: optlab.scale_by_diffgrad(),
     "ademamix": lambda: optlab.scale_by_ademamix(b3_warmup=3, alpha_warmup=3),
     "mars": lambda: optlab.mars_correction(),
-    "grams": lambda: optlab.with_grad_sign(optlab.scale_by_adam()),
+    "grams": lambda: optlab.with_grad_sign(optlab.scale_by_adam_family()),
     "cautious": lambda: optlab.cautious(optax.adamw(1e-2)),
     "optimistic_amsgrad": lambda: optlab.scale_by_optimistic_amsgrad(),
     "lion": lambda: optlab.scale_by_lion(),
@@ -867,11 +867,11 @@ def test_cautious_finite_inner_update_with_nan_gradient_is_nan():
 
 _ALL_FACTORIES = {
     "scale_by_momentum": lambda: optlab.scale_by_momentum(),
-    "scale_by_adam": lambda: optlab.scale_by_adam(),
+    "scale_by_adam_family": lambda: optlab.scale_by_adam_family(),
     "scale_by_diffgrad": lambda: optlab.scale_by_diffgrad(),
     "scale_by_ademamix": lambda: optlab.scale_by_ademamix(),
     "mars_correction": lambda: optlab.mars_correction(),
-    "with_grad_sign": lambda: optlab.with_grad_sign(optlab.scale_by_adam()),
+    "with_grad_sign": lambda: optlab.with_grad_sign(optlab.scale_by_adam_family()),
     "cautious": lambda: optlab.cautious(optax.adam(1e-3)),
     "scale_by_optimistic_amsgrad": lambda: optlab.scale_by_optimistic_amsgrad(),
     "scale_by_lion": lambda: optlab.scale_by_lion(),

@@ -13,6 +13,7 @@ import pytest
 from optax.contrib import _muon
 
 import optlab
+from optlab._normalization import _weight_decay
 from helpers import fixed_params, parabola, run_optimizer, tree_allclose
 
 MUON_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -460,7 +461,7 @@ def test_centralize_per_output_channel_mean_zero():
 
 
 # ---------------------------------------------------------------------------
-# add_decayed_weights / cautious_weight_decay
+# decoupled weight decay (optax's, in float32) / cautious_weight_decay
 # ---------------------------------------------------------------------------
 
 
@@ -474,9 +475,11 @@ def test_centralize_per_output_channel_mean_zero():
         dict(weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
     ],
 )
-def test_add_decayed_weights_matches_optax(kwargs):
+def test_named_optimizers_weight_decay_stage_matches_optax(kwargs):
+    """The decay stage of the named optimizers (the unchecked builder) is optax's."""
     params = fixed_params()
-    tx, ref_tx = optlab.add_decayed_weights(**kwargs), optax.add_decayed_weights(**kwargs)
+    tx = _weight_decay(kwargs["weight_decay"], kwargs.get("mask"), cautious=False)
+    ref_tx = optax.add_decayed_weights(**kwargs)
     state, ref_state = tx.init(params), ref_tx.init(params)
     for i in range(3):
         g = jax.tree.map(lambda p: jnp.sin(p + i), params)
@@ -485,9 +488,12 @@ def test_add_decayed_weights_matches_optax(kwargs):
         tree_allclose(out, ref, rtol=0, atol=0)
 
 
-def test_add_decayed_weights_bf16_schedule_keeps_dtype():
+@pytest.mark.parametrize("in_float32", [False, True], ids=["builder", "in_float32"])
+def test_weight_decay_bf16_schedule_keeps_dtype(in_float32):
     params = fixed_params(dtype=jnp.bfloat16)
-    tx = optlab.add_decayed_weights(optax.linear_schedule(0.1, 0.0, 3))
+    schedule = optax.linear_schedule(0.1, 0.0, 3)
+    tx = (optlab.in_float32(optax.add_decayed_weights(schedule)) if in_float32
+          else _weight_decay(schedule, None, cautious=False))
     out, _ = tx.update(params, tx.init(params), params)
     chex.assert_trees_all_equal_shapes_and_dtypes(out, params)
 
@@ -523,9 +529,8 @@ def test_cautious_weight_decay_schedule_and_mask():
     tree_allclose(out, {"w": 1.1 * params["w"], "b": params["b"], "s": 1.1 * params["s"]})
 
 
-@pytest.mark.parametrize("name", ["add_decayed_weights", "cautious_weight_decay"])
-def test_weight_decay_needs_params(name):
-    tx = getattr(optlab, name)(0.1)
+def test_weight_decay_needs_params():
+    tx = optlab.cautious_weight_decay(0.1)
     with pytest.raises(ValueError, match="params"):
         tx.update(fixed_params(), tx.init(fixed_params()), None)
 
@@ -561,7 +566,7 @@ def _matrix_params():
                             optax.scale_by_learning_rate(0.05)),
         lambda: optax.chain(optlab.radial_projection(optax.trace(0.9), weight_decay=1e-4),
                             optax.scale_by_learning_rate(0.02)),
-        lambda: optax.chain(optax.scale_by_adam(), optlab.add_decayed_weights(1e-4),
+        lambda: optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(1e-4),
                             optax.scale_by_learning_rate(0.05)),
         lambda: optax.chain(optax.scale_by_adam(), optlab.cautious_weight_decay(1e-2),
                             optax.scale_by_learning_rate(0.05)),
@@ -621,7 +626,6 @@ BAD_HYPERPARAMETERS = [
     ("radial_projection", (_ADAM,), dict(channel_axis=1.0), TypeError, "channel_axis"),
     ("radial_projection", (0.1,), {}, TypeError, "inner"),
     ("centralize", (), dict(channel_axis="last"), TypeError, "channel_axis.*last"),
-    ("add_decayed_weights", (-1e-4,), {}, ValueError, "weight_decay.*-0.0001"),
     ("cautious_weight_decay", (float("inf"),), {}, ValueError, "weight_decay.*inf"),
 ]
 
@@ -645,8 +649,8 @@ def test_channel_axis_out_of_range_raises(tx):
 @pytest.mark.parametrize(
     "tx",
     [optlab.normalize_by_leaf_norm(), optlab.orthogonalize(), optlab.scale_by_trust_ratio(),
-     optlab.add_decayed_weights(0.1), optlab.scale_by_sign()],
-    ids=["leaf_norm", "orthogonalize", "trust_ratio", "add_decayed_weights", "sign"],
+     optlab.cautious_weight_decay(0.1), optlab.scale_by_sign()],
+    ids=["leaf_norm", "orthogonalize", "trust_ratio", "cautious_weight_decay", "sign"],
 )
 def test_integer_params_raise(tx):
     with pytest.raises(TypeError, match="floating point"):

@@ -4,11 +4,18 @@ Cases live in ``tests/cases/*.py`` (see ``tests/helpers.py``). Each case is chec
 for finite updates, kept shapes and dtypes (float32 and bfloat16), a state layout
 that never changes, ``jax.jit`` with no retrace, ``optax.inject_hyperparams``,
 ``optax.MultiSteps``, unknown extra arguments, and empty / ``None``-leaf trees.
-Trees and hyperparameters are drawn by hypothesis.
+Trees and hyperparameters are drawn by hypothesis: one example per test by default (a
+fixed tree with leaves of rank 0-3 and each hyperparameter strategy's simplest value),
+20 random ones with ``HYPOTHESIS_PROFILE=thorough`` (see ``tests/conftest.py``).
+
+Cost: every case compiles its update about 8 times here (f32, bf16, the reference run
+shared by the inject / extra-args tests, the injected run, the run with unknown extra
+arguments, MultiSteps, None leaves, and eager op-by-op dispatch).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import chex
@@ -36,10 +43,9 @@ CASES = all_cases()
 IDS = [c.test_id for c in CASES]
 N_STEPS = 3
 
+# The number of examples and the seed come from the hypothesis profile (tests/conftest.py).
 hyp_settings = settings(
-    max_examples=2,
     deadline=None,
-    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
@@ -48,8 +54,16 @@ def _draw_hparams(case: Case, data) -> dict:
     return {name: data.draw(strategy, label=name) for name, strategy in case.hparams.items()}
 
 
-def _run(tx, case: Case, params, *, jit: bool, steps: int = N_STEPS, max_traces: int | None = 1,
-         extra: dict | None = None):
+def _run(
+    tx,
+    case: Case,
+    params,
+    *,
+    jit: bool,
+    steps: int = N_STEPS,
+    max_traces: int | None = 1,
+    extra: dict | None = None,
+):
     """Run ``steps`` updates; return (updates per step, states per step)."""
     state0 = tx.init(params)
 
@@ -88,8 +102,11 @@ def _check_core(case: Case, params, tx, jit: bool):
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-@pytest.mark.parametrize("dtype,jit", [(jnp.float32, True), (jnp.bfloat16, True), (jnp.float32, False)],
-                         ids=["f32-jit", "bf16-jit", "f32-eager"])
+@pytest.mark.parametrize(
+    "dtype,jit",
+    [(jnp.float32, True), (jnp.bfloat16, True), (jnp.float32, False)],
+    ids=["f32-jit", "bf16-jit", "f32-eager"],
+)
 @hyp_settings
 @given(data=st.data())
 def test_finite_shapes_dtypes_state_no_retrace(case: Case, dtype, jit, data):
@@ -108,10 +125,26 @@ def test_jit_init_matches_eager_init(case: Case):
     tree_allclose(eager, jitted)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.inject], ids=[c.test_id for c in CASES if c.inject])
+@functools.cache
+def _reference_updates(case_id: str):
+    """The updates of ``N_STEPS`` jitted steps of the case as registered, on
+    ``fixed_params``: shared by the tests that compare another run with it (one compile
+    per case and pytest process). The no-retrace property is checked by
+    ``test_finite_shapes_dtypes_state_no_retrace``."""
+    case = _BY_ID[case_id]
+    updates, _, _ = _run(case.build(), case, fixed_params(case.tree), jit=True, max_traces=None)
+    return updates
+
+
+_BY_ID = {c.test_id: c for c in CASES}
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.inject], ids=[c.test_id for c in CASES if c.inject]
+)
 def test_inject_hyperparams_matches(case: Case):
     params = fixed_params(case.tree)
-    plain, _, _ = _run(case.build(), case, params, jit=True, max_traces=None)
+    plain = _reference_updates(case.test_id)
     injected, states, _ = _run(case.build_injected(), case, params, jit=True)
     assert states[0].hyperparams, (
         f"{case.test_id}: inject_hyperparams found no numeric hyperparameter to inject; the"
@@ -123,7 +156,9 @@ def test_inject_hyperparams_matches(case: Case):
     tree_allclose(plain, injected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.multisteps], ids=[c.test_id for c in CASES if c.multisteps])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.multisteps], ids=[c.test_id for c in CASES if c.multisteps]
+)
 def test_multisteps(case: Case):
     params = fixed_params(case.tree)
     tx = optax.MultiSteps(case.build(), every_k_schedule=2)
@@ -140,9 +175,10 @@ def test_multisteps(case: Case):
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_ignores_unknown_extra_args(case: Case):
     params = fixed_params(case.tree)
-    tx = case.build()
-    ref, _, _ = _run(tx, case, params, jit=True)
-    got, _, _ = _run(tx, case, params, jit=True, extra={"some_flax_kwarg": 3.0, "rngs": None})
+    ref = _reference_updates(case.test_id)
+    got, _, _ = _run(
+        case.build(), case, params, jit=True, extra={"some_flax_kwarg": 3.0, "rngs": None}
+    )
     tree_allclose(ref, got, rtol=0, atol=0)
 
 

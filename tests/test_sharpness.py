@@ -75,7 +75,7 @@ EXACT_AT_RHO0 = {
     "unnormalized_sam": lambda base: optlab.unnormalized_sam(base, rho=0.0),
     "multistep_sam": lambda base: optlab.multistep_sam(base, rho=0.0, num_steps=2),
     "random_sam": lambda base: optlab.random_sam(base, rho=0.0),
-    "looksam_k1": lambda base: optlab.looksam(base, rho=0.0, k=1),
+    "looksam_k1": lambda base: optlab.looksam(base, rho=0.0, every_k=1),
     "gsam_alpha0": lambda base: optlab.gsam(base, rho=0.0, alpha=0.0),
 }
 
@@ -108,8 +108,12 @@ def test_sam_step_matches_hand_computation():
 
 def test_gsam_alpha_zero_equals_sam():
     params = fixed_params()
-    tree_allclose(run(optlab.gsam(optax.sgd(0.1), rho=0.1, alpha=0.0), params),
-                  run(optlab.sam(optax.sgd(0.1), rho=0.1), params), rtol=0, atol=0)
+    tree_allclose(
+        run(optlab.gsam(optax.sgd(0.1), rho=0.1, alpha=0.0), params),
+        run(optlab.sam(optax.sgd(0.1), rho=0.1), params),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_gsam_descent_direction():
@@ -127,13 +131,17 @@ def test_gsam_descent_direction():
 
 def test_looksam_k1_equals_sam():
     params = fixed_params()
-    tree_allclose(run(optlab.looksam(optax.sgd(0.1), rho=0.1, k=1, alpha=0.7), params, steps=6),
-                  run(optlab.sam(optax.sgd(0.1), rho=0.1), params, steps=6), rtol=0, atol=0)
+    tree_allclose(
+        run(optlab.looksam(optax.sgd(0.1), rho=0.1, every_k=1, alpha=0.7), params, steps=6),
+        run(optlab.sam(optax.sgd(0.1), rho=0.1), params, steps=6),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_looksam_reuses_the_orthogonal_component():
     params = fixed_params()
-    tx = optlab.looksam(optax.identity(), rho=0.1, k=3, alpha=0.7)
+    tx = optlab.looksam(optax.identity(), rho=0.1, every_k=3, alpha=0.7)
     state = tx.init(params)
     g0 = GRAD(params)
     d0, state = tx.update(g0, state, params, grad_fn=GRAD)  # perturbation step
@@ -159,7 +167,7 @@ def test_looksam_evaluates_grad_fn_only_on_perturbation_steps():
         return GRAD(p)
 
     params = fixed_params()
-    tx = optlab.looksam(optax.sgd(0.1), rho=0.1, k=3)
+    tx = optlab.looksam(optax.sgd(0.1), rho=0.1, every_k=3)
     state = tx.init(params)
     step = jax.jit(lambda p, s: tx.update(GRAD(p), s, p, grad_fn=grad_fn))
     for _ in range(7):
@@ -171,8 +179,12 @@ def test_looksam_evaluates_grad_fn_only_on_perturbation_steps():
 
 def test_one_step_multistep_equals_sam():
     params = fixed_params()
-    tree_allclose(run(optlab.multistep_sam(optax.sgd(0.1), rho=0.1, num_steps=1), params),
-                  run(optlab.sam(optax.sgd(0.1), rho=0.1), params), rtol=1e-6, atol=1e-6)
+    tree_allclose(
+        run(optlab.multistep_sam(optax.sgd(0.1), rho=0.1, num_steps=1), params),
+        run(optlab.sam(optax.sgd(0.1), rho=0.1), params),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 def test_multistep_stays_in_rho_ball_and_ascends():
@@ -187,8 +199,13 @@ def test_multistep_stays_in_rho_ball_and_ascends():
     assert norms[0] == pytest.approx(0.05, rel=1e-5)
     losses = [float(loss_fn(p)) for p in points]
     assert losses[-1] > float(loss_fn(params))
-    one_step = float(loss_fn(jax.tree.map(lambda p, g: p + 0.1 * g / optax.tree.norm(GRAD(params)),
-                                          params, GRAD(params))))
+    one_step = float(
+        loss_fn(
+            jax.tree.map(
+                lambda p, g: p + 0.1 * g / optax.tree.norm(GRAD(params)), params, GRAD(params)
+            )
+        )
+    )
     assert losses[-1] >= one_step - 1e-6  # more ascent finds at least SAM's perturbed loss
 
 
@@ -220,8 +237,12 @@ def test_asam_is_invariant_to_layer_rescaling():
         return tx.update(grad_fn(p), tx.init(p), p, grad_fn=grad_fn)[0]
 
     asam = optlab.asam(optax.identity(), rho=0.5, eta=0.0)
-    tree_allclose(descent_grad(asam, v), jax.tree.map(jnp.divide, descent_grad(asam, w), a),
-                  rtol=1e-4, atol=1e-6)
+    tree_allclose(
+        descent_grad(asam, v),
+        jax.tree.map(jnp.divide, descent_grad(asam, w), a),
+        rtol=1e-4,
+        atol=1e-6,
+    )
     sam = optlab.sam(optax.identity(), rho=0.5)
     diff = tree_sub(descent_grad(sam, v), jax.tree.map(jnp.divide, descent_grad(sam, w), a))
     assert tree_norm(diff) > 1e-2
@@ -274,11 +295,12 @@ def test_masked_leaves_see_no_perturbation():
     assert tree_norm(e) == pytest.approx(0.1, rel=1e-5)  # the norm is over the masked leaves
     g = GRAD(params)
     g_sel = {k: g[k] for k in ("b", "s")}
-    tree_allclose(e, jax.tree.map(lambda x: 0.1 * x / optax.tree.norm(g_sel), g_sel),
-                  rtol=1e-5, atol=1e-7)
+    tree_allclose(
+        e, jax.tree.map(lambda x: 0.1 * x / optax.tree.norm(g_sel), g_sel), rtol=1e-5, atol=1e-7
+    )
 
 
-def test_mask_applies_to_any_policy_and_in_two_call_mode():
+def test_mask_applies_to_any_policy():
     params = fixed_params()
     mask = lambda p: {"w": True, "b": False, "s": False}  # noqa: E731
     grad_fn, points = recorded(GRAD)
@@ -286,17 +308,21 @@ def test_mask_applies_to_any_policy_and_in_two_call_mode():
     tx.update(GRAD(params), tx.init(params), params, grad_fn=grad_fn)
     chex.assert_trees_all_equal(points[0]["b"], params["b"])
     assert tree_norm(tree_sub(points[0]["w"], params["w"])) == pytest.approx(0.1, rel=1e-5)
-    tx = optlab.sam(optax.sgd(0.1), rho=0.1, mask=mask, mode="two_call")
-    up, _ = tx.update(GRAD(params), tx.init(params), params)
-    assert float(jnp.abs(up["b"]).max()) == 0.0 and float(up["s"]) == 0.0
+    # A stateful policy with a mask: LookSAM's g_v still covers every leaf.
+    tx = optlab.looksam(optax.identity(), rho=0.1, every_k=2, mask=mask)
+    _, state = tx.update(GRAD(params), tx.init(params), params, grad_fn=GRAD)
+    assert jax.tree.structure(state) == jax.tree.structure(tx.init(params))
+    assert float(jnp.abs(state.policy_state["b"]).max()) > 0.0
 
 
 def test_norm_layer_mask_sam_on():
     params = {
         "Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)},
         "LayerNorm_0": {"scale": jnp.ones(3), "bias": jnp.zeros(3)},
-        "block": {"bn1": {"scale": jnp.ones(3), "bias": jnp.zeros(3), "mean": jnp.zeros(3)},
-                  "conv": {"kernel": jnp.ones((3, 3))}},
+        "block": {
+            "bn1": {"scale": jnp.ones(3), "bias": jnp.zeros(3), "mean": jnp.zeros(3)},
+            "conv": {"kernel": jnp.ones((3, 3))},
+        },
         "final_norm": {"scale": jnp.ones(3)},
         "frozen": None,
     }
@@ -347,76 +373,80 @@ def test_unnormalized_perturbation():
 
 
 def test_custom_policy_and_rho_schedule():
-    def ascent(e, g, params, rho, state):
-        return [rho * jnp.sign(x) for x in g], state
-
-    policy = optlab.PerturbationPolicy(init=lambda p: (), ascent=ascent)
+    """The protocol: perturb and combine on trees, the step count for schedules."""
     schedule = optax.linear_schedule(0.0, 0.2, transition_steps=2)
+
+    def perturb(grads, params, state, step, **unused):
+        e = jax.tree.map(lambda g: schedule(step) * jnp.sign(g), grads)
+        return optax.tree.add(params, e), state + 1
+
+    def combine(grads, perturbed_grads, state, step):  # FD gradient-norm-penalty style mix
+        del step
+        return optax.tree.add_scale(optax.tree.scale(0.5, grads), 0.5, perturbed_grads), state
+
+    policy = optlab.PerturbationPolicy(
+        init=lambda p: jnp.zeros([], jnp.int32), perturb=perturb, combine=combine
+    )
     params = fixed_params()
     grad_fn, points = recorded(GRAD)
-    tx = optlab.sharpness_aware(optax.sgd(0.1), policy, rho=schedule)
+    tx = optlab.sharpness_aware(optax.identity(), policy)
     state = tx.init(params)
     for _ in range(3):
-        _, state = tx.update(GRAD(params), state, params, grad_fn=grad_fn)
+        d, state = tx.update(GRAD(params), state, params, grad_fn=grad_fn)
     sizes = [float(jnp.max(jnp.abs(p["w"] - params["w"]))) for p in points]
     np.testing.assert_allclose(sizes, [0.0, 0.1, 0.2], atol=1e-6)
+    assert int(state.policy_state) == 3
+    tree_allclose(
+        d,
+        jax.tree.map(lambda a, b: 0.5 * a + 0.5 * b, GRAD(params), GRAD(points[-1])),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+
+
+def test_policy_state_keeps_its_dtype_and_grads_arrive_in_float32():
+    seen = {}
+
+    def perturb(grads, params, state, step, **unused):
+        seen["dtypes"] = {x.dtype for x in jax.tree.leaves((grads, params, state))}
+        return params, jax.tree.map(lambda x: x + 1.0, state)  # float32 arithmetic
+
+    policy = optlab.PerturbationPolicy(init=optax.tree.zeros_like, perturb=perturb)
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), fixed_params())
+    grad_fn = lambda p: jax.tree.map(jnp.ones_like, p)  # noqa: E731
+    tx = optlab.sharpness_aware(optax.sgd(0.1), policy)
+    updates, state = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
+    assert seen["dtypes"] == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree.leaves((updates, state.policy_state))} == {
+        jnp.dtype(jnp.bfloat16)
+    }
 
 
 # ---------------------------------------------------------------------------
-# Two-call mode
+# Two update calls per step: optax.contrib.sam (optlab has no two-call mode)
 # ---------------------------------------------------------------------------
 
-TWO_CALL = {
-    "sam": lambda **kw: optlab.sam(optax.sgd(0.1), rho=0.1, **kw),
-    "gsam": lambda **kw: optlab.gsam(optax.sgd(0.1), rho=0.1, alpha=0.3, **kw),
-    "asam": lambda **kw: optlab.asam(optax.adam(1e-2), rho=0.3, **kw),
-    "looksam": lambda **kw: optlab.looksam(optax.sgd(0.1), rho=0.1, k=2, **kw),
-    "multistep": lambda **kw: optlab.multistep_sam(optax.sgd(0.1), rho=0.1, num_steps=3,
-                                                   step_size=0.05, **kw),
-    "masked": lambda **kw: optlab.masked_sam(optax.sgd(0.1), rho=0.1, mask={"w": True, "b": False,
-                                                                          "s": True}, **kw),
-}
 
-
-@pytest.mark.parametrize("name", sorted(TWO_CALL))
-def test_two_call_mode_equals_grad_fn_mode(name):
+def test_optax_contrib_sam_is_the_documented_two_call_style():
+    """optlab dropped its ``mode="two_call"``; the module notes point loops that cannot pass
+    ``grad_fn`` to ``optax.contrib.sam``. Alternating calls of it, each with the gradient at
+    the current parameters, give the same parameters as optlab.sam's one-call steps."""
     params = fixed_params()
-    want = run(TWO_CALL[name](), params, steps=5)
-    tx = TWO_CALL[name](mode="two_call")
-    state = tx.init(params)
+    want = run(optlab.sam(optax.adam(1e-2), rho=0.1), params, steps=4)
+    adv = optax.chain(optax.contrib.normalize(), optax.sgd(0.1))
+    tx = optax.contrib.sam(optax.adam(1e-2), adv, sync_period=2)
 
     @jax.jit
     def call(params, state):
-        updates, state = tx.update(GRAD(params), state, params)  # one gradient per call
+        updates, state = tx.update(GRAD(params), state, params)
         return optax.apply_updates(params, updates), state
 
-    got, calls = [], 0
-    while len(got) < 5:
-        count = int(state.count)
-        params, state = call(params, state)
-        calls += 1
-        assert jax.tree.structure(state) == jax.tree.structure(tx.init(params))
-        if int(state.count) > count:
-            got.append(params)
+    state, got = tx.init(params), []
+    for _ in range(4):
+        perturbed, state = call(params, state)  # ascent call: moves to w + e
+        params, state = call(perturbed, state)  # descent call: back to w, base step on g_p
+        got.append(params)
     tree_allclose(got, want, rtol=1e-5, atol=1e-6)
-    expected_calls = {"multistep": 20, "looksam": 8}.get(name, 10)  # looksam: 2+1+2+1+2
-    assert calls == expected_calls
-
-
-def test_two_call_ascent_moves_to_perturbed_point():
-    params = fixed_params()
-    tx = optlab.sam(optax.sgd(0.1), rho=0.1, mode="two_call")
-    state = tx.init(params)
-    g = GRAD(params)
-    up, state = tx.update(g, state, params)
-    tree_allclose(up, jax.tree.map(lambda x: 0.1 * x / optax.tree.norm(g), g), rtol=1e-6, atol=1e-7)
-    assert int(state.count) == 0 and int(state.phase) == 1
-    perturbed = optax.apply_updates(params, up)
-    up2, state = tx.update(GRAD(perturbed), state, perturbed)
-    final = optax.apply_updates(perturbed, up2)
-    want = jax.tree.map(lambda p, gp: p - 0.1 * gp, params, GRAD(perturbed))
-    tree_allclose(final, want, rtol=1e-6, atol=1e-6)
-    assert int(state.count) == 1 and int(state.phase) == 0
 
 
 # ---------------------------------------------------------------------------
@@ -494,30 +524,50 @@ def test_diagnostics_on_a_known_quadratic():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["sam", "asam", "gsam", "fisher_sam", "masked_sam", "looksam",
-                                  "multistep_sam", "random_sam", "unnormalized_sam"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sam",
+        "asam",
+        "gsam",
+        "fisher_sam",
+        "masked_sam",
+        "looksam",
+        "multistep_sam",
+        "random_sam",
+        "unnormalized_sam",
+    ],
+)
 def test_negative_rho_raises(name):
     with pytest.raises(ValueError, match=rf"{name}.*rho.*-0.1"):
         getattr(optlab, name)(optax.sgd(0.1), rho=-0.1)
 
 
 def test_bad_hyperparameters_raise():
-    with pytest.raises(ValueError, match="sharpness_aware.*rho.*-1"):
-        optlab.sharpness_aware(optax.sgd(0.1), optlab.sam_policy(), rho=-1.0)
+    with pytest.raises(ValueError, match="sam_policy.*rho.*-1"):
+        optlab.sam_policy(rho=-1.0)
     with pytest.raises(ValueError, match="asam.*eta.*-0.5"):
         optlab.asam(optax.sgd(0.1), eta=-0.5)
     with pytest.raises(ValueError, match="gsam.*alpha.*-1"):
         optlab.gsam(optax.sgd(0.1), alpha=-1.0)
-    with pytest.raises(ValueError, match="looksam.*k.*0"):
-        optlab.looksam(optax.sgd(0.1), k=0)
-    with pytest.raises(TypeError, match="looksam.*k"):
-        optlab.looksam(optax.sgd(0.1), k=2.5)
+    with pytest.raises(ValueError, match="gsam_policy.*alpha.*-1"):
+        optlab.gsam_policy(alpha=-1.0)
+    with pytest.raises(ValueError, match="looksam.*every_k.*0"):
+        optlab.looksam(optax.sgd(0.1), every_k=0)
+    with pytest.raises(TypeError, match="looksam.*every_k"):
+        optlab.looksam(optax.sgd(0.1), every_k=2.5)
     with pytest.raises(ValueError, match="multistep_sam.*step_size.*0"):
         optlab.multistep_sam(optax.sgd(0.1), step_size=0.0)
-    with pytest.raises(ValueError, match="sam.*mode.*'three_call'"):
-        optlab.sam(optax.sgd(0.1), mode="three_call")
+    with pytest.raises(ValueError, match="multistep_policy.*num_steps.*0"):
+        optlab.multistep_policy(num_steps=0)
+    with pytest.raises(ValueError, match="random_policy.*seed.*-1"):
+        optlab.random_policy(seed=-1)
     with pytest.raises(TypeError, match="sharpness_aware.*policy"):
         optlab.sharpness_aware(optax.sgd(0.1), "sam")
+    with pytest.raises(ValueError, match="sharpness_aware.*every_k.*0"):
+        optlab.sharpness_aware(optax.sgd(0.1), optlab.sam_policy()._replace(every_k=0))
+    with pytest.raises(TypeError, match="sam.*inner"):
+        optlab.sam("sgd")
     with pytest.raises(ValueError, match="sharpness_diagnostics.*num_power_iters"):
         optlab.sharpness_diagnostics(loss_fn, fixed_params(), num_power_iters=0)
 
@@ -571,12 +621,7 @@ def test_flax_nnx_optimizer_with_grad_fn():
 
     def make_grad_fn(model):
         # `nnx.Optimizer.update` passes the parameters as an `nnx.State` of plain arrays.
-        graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-
-        def grad_fn(param_state):
-            return jax.grad(lambda p: loss(nnx.merge(graphdef, p, rest)))(param_state)
-
-        return grad_fn
+        return optlab.nnx_grad_fn(model, loss)
 
     model = Model(nnx.Rngs(0))
     reference_params = nnx.as_pure(nnx.state(model, nnx.Param))

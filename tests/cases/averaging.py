@@ -41,17 +41,19 @@ def _lawa(learning_rate=0.1, k=2, every_k=1, start_step=1):
     return optlab.lawa(optax.sgd(learning_rate), k=k, every_k=every_k, start_step=start_step)
 
 
-def _switch_ema(learning_rate=1e-2, decay=0.9, period=2):
-    return optlab.switch_ema(optax.adam(learning_rate), decay=decay, period=period)
+def _switch_ema(learning_rate=1e-2, decay=0.9, sync_period=2):
+    return optlab.switch_ema(optax.adam(learning_rate), decay=decay, sync_period=sync_period)
 
 
-def _lookahead(learning_rate=0.1, alpha=0.5, sync_period=2, reset_state=False):
-    return optlab.lookahead(optax.sgd(learning_rate), sync_period=sync_period, alpha=alpha,
+def _lookahead(learning_rate=0.1, slow_step_size=0.5, sync_period=2, reset_state=False):
+    return optlab.lookahead(optax.sgd(learning_rate), sync_period=sync_period,
+                            slow_step_size=slow_step_size,
                             reset_state=reset_state)
 
 
-def _lookahead_adam(learning_rate=1e-2, alpha=0.5, sync_period=2):
-    return optlab.lookahead(optax.adam(learning_rate), sync_period=sync_period, alpha=alpha,
+def _lookahead_adam(learning_rate=1e-2, slow_step_size=0.5, sync_period=2):
+    return optlab.lookahead(optax.adam(learning_rate), sync_period=sync_period,
+                            slow_step_size=slow_step_size,
                             reset_state=True)
 
 
@@ -68,10 +70,10 @@ CASES = [
                       burn_in=st.integers(0, 2), every_k=st.integers(1, 2))),
     Case("lawa", factory=_lawa, static_args=("k", "every_k", "start_step"),
          hparams=dict(k=st.integers(1, 3), every_k=st.integers(1, 2))),
-    Case("switch_ema", factory=_switch_ema, static_args=("period",),
-         hparams=dict(decay=st.floats(0.0, 0.999), period=st.integers(1, 3))),
+    Case("switch_ema", factory=_switch_ema, static_args=("sync_period",),
+         hparams=dict(decay=st.floats(0.0, 0.999), sync_period=st.integers(1, 3))),
     Case("lookahead", factory=_lookahead, static_args=("sync_period", "reset_state"),
-         hparams=dict(alpha=st.floats(0.0, 1.0), sync_period=st.integers(1, 3),
+         hparams=dict(slow_step_size=st.floats(0.0, 1.0), sync_period=st.integers(1, 3),
                       reset_state=st.booleans())),
     Case("lookahead", factory=_lookahead_adam, static_args=("sync_period",), id="adam-reset"),
 ]

@@ -14,11 +14,6 @@ def _size_scaled_threshold(path, g):
 
 CASES = [
     Case(
-        "clip_by_global_norm",
-        kwargs=dict(max_norm=1.0),
-        hparams=dict(max_norm=st.floats(0.1, 10.0)),
-    ),
-    Case(
         "clip_by_leaf_norm",
         kwargs=dict(max_norm=1.0),
         hparams=dict(max_norm=st.floats(0.1, 10.0)),

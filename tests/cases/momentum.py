@@ -22,12 +22,12 @@ CASES = [
         kwargs=dict(b1=0.9, accumulator_dtype=jnp.bfloat16),
         static_args=("accumulator_dtype",),
     ),
-    Case("scale_by_adam", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),
-    Case("scale_by_adam", id="amsgrad", kwargs=dict(amsgrad=True), hparams=dict(b1=_b1, b2=_b2)),
-    Case("scale_by_adam", id="adamax", kwargs=dict(adamax=True), hparams=dict(b1=_b1, b2=_b2)),
-    Case("scale_by_adam", id="nesterov", kwargs=dict(nesterov=True), hparams=dict(b1=_b1, b2=_b2)),
+    Case("scale_by_adam_family", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),
+    Case("scale_by_adam_family", id="amsgrad", kwargs=dict(amsgrad=True), hparams=dict(b1=_b1, b2=_b2)),
+    Case("scale_by_adam_family", id="adamax", kwargs=dict(adamax=True), hparams=dict(b1=_b1, b2=_b2)),
+    Case("scale_by_adam_family", id="nesterov", kwargs=dict(nesterov=True), hparams=dict(b1=_b1, b2=_b2)),
     Case(
-        "scale_by_adam",
+        "scale_by_adam_family",
         id="bf16_state",
         kwargs=dict(amsgrad=True, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
         static_args=("mu_dtype", "nu_dtype"),
@@ -63,7 +63,7 @@ CASES = [
     # The wrapper has no float hyperparameter of its own: inject the inner one through it.
     Case(
         "with_grad_sign",
-        factory=lambda b1=0.9: optlab.with_grad_sign(optlab.scale_by_adam(b1=b1)),
+        factory=lambda b1=0.9: optlab.with_grad_sign(optlab.scale_by_adam_family(b1=b1)),
         hparams=dict(b1=_b1),
     ),
     Case(
@@ -82,7 +82,7 @@ CASES = [
         "cautious",
         id="direction",
         factory=lambda eps=1e-8: optlab.cautious(
-            optlab.scale_by_adam(), eps=eps, inner_is_direction=True
+            optlab.scale_by_adam_family(), eps=eps, inner_is_direction=True
         ),
     ),
     Case("scale_by_optimistic_amsgrad", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),

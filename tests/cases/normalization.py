@@ -52,10 +52,6 @@ CASES = [
     # no float hyperparameter to inject (channel_axis is static)
     Case("centralize", inject=False),
     Case("centralize", kwargs=dict(channel_axis=0), inject=False, id="axis0"),
-    Case("add_decayed_weights", kwargs=dict(weight_decay=1e-2), hparams=dict(weight_decay=_WD)),
-    Case("add_decayed_weights",
-         kwargs=dict(weight_decay=optax.linear_schedule(1e-2, 0.0, 10)),
-         id="schedule"),
     Case("cautious_weight_decay", kwargs=dict(weight_decay=1e-2), hparams=dict(weight_decay=_WD)),
     Case("cautious_weight_decay",
          kwargs=dict(weight_decay=optax.linear_schedule(1e-2, 0.0, 10)),
