@@ -18,6 +18,8 @@ module                 concern
 ``_combinators``       generic wrappers (skip non-finite steps ...)
 ``_replicas``          training across replicas (DiLoCo, FedAvg/FedOpt, NoLoCo, gossip)
 ``_communication``     compressed communication with error feedback, bytes on the wire
+``_schedules``         learning-rate schedules (WSD, 1cycle, refinement ...) and scaling rules
+``_step_sizes``        step-size rules (Polyak, AdaGrad-norm, AdaGO) and parameter-free methods
 ``_aliases``           named optimizers: chains of the above (and DP-SGD)
 ``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``: the top
                        floor, a table of ``_aliases``; nothing below imports it
@@ -38,8 +40,10 @@ from optlab import _normalization
 from optlab import _privacy
 from optlab import _registry
 from optlab import _replicas
+from optlab import _schedules
 from optlab import _second_order
 from optlab import _sharpness
+from optlab import _step_sizes
 from optlab._aliases import *  # noqa: F401,F403
 from optlab._averaging import *  # noqa: F401,F403
 from optlab._clipping import *  # noqa: F401,F403
@@ -53,14 +57,17 @@ from optlab._normalization import *  # noqa: F401,F403
 from optlab._privacy import *  # noqa: F401,F403
 from optlab._registry import *  # noqa: F401,F403
 from optlab._replicas import *  # noqa: F401,F403
+from optlab._schedules import *  # noqa: F401,F403
 from optlab._second_order import *  # noqa: F401,F403
 from optlab._sharpness import *  # noqa: F401,F403
+from optlab._step_sizes import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
 _MODULES = (
-    _aliases, _averaging, _clipping, _combinators, _communication, _flax_utils, _merging, _momentum,
-    _multi_objective, _normalization, _privacy, _registry, _replicas, _second_order, _sharpness,
+    _aliases, _averaging, _clipping, _combinators, _communication, _flax_utils, _merging,
+    _momentum, _multi_objective, _normalization, _privacy, _registry, _replicas, _schedules,
+    _second_order, _sharpness, _step_sizes,
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
 

@@ -1446,3 +1446,563 @@ def dpsgd(
         None if momentum is None else ("trace", optax.trace(decay=momentum, nesterov=nesterov)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
+
+
+# ---------------------------------------------------------------------------
+# Step-size rules and parameter-free optimizers (optlab/_step_sizes.py)
+# ---------------------------------------------------------------------------
+
+from optlab import _step_sizes  # noqa: E402  (kept with its block to ease merging)
+
+__all__ += [
+    "adagrad_norm",
+    "adago",
+    "sps",
+    "alr_smag",
+    "dog",
+    "dowg",
+    "prodigy",
+    "schedule_free_sgd",
+    "schedule_free_adamw",
+]
+
+
+def _descend() -> optax.GradientTransformation:
+    """The final sign flip of optimizers whose stages choose the step size themselves."""
+    return optax.scale(-1.0)
+
+
+_VALUE_HOW = ("`tx.update(grads, state, params, value=loss)` with the loss at `params`"
+              " (`jax.value_and_grad`); with Flax NNX, `optimizer.update(model, grads,"
+              " value=loss)`.")
+
+
+def adagrad_norm(
+    learning_rate: optax.ScalarOrSchedule,
+    initial_accumulator_value: jax.typing.ArrayLike = 0.0,
+    eps: jax.typing.ArrayLike = 1e-7,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    *,
+    granularity: str = "global",
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AdaGrad-Norm: SGD with the step :math:`\eta / b_t`, :math:`b_t^2 = b_0^2 + \sum \|g\|^2`.
+
+    :func:`optlab.scale_by_adagrad_norm` (one scalar for the whole tree by default;
+    ``granularity="leaf"`` or ``"coordinate"`` for one per leaf or per coordinate,
+    the latter being AdaGrad), decoupled weight decay, then the learning rate. Its
+    step sizes never increase, and it converges for any :math:`\eta` on smooth
+    problems, adapting to the noise level.
+
+    Args:
+      learning_rate: :math:`\eta` (>= 0) or a schedule.
+      initial_accumulator_value: :math:`b_0^2` (>= 0).
+      eps: added inside the square root (>= 0).
+      weight_decay: decoupled weight decay (>= 0).
+      granularity: ``"global"``, ``"leaf"`` or ``"coordinate"``.
+      mask: where to apply weight decay.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: one float32 scalar (global).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.adagrad_norm(1.0, eps=0.0)
+      >>> g = {"w": jnp.array([3.0, 4.0])}
+      >>> updates, _ = tx.update(g, tx.init(g), g)
+      >>> updates["w"]  # -g / ||g||
+      Array([-0.6, -0.8], dtype=float32)
+
+    References:
+      Attia and Koren, `SGD with AdaGrad Stepsizes: Full Adaptivity with High
+      Probability to Unknown Parameters, Unbounded Gradients and Affine Variance
+      <https://arxiv.org/abs/2302.08783>`_, 2023. Ward, Wu and Bottou, `AdaGrad
+      Stepsizes: Sharp Convergence Over Nonconvex Landscapes
+      <https://arxiv.org/abs/1806.01811>`_, 2019.
+    """
+    _check("adagrad_norm", learning_rate,
+           nonnegative={"initial_accumulator_value": initial_accumulator_value, "eps": eps,
+                        "weight_decay": weight_decay})
+    if granularity not in _step_sizes.GRANULARITIES:
+        raise ValueError(f"`optlab.adagrad_norm`: `granularity` must be one of"
+                         f" {_step_sizes.GRANULARITIES}, got granularity={granularity!r}.")
+    return _chain(
+        "adagrad_norm",
+        ("scale_by_adagrad_norm",
+         _step_sizes._adagrad_norm(initial_accumulator_value, eps, granularity)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def adago(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.95,
+    gamma: jax.typing.ArrayLike = 1.0,
+    eps: jax.typing.ArrayLike = 1e-3,
+    initial_accumulator_value: jax.typing.ArrayLike = 0.0,
+    ns_steps: int = 5,
+    ns_coeffs: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
+    *,
+    nesterov: bool = True,
+    adam_b1: jax.typing.ArrayLike = 0.9,
+    adam_b2: jax.typing.ArrayLike = 0.999,
+    adam_eps: jax.typing.ArrayLike = 1e-8,
+    adam_weight_decay: optax.ScalarOrSchedule = 0.0,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AdaGO: Muon's direction with an AdaGrad-norm step per matrix; AdamW elsewhere.
+
+    2-D leaves: :func:`optlab.scale_by_adago` (momentum, Newton-Schulz
+    orthogonalization, times :math:`\max(\epsilon, \min(\|G\|, \gamma) / v_t)` with
+    :math:`v_t^2 = v_{t-1}^2 + \min(\|G\|^2, \gamma^2)`), Muon's
+    :math:`\sqrt{\max(1, \text{fan\_out}/\text{fan\_in})}` scale, decoupled weight
+    decay, the learning rate. Other leaves: :func:`optlab.adamw` with the ``adam_*``
+    arguments. The split is :func:`optlab.muon`'s (``optax.partition`` by ``ndim``).
+    The floor is applied before the learning rate (:math:`\eta \max(\epsilon, \cdot)`),
+    the reference's :math:`\max(\epsilon, \eta\,\cdot)` with :math:`\epsilon` rescaled.
+
+    Args:
+      learning_rate: :math:`\eta` (>= 0) or a schedule.
+      b1: momentum decay of the matrices (in [0, 1)).
+      gamma: clipping level of the gradient norms (> 0).
+      eps: the smallest scalar step before the learning rate (>= 0).
+      initial_accumulator_value: :math:`v_0^2` (>= 0).
+      ns_steps: Newton-Schulz iterations (int >= 1).
+      ns_coeffs: Newton-Schulz coefficients.
+      weight_decay: decoupled weight decay of the matrices (>= 0).
+      weight_decay_mask: where to decay among the matrices.
+      nesterov: Nesterov momentum (both parts).
+      adam_b1: AdamW's first-moment decay for the other leaves.
+      adam_b2: AdamW's second-moment decay.
+      adam_eps: AdamW's epsilon.
+      adam_weight_decay: AdamW's decoupled weight decay.
+      adam_learning_rate: AdamW's learning rate (None: ``learning_rate``).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: one momentum buffer and one
+      float32 scalar per matrix; AdamW's two moments for the other leaves.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optlab
+      >>> tx = optlab.adago(0.02)
+      >>> params = {"w": jnp.zeros((8, 16)), "b": jnp.zeros(16)}
+      >>> g = {"w": jax.random.normal(jax.random.key(0), (8, 16)), "b": jnp.ones(16)}
+      >>> updates, state = tx.update(g, tx.init(params), params)
+      >>> updates["w"].shape
+      (8, 16)
+
+    References:
+      Zhang, Liu and Schaeffer, `AdaGrad Meets Muon: Adaptive Stepsizes for Orthogonal
+      Updates <https://arxiv.org/abs/2509.02981>`_, 2025.
+    """
+    _check("adago", learning_rate, decays={"b1": b1, "adam_b1": adam_b1, "adam_b2": adam_b2},
+           nonnegative={"eps": eps, "initial_accumulator_value": initial_accumulator_value,
+                        "weight_decay": weight_decay, "adam_eps": adam_eps,
+                        "adam_weight_decay": adam_weight_decay},
+           positive={"gamma": gamma})
+    check_newton_schulz("adago", ns_steps, ns_coeffs, 1e-7)
+    if adam_learning_rate is not None and not callable(adam_learning_rate):
+        _base.check_nonnegative("adago", adam_learning_rate=adam_learning_rate)
+    if adam_learning_rate is None:
+        adam_learning_rate = learning_rate
+    matrices = optax.named_chain(
+        ("scale_by_adago", _step_sizes._scale_by_adago(b1, gamma, eps, initial_accumulator_value,
+                                                       ns_steps, ns_coeffs, nesterov)),
+        ("scale_by_muon_shape", _scale_by_muon_shape()),
+        ("add_decayed_weights", _decay(weight_decay, weight_decay_mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+    others = optax.named_chain(
+        ("scale_by_adam", _adam(adam_b1, adam_b2, adam_eps, nesterov=nesterov)),
+        ("add_decayed_weights", _decay(adam_weight_decay, None)),
+        ("scale_by_learning_rate", _lr(adam_learning_rate)),
+    )
+    return _chain(
+        "adago", ("partition", optax.partition({"muon": matrices, "adam": others}, _label_2d))
+    )
+
+
+def sps(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    f_star: jax.typing.ArrayLike = 0.0,
+    c: jax.typing.ArrayLike = 0.5,
+    eps: jax.typing.ArrayLike = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    r"""SPS_max: SGD with the stochastic Polyak step, capped at ``learning_rate``.
+
+    Step :math:`\gamma_t = \min\big((f_i(x_t) - f^*) / (c \|g_t\|^2 + \epsilon),
+    \gamma_b\big)` (and >= 0) with :math:`\gamma_b` = ``learning_rate``:
+    :func:`optlab.scale_by_sps` then a sign flip. Needs ``value`` (the mini-batch
+    loss) in ``update``. Best where the model can interpolate the data
+    (:math:`f^* = 0`).
+
+    Args:
+      learning_rate: the cap :math:`\gamma_b` (>= 0) or a schedule.
+      f_star: a lower bound of the loss.
+      c: the Polyak constant (> 0).
+      eps: added to the denominator (>= 0).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optlab
+      >>> loss = lambda p: jnp.sum(p ** 2)
+      >>> tx = optlab.sps(learning_rate=10.0, c=1.0)
+      >>> params = jnp.array([1.0, 2.0])
+      >>> value, g = jax.value_and_grad(loss)(params)
+      >>> updates, _ = tx.update(g, tx.init(params), params, value=value)
+      >>> updates  # step 5 / 20
+      Array([-0.5, -1. ], dtype=float32)
+
+    References:
+      Loizou, Vaswani, Laradji and Lacoste-Julien, `Stochastic Polyak Step-size for SGD:
+      An Adaptive Learning Rate for Fast Convergence <https://arxiv.org/abs/2002.10542>`_,
+      2021.
+    """
+    _check("sps", learning_rate, nonnegative={"eps": eps}, positive={"c": c})
+    _base.check_finite("sps", f_star=f_star)
+    return _chain(
+        "sps",
+        ("scale_by_sps", _step_sizes._sps("sps", learning_rate, f_star, c, eps, 0.0)),
+        ("flip_sign", _descend()),
+        needs={"value": _VALUE_HOW},
+    )
+
+
+def alr_smag(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    momentum: jax.typing.ArrayLike = 0.9,
+    f_star: jax.typing.ArrayLike = 0.0,
+    c: jax.typing.ArrayLike = 1.0,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""ALR-SMAG: heavy-ball momentum with a Polyak step on the momentum.
+
+    :math:`d_t = \beta d_{t-1} + g_t`, :math:`\tau_t = \min\big(\gamma_b, (f_i(x_t) -
+    f^*) / (c \|d_t\|^2)\big)` (and >= 0), :math:`x_{t+1} = x_t - \tau_t (d_t +
+    \lambda x_t)` with :math:`\gamma_b` = ``learning_rate`` and decoupled weight decay
+    :math:`\lambda` scaled by the same step: ``optax.trace`` (through
+    :func:`optlab.scale_by_momentum`), :func:`optlab.scale_by_sps`, a sign flip.
+    Needs ``value``. Follows the MoMo authors' reference code of the method.
+
+    Args:
+      learning_rate: the cap :math:`\gamma_b` (>= 0) or a schedule.
+      momentum: :math:`\beta` (in [0, 1)).
+      f_star: a lower bound of the loss.
+      c: the Polyak constant (> 0).
+      eps: added to the denominator (>= 0).
+      weight_decay: decoupled weight decay (>= 0), scaled by the step.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: the momentum (one buffer).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optlab
+      >>> loss = lambda p: jnp.sum(p ** 2)
+      >>> tx = optlab.alr_smag(learning_rate=10.0)
+      >>> params = jnp.array([1.0, 2.0])
+      >>> value, g = jax.value_and_grad(loss)(params)
+      >>> updates, _ = tx.update(g, tx.init(params), params, value=value)
+      >>> updates  # first step: d = g, tau = 5 / 20
+      Array([-0.5, -1. ], dtype=float32)
+
+    References:
+      Wang, Johansson and Zhang, `Generalized Polyak Step Size for First Order
+      Optimization with Momentum <https://arxiv.org/abs/2305.12939>`_, ICML 2023.
+    """
+    _check("alr_smag", learning_rate, decays={"momentum": momentum},
+           nonnegative={"eps": eps, "weight_decay": weight_decay}, positive={"c": c})
+    _base.check_finite("alr_smag", f_star=f_star)
+    return _chain(
+        "alr_smag",
+        ("trace", _scale_by_momentum(momentum, False, None)),
+        ("scale_by_sps",
+         _step_sizes._sps("alr_smag", learning_rate, f_star, c, eps, weight_decay)),
+        ("flip_sign", _descend()),
+        needs={"value": _VALUE_HOW},
+    )
+
+
+def dog(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    init_step: tuple[str, float] = ("heuristic", 1e-6),
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""DoG: SGD with step = max distance from x_0 / sqrt(sum of squared gradient norms).
+
+    ``learning_rate`` is a multiplier (1 by default: no tuning). Weight decay (added to
+    the gradient, as ``optax.contrib.dog``), then :func:`optlab.scale_by_dog`, then the
+    learning rate. Numerically the same as ``optax.contrib.dog``. The reference recommends evaluating an average of the
+    iterates (e.g. wrap it in :func:`optlab.ema_params`).
+
+    Args:
+      learning_rate: multiplier of the DoG step (>= 0) or a schedule.
+      init_step: ``(kind, value)``, see :func:`optlab.scale_by_dog`.
+      eps: added to the sum of squared norms (>= 0).
+      weight_decay: L2 weight decay added to the gradient (>= 0).
+      mask: where to apply weight decay.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: a copy of the initial params
+      and three scalars.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum((p - 3.0) ** 2)
+      >>> tx = optlab.dog()
+      >>> params = jnp.zeros(2)
+      >>> state = tx.init(params)
+      >>> for _ in range(200):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(loss(params) < 1e-2)
+      True
+
+    References:
+      Ivgi, Hinder and Carmon, `DoG is SGD's Best Friend: A Parameter-Free Dynamic Step
+      Size Schedule <https://arxiv.org/abs/2302.12022>`_, 2023.
+    """
+    _check("dog", learning_rate, nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _step_sizes._check_init_step("dog", init_step)
+    return _chain(
+        "dog",
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_dog", _step_sizes._scale_by_dog(init_step, eps)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def dowg(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    init_estim_sq_dist: jax.typing.ArrayLike | None = None,
+    eps: jax.typing.ArrayLike = 1e-4,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""DoWG: DoG with distance-weighted gradient sums; ``learning_rate`` is a multiplier.
+
+    Weight decay (added to the gradient), :func:`optlab.scale_by_dowg`, the learning
+    rate. Numerically the same as ``optax.contrib.dowg``.
+
+    Args:
+      learning_rate: multiplier of the DoWG step (>= 0) or a schedule.
+      init_estim_sq_dist: initial squared-distance estimate (> 0; default ``eps``).
+      eps: added to the denominator (>= 0).
+      weight_decay: L2 weight decay added to the gradient (>= 0).
+      mask: where to apply weight decay.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum((p - 3.0) ** 2)
+      >>> tx = optlab.dowg()
+      >>> params = jnp.zeros(2)
+      >>> state = tx.init(params)
+      >>> for _ in range(100):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(loss(params) < 1e-2)
+      True
+
+    References:
+      Khaled, Mishchenko and Jin, `DoWG Unleashed: An Efficient Universal Parameter-Free
+      Gradient Descent Method <https://arxiv.org/abs/2305.16284>`_, 2023.
+    """
+    _check("dowg", learning_rate, nonnegative={"eps": eps, "weight_decay": weight_decay})
+    if init_estim_sq_dist is not None:
+        _base.check_positive("dowg", init_estim_sq_dist=init_estim_sq_dist)
+    return _chain(
+        "dowg",
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_dowg", _step_sizes._scale_by_dowg(init_estim_sq_dist, eps)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def prodigy(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    beta3: jax.typing.ArrayLike | None = None,
+    eps: jax.typing.ArrayLike = 1e-8,
+    estim_lr0: jax.typing.ArrayLike = 1e-6,
+    estim_lr_coef: jax.typing.ArrayLike = 1.0,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    safeguard_warmup: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Prodigy: Adam whose learning rate is estimated online (parameter-free).
+
+    ``learning_rate`` is a multiplier (1 by default, or a schedule such as cosine decay
+    from 1). :func:`optlab.scale_by_prodigy` then a sign flip. The same numbers as
+    ``optax.contrib.prodigy`` (whose ``betas`` are ``b1``, ``b2`` here).
+
+    Args:
+      learning_rate: multiplier of the estimated step (>= 0) or a schedule.
+      b1: Adam's first-moment decay (in [0, 1)).
+      b2: Adam's second-moment decay (in [0, 1)).
+      beta3: decay of the D estimate's sums (default ``sqrt(b2)``).
+      eps: Adam's epsilon (>= 0).
+      estim_lr0: initial under-estimate of the step (> 0).
+      estim_lr_coef: multiplier of the estimate (> 0).
+      weight_decay: decoupled weight decay (>= 0).
+      safeguard_warmup: leave the schedule out of the estimate's denominator.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: four buffers like the params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.prodigy()
+      >>> params = {"w": jnp.ones(3)}
+      >>> updates, state = tx.update(params, tx.init(params), params)
+      >>> bool(jnp.all(updates["w"] < 0))
+      True
+
+    References:
+      Mishchenko and Defazio, `Prodigy: An Expeditiously Adaptive Parameter-Free
+      Learner <https://arxiv.org/abs/2306.06101>`_, 2023.
+    """
+    _check("prodigy", learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "weight_decay": weight_decay},
+           positive={"estim_lr0": estim_lr0, "estim_lr_coef": estim_lr_coef})
+    if beta3 is not None:
+        _base.check_decay("prodigy", beta3=beta3)
+    return _chain(
+        "prodigy",
+        ("scale_by_prodigy",
+         _step_sizes._prodigy("prodigy", learning_rate, b1, b2, beta3, eps, estim_lr0,
+                              estim_lr_coef, weight_decay, safeguard_warmup)),
+        ("flip_sign", _descend()),
+    )
+
+
+def _sf_learning_rate(name: str, learning_rate: Any, warmup_steps: int | None):
+    _base.check_learning_rate(name, learning_rate)
+    if warmup_steps is None or warmup_steps == 0:
+        return learning_rate
+    _base.check_int(name, minimum=0, warmup_steps=warmup_steps)
+    return optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps)
+
+
+def schedule_free_sgd(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    warmup_steps: int | None = None,
+    b1: jax.typing.ArrayLike = 0.9,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_lr_power: jax.typing.ArrayLike = 2.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Schedule-free SGD: no decay schedule; evaluate at ``optlab.averaged_params(state)``.
+
+    :func:`optlab.schedule_free` around ``add_decayed_weights`` + ``optax.sgd`` (no
+    momentum: ``b1`` interpolates between the average and the SGD iterate instead).
+    ``warmup_steps`` adds a linear warmup from 0. Same numbers as
+    ``optax.contrib.schedule_free_sgd`` with a constant learning rate.
+
+    Args:
+      learning_rate: SGD's learning rate (>= 0).
+      warmup_steps: linear warmup length (int >= 0) or None.
+      b1: interpolation (in [0, 1)).
+      weight_decay: L2 weight decay added to the gradient (>= 0).
+      weight_lr_power: exponent of the learning rate in the averaging weights (>= 0).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: two buffers like the params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum((p - 3.0) ** 2)
+      >>> tx = optlab.schedule_free_sgd(0.1)
+      >>> params = jnp.zeros(2)
+      >>> state = tx.init(params)
+      >>> for _ in range(100):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(loss(optlab.averaged_params(state)) < 1e-2)
+      True
+
+    References:
+      Defazio et al., `The Road Less Scheduled <https://arxiv.org/abs/2405.15682>`_,
+      2024.
+    """
+    _check("schedule_free_sgd", learning_rate, decays={"b1": b1},
+           nonnegative={"weight_decay": weight_decay, "weight_lr_power": weight_lr_power})
+    lr = _sf_learning_rate("schedule_free_sgd", learning_rate, warmup_steps)
+    base = optax.named_chain(
+        ("add_decayed_weights", _decay(weight_decay, None)),
+        ("scale_by_learning_rate", _lr(lr)),
+    )
+    return _chain(
+        "schedule_free_sgd",
+        ("schedule_free",
+         _step_sizes._schedule_free("schedule_free_sgd", base, lr, b1, weight_lr_power)),
+    )
+
+
+def schedule_free_adamw(
+    learning_rate: optax.ScalarOrSchedule = 0.0025,
+    warmup_steps: int | None = None,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_lr_power: jax.typing.ArrayLike = 2.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Schedule-free AdamW: no decay schedule; evaluate at ``optlab.averaged_params(state)``.
+
+    :func:`optlab.schedule_free` around Adam without momentum (``optax.scale_by_rms``
+    with bias correction and ``eps`` outside the root), decoupled weight decay and the
+    learning rate. Same numbers as ``optax.contrib.schedule_free_adamw`` with a
+    constant learning rate.
+
+    Args:
+      learning_rate: the learning rate (>= 0).
+      warmup_steps: linear warmup length (int >= 0) or None.
+      b1: interpolation (in [0, 1)).
+      b2: second-moment decay (in [0, 1)).
+      eps: Adam's epsilon (>= 0).
+      weight_decay: decoupled weight decay (>= 0).
+      weight_lr_power: exponent of the learning rate in the averaging weights (>= 0).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: three buffers like the params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum((p - 3.0) ** 2)
+      >>> tx = optlab.schedule_free_adamw(0.5)
+      >>> params = jnp.zeros(2)
+      >>> state = tx.init(params)
+      >>> for _ in range(200):
+      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(loss(optlab.averaged_params(state)) < 1e-2)
+      True
+
+    References:
+      Defazio et al., `The Road Less Scheduled <https://arxiv.org/abs/2405.15682>`_,
+      2024.
+    """
+    _check("schedule_free_adamw", learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "weight_decay": weight_decay,
+                        "weight_lr_power": weight_lr_power})
+    lr = _sf_learning_rate("schedule_free_adamw", learning_rate, warmup_steps)
+    base = optax.named_chain(
+        ("scale_by_rms", _in_float32(optax.scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False,
+                                                        bias_correction=True))),
+        ("add_decayed_weights", _decay(weight_decay, None)),
+        ("scale_by_learning_rate", _lr(lr)),
+    )
+    return _chain(
+        "schedule_free_adamw",
+        ("schedule_free",
+         _step_sizes._schedule_free("schedule_free_adamw", base, lr, b1, weight_lr_power)),
+    )

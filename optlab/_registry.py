@@ -80,6 +80,20 @@ _TABLE: dict[str, tuple[Callable[..., optax.GradientTransformation], str]] = {
     "adahessian": (A.adahessian, ("ADAHESSIAN: An Adaptive Second Order Optimizer for Machine"
                                   " Learning (2020)")),
     "dpsgd": (A.dpsgd, "Deep Learning with Differential Privacy (2016)"),
+    # step-size rules and parameter-free methods (optlab/_step_sizes.py)
+    "adagrad_norm": (A.adagrad_norm, ("SGD with AdaGrad Stepsizes (2023); AdaGrad-Norm: Ward, Wu"
+                                      " and Bottou (2019)")),
+    "adago": (A.adago, "AdaGrad Meets Muon: Adaptive Stepsizes for Orthogonal Updates (2025)"),
+    "sps": (A.sps, ("Stochastic Polyak Step-size for SGD: An Adaptive Learning Rate for Fast"
+                    " Convergence (2021)")),
+    "alr_smag": (A.alr_smag, ("Generalized Polyak Step Size for First Order Optimization with"
+                              " Momentum (2023)")),
+    "dog": (A.dog, "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size Schedule (2023)"),
+    "dowg": (A.dowg, ("DoWG Unleashed: An Efficient Universal Parameter-Free Gradient Descent"
+                      " Method (2023)")),
+    "prodigy": (A.prodigy, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner (2023)"),
+    "schedule_free_sgd": (A.schedule_free_sgd, "The Road Less Scheduled (2024)"),
+    "schedule_free_adamw": (A.schedule_free_adamw, "The Road Less Scheduled (2024)"),
 }
 
 
