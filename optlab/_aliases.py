@@ -64,6 +64,7 @@ from optlab._second_order import (
 
 __all__ = [
     "sgd",
+    "adam",
     "adamw",
     "amsgrad",
     "diffgrad",
@@ -445,6 +446,56 @@ def sinkgd(
 # ---------------------------------------------------------------------------
 # Adam family
 # ---------------------------------------------------------------------------
+
+
+def adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Adam: adaptive moment estimation, without weight decay.
+
+    Step :math:`-\eta\,\hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)`. Same
+    signature and numbers as :func:`optax.adam`; :func:`optlab.adamw` adds decoupled
+    weight decay.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: added outside the square root (>= 0).
+      eps_root: added inside the square root (>= 0).
+      mu_dtype: optional dtype of the first moment.
+      nesterov: NAdam's look-ahead first moment.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: step count, first and
+      second moments (two copies of the parameters).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.adam(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> print(jnp.round(updates["w"], 6))  # first Adam step: -lr * sign(g)
+      [-0.001  0.001]
+
+    References:
+      Kingma and Ba, `Adam: A Method for Stochastic Optimization
+      <https://arxiv.org/abs/1412.6980>`_, 2015.
+    """
+    _check("adam", learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "eps_root": eps_root})
+    return _chain(
+        "adam",
+        ("scale_by_adam", _adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
 
 
 def adamw(

@@ -35,6 +35,7 @@ OPTAX_EQUIVALENT = {
                      lambda: optax.sgd(0.1, momentum=0.9)),
     "sgd_nesterov": (lambda: optlab.sgd(0.1, momentum=0.9, nesterov=True),
                      lambda: optax.sgd(0.1, momentum=0.9, nesterov=True)),
+    "adam": (lambda: optlab.adam(1e-2, b1=0.8), lambda: optax.adam(1e-2, b1=0.8)),
     "adamw": (lambda: optlab.adamw(1e-2, weight_decay=1e-2, mask=_is_matrix),
               lambda: optax.adamw(1e-2, weight_decay=1e-2, mask=_is_matrix)),
     "adamw_nesterov_schedule": (
@@ -377,6 +378,7 @@ def _cos(lr, steps):
 # are ~10x the final losses measured with these settings.
 CONVERGENCE = {
     "sgd": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=1e-3, momentum=0.9), 1e-3),
+    "adam": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 1.0),
     "adamw": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05, weight_decay=0.0), 1.0),
     "amsgrad": (dict(learning_rate=0.05), 5e-3, dict(learning_rate=0.5), 0.25),
     "diffgrad": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.05), 0.5),
@@ -461,7 +463,7 @@ _BAD = [
     (name, dict(learning_rate=-1.0), "learning_rate") for name in sorted(CONVERGENCE)
 ] + [
     (name, dict(learning_rate=1e-3, b1=1.0), "b1")
-    for name in ("adamw", "amsgrad", "diffgrad", "adamp", "ademamix", "mars_adamw", "grams",
+    for name in ("adam", "adamw", "amsgrad", "diffgrad", "adamp", "ademamix", "mars_adamw", "grams",
                  "cautious_adamw", "cautious_lion", "lion", "signum", "lamb", "sgd_sai",
                  "sophia", "adahessian")
 ] + [

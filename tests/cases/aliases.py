@@ -18,6 +18,7 @@ def _opt(name, kwargs=None, hparams=None, **rest):
 CASES = [
     _opt("sgd"),
     _opt("sgd", dict(momentum=0.9, nesterov=True), dict(momentum=B1), id="nesterov"),
+    _opt("adam", hparams=dict(b1=B1, b2=B2)),
     _opt("adamw", hparams=dict(b1=B1, b2=B2, weight_decay=WD)),
     _opt("amsgrad", hparams=dict(b1=B1, b2=B2, weight_decay=WD)),
     _opt("diffgrad", hparams=dict(b1=B1, b2=B2, weight_decay=WD)),
