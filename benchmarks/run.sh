@@ -4,6 +4,8 @@
 #   benchmarks/run.sh                  # step time at 1e6 and 1e7 params, compile time, flatten, main job
 #   SIZES=1e6,1e7,5e7 benchmarks/run.sh
 #   SWEEP=1 benchmarks/run.sh          # also the digits learning-rate sweep (~5-15 min on 2 cores)
+#   LM=1 benchmarks/run.sh             # also the language-model task (~5 min of CPU on 2 cores)
+#   LM=1 SWEEP=1 benchmarks/run.sh     # + its learning-rate sweep (~15 min of CPU)
 #   benchmarks/run.sh --optimizers adamw,lion   # extra flags go to step_time.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,3 +37,9 @@ if [[ "${SWEEP:-0}" == "1" ]]; then
   python3 benchmarks/digits_lr_sweep.py --out "$OUT"
 fi
 python3 -m optlab.bench --out "$OUT/digits_loss.png"
+if [[ "${LM:-0}" == "1" ]]; then
+  if [[ "${SWEEP:-0}" == "1" ]]; then
+    python3 benchmarks/lm_lr_sweep.py --steps 100 --out "$OUT"
+  fi
+  python3 -m optlab.bench --task lm --out "$OUT/lm_loss.png"
+fi

@@ -1,11 +1,17 @@
-"""The main job (``python3 -m optlab.bench``) with tiny settings: table, plot, CLI."""
+"""The main job (``python3 -m optlab.bench``) with tiny settings: table, plot, CLI, LM task."""
 
 from __future__ import annotations
 
+import math
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import optlab
 from optlab import bench
+from optlab.bench import common, data, lm
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -72,10 +78,153 @@ def test_defaults_are_registered_and_have_learning_rates():
 
 
 def test_learning_rate_lookup():
-    assert bench._parse_lrs("adamw=1e-3, sgd=0.1") == {"adamw": 1e-3, "sgd": 0.1}
+    assert bench.parse_learning_rates("adamw=1e-3, SGD=0.1") == {"adamw": 1e-3, "sgd": 0.1}
     assert bench.learning_rate_for("sam-adamw", {"adamw": 0.5}) == 0.5
     assert bench.learning_rate_for("sam-adamw", {"sam-adamw": 0.25, "adamw": 0.5}) == 0.25
     assert bench.learning_rate_for("no-such-name") == bench.FALLBACK_LR
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps: expected an integer >= 1, got 0"),
+        (["--seeds", "-1"], "--seeds: expected an integer >= 1, got -1"),
+        (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+        (["--batch-size", "100000"], "must be <= 1347"),
+        (["--lr", "adamw=abc"], "'abc' is not a number (in 'adamw=abc')"),
+        (["--lr", "foo=0.1"], "--lr names foo, not among the optimizers"),
+        (["--out", "x.txt"], "the plot must be one of .png, .pdf, .svg"),
+        (["--size", "tiny"], "--size applies to --task lm only"),
+        (["--task", "lm", "--seeds", "2"], "--seeds applies to --task digits only"),
+        (["--optimizers", "nope"], "unknown optimizer(s) ['nope']"),
+        (["--schedule", "wsd", "--optimizers", "adamw"], "--schedule wsd"),
+    ],
+)
+def test_cli_usage_errors_exit_2_before_training(argv, message, capsys):
+    if argv[:2] == ["--schedule", "wsd"] and any(
+        hasattr(optlab, n) for n in common._OPTLAB_SCHEDULES["wsd"]
+    ):
+        pytest.skip("optlab has a wsd schedule now: the flag works")
+    with pytest.raises(SystemExit) as e:
+        bench.main([*argv, "--no-progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err and "_parse" not in err
+
+
+def test_cli_names_are_case_insensitive():
+    names = bench.cli.build_parser().parse_args(["--optimizers", "ADAMW,Sam-AdamW"]).optimizers
+    assert names == ["adamw", "sam-adamw"]
+    bench.check_names(names)
+
+
+def test_schedules():
+    assert common.make_schedule("constant", 0.1, 100) == 0.1
+    warm = common.make_schedule("constant", 0.1, 100, warmup=10)
+    assert float(warm(0)) == 0.0 and float(warm(10)) == pytest.approx(0.1)
+    cos = common.make_schedule("cosine", 0.1, 100, warmup=10)
+    assert float(cos(10)) == pytest.approx(0.1) and float(cos(100)) == pytest.approx(0.0)
+
+
+def test_progress_rate_excludes_compilation():
+    p = common.Progress(10, "x", enabled=False)
+    p.start("adamw")
+    p.update(5, 0.5)
+    p.update(5, 0.5)
+    assert p.steps / p.train_s == pytest.approx(10.0)
+
+
+def test_plot_is_small_multiples_with_unsmoothed_start():
+    y = np.array([5.0, 1.0, 1.0, 1.0])
+    s = common.debiased_ema(y, 0.9)
+    assert s[0] == 5.0 and s[-1] < s[0]
+
+
+# ---------------------------------------------------------------------------
+# The language-model task (--task lm)
+# ---------------------------------------------------------------------------
+
+
+def test_corpus_loader_on_a_temporary_directory(tmp_path):
+    files = [f"m{i}.py" for i in range(7)] + ["pkg/sub.py"]
+    (tmp_path / "pkg").mkdir()
+    for i, f in enumerate(files):
+        (tmp_path / f).write_bytes(f"# file {i}\n".encode() * (i + 1))
+    c = data.load_corpus(tmp_path, files, valid_every=3, valid_offset=1)
+    order = sorted(files)
+    assert c.valid_files == tuple(order[1::3]) and c.train_files == tuple(
+        f for f in order if f not in order[1::3]
+    )
+    assert bytes(c.valid) == b"\n".join((tmp_path / f).read_bytes() for f in c.valid_files)
+    assert bytes(c.train) == b"\n".join((tmp_path / f).read_bytes() for f in c.train_files)
+    assert c.train.dtype == np.uint8 and c.root == str(tmp_path)
+    same = data.load_corpus(tmp_path, list(reversed(files)), valid_every=3, valid_offset=1)
+    assert same.sha256 == c.sha256 and len(c.sha256) == 64  # order of `files` is irrelevant
+    (tmp_path / "m3.py").write_bytes(b"changed")
+    assert data.load_corpus(tmp_path, files, valid_every=3, valid_offset=1).sha256 != c.sha256
+    with pytest.raises(FileNotFoundError, match=r"2 of 10 files are missing.*gone\.py, m9\.py"):
+        data.load_corpus(tmp_path, [*files, "m9.py", "gone.py"])
+    with pytest.raises(ValueError, match="at least two files"):
+        data.load_corpus(tmp_path, ["m0.py"])
+
+
+def test_stdlib_corpus_is_present_and_split_by_file():
+    c = data.load_corpus()
+    assert len(data.STDLIB_MODULES) == len(set(data.STDLIB_MODULES)) == 110
+    assert list(data.STDLIB_MODULES) == sorted(data.STDLIB_MODULES)
+    assert 2e6 < c.train.size < 5e6 and 1e5 < c.valid.size
+    assert not set(c.train_files) & set(c.valid_files)
+    assert c.python in c.describe() and c.sha256[:12] in c.describe()
+
+
+def test_model_parameter_names_and_muon_leaf_selection():
+    task = lm.LMTask("tiny")
+    params = task.init_params(0)
+    cfg = task.size.model
+    blk = params["blocks"][0]
+    assert params["embed"]["embedding"].shape == (256, cfg.d)
+    assert blk["attn"]["query"].shape == (cfg.d, cfg.heads, cfg.head_dim)
+    assert blk["attn"]["out"].shape == (cfg.heads, cfg.head_dim, cfg.d)
+    assert blk["mlp"]["up"].shape == (cfg.d, cfg.mlp_hidden)
+    assert sum(x.size for x in jax.tree.leaves(params)) == cfg.n_params()
+    kinds = jax.tree.leaves(jax.tree.map_with_path(lambda p, _: lm.param_kind(p), params))
+    assert set(kinds) == {"embedding", "attention", "mlp", "norm"}
+
+    tx = lm.transformer_muon(0.1, 1e-3)
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.key(x.size), x.shape), params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)  # one compile, not per op
+    # Hidden matrices (attention kernels seen as (d, heads * head_dim)) are orthogonalized:
+    # their singular values are close to each other (Newton-Schulz maps them near 1).
+    for u in (updates["blocks"][0]["attn"]["query"], updates["blocks"][0]["mlp"]["up"]):
+        sv = jnp.linalg.svd(u.reshape(u.shape[0], -1), compute_uv=False)
+        assert float(sv.min() / sv.max()) > 0.3
+    # The tied embedding gets AdamW: its first step is -lr * sign(g).
+    np.testing.assert_allclose(
+        updates["embed"]["embedding"], -1e-3 * jnp.sign(grads["embed"]["embedding"]), rtol=1e-3
+    )
+
+
+def test_lm_tiny_run_writes_table_and_plot_and_learns(tmp_path):
+    out = tmp_path / "lm.png"
+    results, table = lm.run(["adamw", "muon"], size="tiny", steps=20, out=out, progress=False)
+    c = data.load_corpus()
+    assert [r.name for r in results] == ["adamw", "muon"]
+    for r in results:
+        assert r.eval_steps.tolist() == [0, 5, 10, 15, 20]
+        assert np.isfinite(r.val_loss).all() and np.isfinite(r.train_loss).all()
+        assert r.val_loss[-1] < r.val_loss[0] - 0.3  # 20 steps already learn byte statistics
+        assert r.final_bits_per_byte == pytest.approx(r.final_val_loss / math.log(2))
+        assert r.steps_per_s > 0 and r.compile_s > 0 and r.train_s[-1] > 0
+        assert r.python == c.python and r.corpus_sha256 == c.sha256
+        cells = _row(table, r.name)
+        assert float(cells[2]) == pytest.approx(r.final_val_loss, abs=1e-4)
+        assert float(cells[3]) == pytest.approx(r.final_bits_per_byte, abs=1e-4)
+    assert results[0].state_ratio == pytest.approx(2.0, abs=0.01)  # AdamW: two moments
+    assert 1.0 < results[1].state_ratio < 2.0  # Muon: one momentum on the matrices
+    assert c.sha256[:12] in table and f"Python {c.python}" in table
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert out.with_suffix(".md").read_text() == table
 
 
 # ---------------------------------------------------------------------------

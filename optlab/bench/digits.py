@@ -1,4 +1,4 @@
-"""The main job: optlab's named optimizers on scikit-learn's bundled digits data.
+"""The main job's default task: optlab's named optimizers on scikit-learn's bundled digits data.
 
 Run it with::
 
@@ -12,7 +12,8 @@ several seeds, then
 * prints a table: optimizer, learning rate, final test accuracy (mean +- std over
   seeds), final training loss, steps per second, compile time, and the optimizer's
   state bytes per parameter byte;
-* writes the table as markdown and a plot of the mean training-loss curves (PNG).
+* writes the table as markdown and a plot of the training-loss curves (one small panel
+  per optimizer, the others in grey for reference; PNG).
 
 Each seed changes the initialization and the mini-batch order; the split is fixed.
 All seeds of one optimizer train at once: the train step is ``jax.vmap``-ed over the
@@ -27,35 +28,31 @@ function as the ``grad_fn`` extra argument of ``update``). Every optimizer is al
 given ``value`` and ``hvp_fn``, so optimizers that need a Hessian-vector product
 (Sophia, AdaHessian) run too; optimizers that do not use them ignore them.
 
-Flags: ``--optimizers``, ``--seeds``, ``--steps``, ``--batch-size``, ``--lr``
-(per-optimizer overrides, ``name=value,...``), ``--out`` (PNG path; the markdown
-table is written next to it with the suffix ``.md``), ``--no-progress``.
+The command line is in :mod:`optlab.bench.cli` (``python3 -m optlab.bench --help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import math
 import os
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import optlab
+from optlab.bench import common
+from optlab.bench.common import SAM_RHO, UNSUPPORTED, check_names, tree_bytes  # noqa: F401
 
 DEFAULT_OPTIMIZERS = ("sgd", "adamw", "lion", "adamp", "ademamix", "muon", "lamb", "sam-adamw")
 DEFAULT_SEEDS = 3
 DEFAULT_STEPS = 400
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_OUT = "bench_out/digits_loss.png"
-SAM_RHO = 0.05
+N_TRAIN = 1347  # the 75% training split of the 1,797 images
 HIDDEN = (128, 128)
 
 # Per-optimizer learning rates for this task: the best of a sweep over 1e-4 .. 1 with the
@@ -89,11 +86,6 @@ LEARNING_RATES: dict[str, float] = {
     "sophia": 1e-3,
 }
 FALLBACK_LR = 1e-3
-# Named optimizers this job cannot run, and why.
-UNSUPPORTED = {
-    "dpsgd": "it needs per-example gradients and the l2_norm_clip / noise_multiplier"
-    " hyperparameters (see optlab.dpsgd)",
-}
 
 
 # ---------------------------------------------------------------------------
@@ -141,42 +133,12 @@ def make_mlp(seed: int, n_in: int = 64, n_out: int = 10, hidden: tuple[int, int]
 
 def learning_rate_for(name: str, overrides: dict[str, float] | None = None) -> float:
     """The learning rate used for ``name`` (``sam-x`` uses x's)."""
-    overrides = overrides or {}
-    base = name[4:] if name.startswith("sam-") else name
-    for table in (overrides, LEARNING_RATES):
-        for key in (name, base):
-            if key in table:
-                return table[key]
-    return FALLBACK_LR
+    return common.learning_rate_for(name, LEARNING_RATES, FALLBACK_LR, overrides)
 
 
-def build_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+def build_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
     """``optlab.get(name, learning_rate=...)``, or SAM around it for ``sam-<name>``."""
-    if name.startswith("sam-") and name not in {i.name for i in optlab.available()}:
-        if not hasattr(optlab, "sam"):
-            raise ValueError(f"optimizer {name!r}: this optlab has no `optlab.sam` wrapper.")
-        return optlab.sam(optlab.get(name[4:], learning_rate=learning_rate), rho=SAM_RHO)
-    return optlab.get(name, learning_rate=learning_rate)
-
-
-def check_names(names: Sequence[str]) -> None:
-    """Raise a ValueError naming unknown or unsupported optimizers, listing the known ones."""
-    known = {i.name for i in optlab.available()} - set(UNSUPPORTED)
-    for n in names:
-        base = n[4:] if n.startswith("sam-") else n
-        if base in UNSUPPORTED:
-            raise ValueError(f"optimizer {n!r} is not supported here: {UNSUPPORTED[base]}")
-    bad = [n for n in names if n not in known and not (n.startswith("sam-") and n[4:] in known)]
-    if bad:
-        raise ValueError(
-            f"unknown optimizer(s) {bad}; known: {sorted(known)} (and sam-<name> for any of them)"
-        )
-
-
-def tree_bytes(tree: Any) -> int:
-    return int(
-        sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-    )
+    return common.build_optimizer(name, learning_rate)
 
 
 # ---------------------------------------------------------------------------
@@ -223,14 +185,15 @@ def train_one(
     steps: int,
     batch_size: int,
     learning_rate: float,
-    progress=None,
+    progress: common.Progress | None = None,
+    schedule: str = "constant",
 ) -> Result:
     """Train ``seeds`` models with optimizer ``name``; the steps of all seeds run vmapped."""
     from flax import nnx
 
     x_tr, y_tr, x_te, y_te = (jnp.asarray(a) for a in data)
     n_train = x_tr.shape[0]
-    tx = build_optimizer(name, learning_rate)
+    tx = build_optimizer(name, common.make_schedule(schedule, learning_rate, steps))
 
     graphdef, _ = nnx.split(make_mlp(0))
     per_seed = [nnx.to_pure_dict(nnx.split(make_mlp(s))[1]) for s in range(seeds)]
@@ -279,14 +242,16 @@ def train_one(
     compile_s = time.perf_counter() - start
 
     losses = []
-    start = time.perf_counter()
+    run_s = 0.0
     for i in range(steps // chunk):
+        start = time.perf_counter()
         params, opt_state, values = compiled(params, opt_state, keys, t0 + i * chunk)
-        losses.append(values)
         jax.block_until_ready(values)
+        chunk_s = time.perf_counter() - start
+        run_s += chunk_s
+        losses.append(values)
         if progress is not None:
-            progress.update(chunk)
-    run_s = time.perf_counter() - start
+            progress.update(chunk, chunk_s)
 
     accuracy = jax.jit(
         jax.vmap(lambda p: jnp.mean(jnp.argmax(nnx.merge(graphdef, p)(x_te), -1) == y_te))
@@ -310,12 +275,16 @@ def train_one(
 def format_table(results: Sequence[Result], seeds: int, steps: int, batch_size: int) -> str:
     """The results as a markdown table with a one-line caption."""
     lines = [
-        f"Digits MLP, {steps} steps, batch {batch_size}, {seeds} seed(s); accuracy is on the"
-        " held-out 25% (mean +- std over seeds); one step updates all seeds (vmapped),"
-        " compile time excluded from steps/s.",
+        (
+            f"Digits MLP, {steps} steps, batch {batch_size}, {seeds} seed(s); accuracy is on the"
+            " held-out 25% (mean +- std over seeds); one step updates all seeds (vmapped),"
+            " compile time excluded from steps/s."
+        ),
         "",
-        "| optimizer | learning rate | test accuracy | final train loss | steps/s | compile s"
-        " | state bytes / param byte |",
+        (
+            "| optimizer | learning rate | test accuracy | final train loss | steps/s | compile s"
+            " | state bytes / param byte |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -328,38 +297,73 @@ def format_table(results: Sequence[Result], seeds: int, steps: int, batch_size: 
 
 
 def plot_losses(results: Sequence[Result], path: str | os.PathLike) -> None:
-    """Mean (over seeds) training-loss curves, smoothed, with a min-max band; log scale."""
+    """Training-loss curves as small multiples: one panel per optimizer.
+
+    Each panel shows its optimizer's mean over seeds (debiased-EMA smoothing, so the
+    first steps are not hidden), the raw mean faintly, the min-max band over seeds, and
+    the other optimizers' smoothed means in grey; log scale, shared axes.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-    for r in results:
-        steps = r.losses.shape[1]
-        window = max(1, steps // 40)
-        kernel = np.ones(window) / window
-
-        def smooth(y):
-            return np.convolve(y, kernel, mode="valid")
-
-        x = np.arange(window, steps + 1)
-        mean = smooth(r.losses.mean(0))
-        (line,) = ax.plot(x, mean, label=f"{r.name} ({r.accuracy_mean:.3f})", lw=1.5)
+    n = len(results)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(3.0 * cols, 2.4 * rows + 0.5),
+        dpi=110,
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    # tab10 without its grey (index 7), which marks the other optimizers here.
+    colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
+    weight = 0.9
+    smoothed = [common.debiased_ema(r.losses.mean(0), weight) for r in results]
+    for k, (ax, r) in enumerate(zip(axes.flat, results)):
+        x = np.arange(1, r.losses.shape[1] + 1)
+        for j, other in enumerate(smoothed):
+            if j != k:
+                ax.plot(x[: other.size], other, color="0.75", lw=0.8)
+        color = colors[k % len(colors)]
         if r.losses.shape[0] > 1:
-            lo = smooth(r.losses.min(0))
-            hi = smooth(r.losses.max(0))
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (mini-batch, smoothed)")
-    ax.set_title("optlab on digits: mean over seeds (legend: test accuracy)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+            lo = common.debiased_ema(r.losses.min(0), weight)
+            hi = common.debiased_ema(r.losses.max(0), weight)
+            ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+        ax.plot(x, r.losses.mean(0), color=color, lw=0.5, alpha=0.35)
+        ax.plot(x, smoothed[k], color=color, lw=1.6)
+        ax.set_title(f"{r.name}  (acc {r.accuracy_mean:.3f})", fontsize=9)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("train loss")
+    fig.suptitle(
+        "optlab on digits: training loss (mean over seeds, band: min-max; grey: the others)",
+        fontsize=10,
+    )
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def check_settings(seeds: int, steps: int, batch_size: int) -> None:
+    """Raise a ValueError for settings the job cannot run (checked before any training)."""
+    for label, value in (("seeds", seeds), ("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{label}` must be an integer >= 1, got {value!r}")
+    if batch_size > N_TRAIN:
+        raise ValueError(
+            f"`batch_size` must be <= {N_TRAIN} (the digits training split), got {batch_size}"
+        )
 
 
 def run(
@@ -370,6 +374,7 @@ def run(
     out: str | os.PathLike = DEFAULT_OUT,
     learning_rates: dict[str, float] | None = None,
     progress: bool = True,
+    schedule: str = "constant",
 ) -> tuple[list[Result], str]:
     """Run the benchmark, write the plot to ``out`` and the table to ``out`` with ``.md``.
 
@@ -377,99 +382,22 @@ def run(
       The per-optimizer results and the markdown table.
     """
     check_names(optimizers)
-    for label, value in (("seeds", seeds), ("steps", steps), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"`{label}` must be >= 1, got {value}")
+    check_settings(seeds, steps, batch_size)
+    out = common.check_out_path(out)
+    common.make_schedule(schedule, 1.0, steps)  # an unknown or missing schedule fails now
     data = load_data()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(optimizers) * steps, unit="step", desc="digits", file=sys.stderr)
+    bar = common.Progress(len(optimizers) * steps, "digits", enabled=progress)
     results = []
     try:
         for name in optimizers:
-            if bar is not None:
-                bar.set_postfix_str(name)
+            bar.start(name)
             lr = learning_rate_for(name, learning_rates)
-            results.append(train_one(name, data, seeds, steps, batch_size, lr, progress=bar))
+            results.append(
+                train_one(name, data, seeds, steps, batch_size, lr, progress=bar, schedule=schedule)
+            )
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     table = format_table(results, seeds, steps, batch_size)
-    out = Path(out)
     plot_losses(results, out)
     out.with_suffix(".md").write_text(table)
     return results, table
-
-
-def _parse_lrs(text: str) -> dict[str, float]:
-    out = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"--lr expects name=value pairs, got {item!r}")
-        out[name.strip()] = float(value)
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python3 -m optlab.bench",
-        description="Benchmark optlab's named optimizers on scikit-learn's digits data.",
-    )
-    parser.add_argument(
-        "--optimizers",
-        default=",".join(DEFAULT_OPTIMIZERS),
-        help="comma list of names from optlab.available(), or sam-<name> (default: %(default)s)",
-    )
-    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="default: %(default)s")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="default: %(default)s")
-    parser.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="default: %(default)s"
-    )
-    parser.add_argument(
-        "--lr",
-        type=_parse_lrs,
-        default={},
-        help="learning-rate overrides, e.g. adamw=1e-3,sgd=0.05"
-    )
-    parser.add_argument(
-        "--out",
-        default=DEFAULT_OUT,
-        help="plot path (PNG); the markdown table goes next to it as .md (default: %(default)s)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument(
-        "--list", action="store_true", help="list the available optimizer names and exit"
-    )
-    args = parser.parse_args(argv)
-    if args.list:
-        for info in optlab.available():
-            print(info)
-        return 0
-    names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
-    try:
-        check_names(names)
-    except ValueError as e:
-        parser.error(str(e))
-    start = time.perf_counter()
-    _, table = run(
-        names,
-        seeds=args.seeds,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        out=args.out,
-        learning_rates=args.lr,
-        progress=not args.no_progress,
-    )
-    print()
-    print(table)
-    out = Path(args.out)
-    print(f"plot: {out}\ntable: {out.with_suffix('.md')}")
-    print(f"total time: {time.perf_counter() - start:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
