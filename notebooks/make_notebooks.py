@@ -13,6 +13,10 @@ rerun the script.
 * ``averaging_digits.ipynb``: SWA and an EMA of the weights (``optlab.swa``,
   ``optlab.ema_params``, ``optlab.averaged_params``) on scikit-learn's digits with a
   Flax NNX model and ``nnx.Optimizer``.
+* ``schedules.ipynb``: plots of every ``optlab`` schedule, and parameter-free methods
+  (DoG, Prodigy, schedule-free AdamW) untuned vs tuned AdamW on digits.
+* ``diloco.ipynb``: DiLoCo vs synchronous data-parallel AdamW on digits with 4 replicas
+  simulated by ``vmap``: accuracy vs bytes communicated, top-k with error feedback.
 """
 
 from __future__ import annotations
@@ -660,10 +664,373 @@ def averaging_digits():
     ]
 
 
+# ---------------------------------------------------------------------------
+# schedules.ipynb
+# ---------------------------------------------------------------------------
+
+
+def schedules():
+    return [
+        _badge(
+            "schedules.ipynb",
+            "Learning-rate schedules and parameter-free optimizers",
+            """
+            Part 1 plots every schedule of `optlab` (plain `optax.Schedule` functions of the
+            step, usable for any hyperparameter): warmup-stable-decay (WSD) with its three
+            cooldown shapes, linear decay to zero, inverse square root with a cooldown,
+            cyclic schedules, 1cycle with its inverse momentum, and a schedule refined
+            from logged gradient norms.
+
+            Part 2 trains the main job's digits MLP (`optlab.bench`) with parameter-free
+            methods at their default settings, with no tuning at all (DoG, Prodigy,
+            schedule-free AdamW), against AdamW at its tuned learning rate.
+            """,
+        ),
+        _install('optlab "flax>=0.11" scikit-learn'),
+        _code(
+            """
+            import time
+
+            import jax
+            import jax.numpy as jnp
+            import matplotlib.pyplot as plt
+            import numpy as np
+            import optax
+            import optlab
+
+            _t0 = time.perf_counter()
+            T = 1000
+            steps = np.arange(T + 50)
+
+
+            def values(schedule):
+                return np.asarray(jax.vmap(schedule)(jnp.asarray(steps)))
+            """
+        ),
+        _md("## Part 1: every schedule"),
+        _code(
+            """
+            lr_1cycle, momentum_1cycle = optlab.onecycle(1.0, T)
+            rng = np.random.default_rng(0)
+            grad_norms = 2.0 * np.exp(-np.arange(T) / 300) + 0.5 + 0.05 * rng.standard_normal(T)
+            panels = {
+                "WSD (warmup 50, cooldown 200)": {
+                    shape: optlab.wsd_schedule(1.0, T, warmup_steps=50, decay_steps=200,
+                                               decay_shape=shape)
+                    for shape in ("linear", "1-sqrt", "cosine")},
+                "decay to zero vs cosine": {
+                    "linear_decay_to_zero": optlab.linear_decay_to_zero(1.0, T, warmup_steps=50),
+                    "optax cosine": optax.warmup_cosine_decay_schedule(0.0, 1.0, 50, T)},
+                "inverse sqrt": {
+                    "no cooldown": optlab.inverse_sqrt_schedule(1.0, warmup_steps=50),
+                    "cooldown 200": optlab.inverse_sqrt_schedule(
+                        1.0, warmup_steps=50, cooldown_steps=200, total_steps=T)},
+                "cyclic (period 250)": {
+                    mode: optlab.cyclic_schedule(0.1, 1.0, 250, mode=mode)
+                    for mode in ("triangular", "cosine", "swa")},
+                "1cycle": {"learning rate": lr_1cycle, "momentum (b1)": momentum_1cycle},
+                "refined from gradient norms": {
+                    "refine_schedule": optlab.refine_schedule(grad_norms)},
+            }
+            fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+            for ax, (title, schedules) in zip(axes.flat, panels.items()):
+                for name, schedule in schedules.items():
+                    ax.plot(steps, values(schedule), label=name)
+                ax.set(title=title, xlabel="step")
+                ax.grid(True, alpha=0.3)
+                ax.legend(fontsize=8)
+            axes.flat[-1].plot(np.arange(T), grad_norms / grad_norms.max(), color="0.6", lw=0.6,
+                               label="gradient norm (scaled)")
+            axes.flat[-1].legend(fontsize=8)
+            fig.tight_layout()
+            plt.show()
+            """
+        ),
+        _md(
+            """
+            Each schedule is a function of a (possibly traced) step, so it works under `jit`
+            and drives any hyperparameter through `optax.inject_hyperparams`, e.g. 1cycle's
+            momentum as SGD's `momentum`:
+            """
+        ),
+        _code(
+            """
+            tx = optax.inject_hyperparams(optax.sgd)(learning_rate=lr_1cycle,
+                                                     momentum=momentum_1cycle)
+            state = tx.init(jnp.zeros(3))
+            print({k: round(float(v), 4) for k, v in state.hyperparams.items()})
+            """
+        ),
+        _md(
+            """
+            ## Part 2: parameter-free methods on digits, untuned
+
+            The main job's task: a 64-128-128-10 MLP on scikit-learn's digits, batch 64,
+            400 steps, 3 seeds vmapped. AdamW uses the main job's tuned learning rate
+            (`optlab.bench.LEARNING_RATES["adamw"]`, from a sweep); DoG, Prodigy and
+            schedule-free AdamW use their defaults (DoG and Prodigy have no learning rate to
+            set: 1.0 is a multiplier). Schedule-free is evaluated at its averaged weights
+            (`optlab.averaged_params`).
+            """
+        ),
+        _code(
+            """
+            from flax import nnx
+            from optlab import bench
+
+            x_tr, y_tr, x_te, y_te = (jnp.asarray(a) for a in bench.load_data())
+            SEEDS, STEPS, BATCH = 3, 400, 64
+            graphdef, _ = nnx.split(bench.make_mlp(0))
+            params0 = jax.tree.map(lambda *xs: jnp.stack(xs), *[
+                nnx.to_pure_dict(nnx.split(bench.make_mlp(s))[1]) for s in range(SEEDS)])
+            keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(1234), s))(
+                jnp.arange(SEEDS))
+
+
+            def loss_fn(p, x, y):
+                return optax.softmax_cross_entropy_with_integer_labels(
+                    nnx.merge(graphdef, p)(x), y).mean()
+
+
+            def train(tx):
+                def one(p, s, key, t):
+                    idx = jax.random.randint(jax.random.fold_in(key, t), (BATCH,), 0, len(x_tr))
+                    v, g = jax.value_and_grad(loss_fn)(p, x_tr[idx], y_tr[idx])
+                    u, s = tx.update(g, s, p, value=v)
+                    return optax.apply_updates(p, u), s, v
+
+                @jax.jit
+                def run(p, s):
+                    def body(c, t):
+                        p, s, v = jax.vmap(one, in_axes=(0, 0, 0, None))(*c, keys, t)
+                        return (p, s), v
+                    (p, s), vs = jax.lax.scan(body, (p, s), jnp.arange(STEPS))
+                    return p, s, vs.T
+
+                return run(params0, jax.vmap(tx.init)(params0))
+
+
+            @jax.jit
+            def accuracy(p):
+                return jax.vmap(lambda q: jnp.mean(
+                    jnp.argmax(nnx.merge(graphdef, q)(x_te), -1) == y_te))(p)
+
+
+            lr = bench.LEARNING_RATES["adamw"]
+            runs = {f"adamw (tuned lr={lr})": optlab.adamw(lr),
+                    "dog (default)": optlab.dog(),
+                    "prodigy (default)": optlab.prodigy(),
+                    "schedule_free_adamw (default)": optlab.schedule_free_adamw()}
+            curves = {}
+            for name, tx in runs.items():
+                p, s, losses = train(tx)
+                if name.startswith("schedule_free"):
+                    p = jax.vmap(optlab.averaged_params)(s)  # evaluate at the average x
+                acc = np.asarray(accuracy(p))
+                curves[name] = np.asarray(losses).mean(0)
+                print(f"{name:<32} test accuracy {acc.mean():.4f} +- {acc.std():.4f}"
+                      f"   final train loss {curves[name][-40:].mean():.4f}")
+            """
+        ),
+        _code(
+            """
+            fig, ax = plt.subplots(figsize=(8, 4))
+            k = 10
+            for name, c in curves.items():
+                ax.plot(np.arange(k - 1, STEPS), np.convolve(c, np.ones(k) / k, "valid"), label=name)
+            ax.set(xlabel="step", ylabel="training loss (10-step mean over seeds)", yscale="log")
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+            fig.tight_layout()
+            plt.show()
+            print(f"notebook time: {time.perf_counter() - _t0:.1f} s")
+            """
+        ),
+        _md(
+            """
+            Notes:
+
+            * The equal-steps comparison of schedules (WSD with a 1-sqrt cooldown vs cosine
+              vs linear decay to zero) and the WSD branching property are in
+              `benchmarks/schedules.py` (results in `benchmarks/results/schedules.md`).
+            * DoG's authors recommend evaluating an average of the iterates: wrap it, e.g.
+              `optlab.ema_params(optlab.dog(), decay=0.99)`.
+            * Polyak-type steps (`optlab.sps`, `optlab.alr_smag`) also need no learning-rate
+              schedule but need the loss: `update(..., value=loss)`, as done above for all.
+            """
+        ),
+    ]
+
+
+
+# ---------------------------------------------------------------------------
+# diloco.ipynb
+# ---------------------------------------------------------------------------
+
+
+def diloco():
+    return [
+        _badge(
+            "diloco.ipynb",
+            "DiLoCo: training across replicas that rarely talk",
+            """
+            Synchronous data parallelism averages the gradients of all replicas at *every*
+            step. DiLoCo (`optlab.diloco`) lets each replica run its own AdamW for `H` steps,
+            then averages the *pseudo-gradients* `anchor - θ_r` once and takes an outer
+            Nesterov step: `H` times fewer all-reduces. Here 4 replicas are simulated on one
+            CPU with `jax.vmap(..., axis_name="replica")`; the same step function runs
+            unchanged under `shard_map`, `pmap` or a multi-host mesh.
+            """
+        ),
+        _install(),
+        _code(
+            """
+            import time
+
+            _t0 = time.perf_counter()
+            import jax
+            import jax.numpy as jnp
+            import matplotlib.pyplot as plt
+            import numpy as np
+            import optax
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import train_test_split
+
+            import optlab
+
+            REPLICAS, STEPS, GLOBAL_BATCH = 4, 300, 64
+            d = load_digits()
+            x_train, x_test, y_train, y_test = train_test_split(
+                (d.data / 16.0).astype(np.float32), d.target.astype(np.int32),
+                test_size=0.25, random_state=0, stratify=d.target)
+
+
+            def init_mlp(key, hidden=128):
+                k1, k2 = jax.random.split(key)
+                glorot = jax.nn.initializers.glorot_uniform()
+                return {"w1": glorot(k1, (64, hidden)), "b1": jnp.zeros(hidden),
+                        "w2": glorot(k2, (hidden, 10)), "b2": jnp.zeros(10)}
+
+
+            def logits(p, x):
+                return jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+
+
+            def loss_fn(p, x, y):
+                return optax.softmax_cross_entropy_with_integer_labels(logits(p, x), y).mean()
+            """
+        ),
+        _md(
+            """
+            ## One step function for every method
+
+            Each replica calls `tx.update` with its own gradients. `optlab.replica_axes`
+            keeps the step counter unbatched under `vmap`, so the sync stays a real
+            conditional (as on devices) instead of a `select` that computes both branches.
+            `optlab.bytes_on_the_wire` reads the bytes every replica sent.
+            """
+        ),
+        _code(
+            """
+            def train(tx, seed=0):
+                params = init_mlp(jax.random.key(seed))
+                state = tx.init(params)
+                axes = optlab.replica_axes(state)
+                p = optlab.replicate(params, REPLICAS)
+                s = optlab.replicate(state, REPLICAS, axes)
+                per = GLOBAL_BATCH // REPLICAS
+                idx = jax.random.randint(jax.random.key(seed + 1), (STEPS, REPLICAS, per), 0, len(x_train))
+
+                def step(p, s, x, y):
+                    updates, s = tx.update(jax.grad(loss_fn)(p, x, y), s, p)
+                    return optax.apply_updates(p, updates), s
+
+                vstep = jax.vmap(step, in_axes=(0, axes, 0, 0), out_axes=(0, axes), axis_name="replica")
+
+                @jax.jit
+                def run(p, s, xs, ys):
+                    def body(carry, batch):
+                        p, s = vstep(*carry, *batch)
+                        acc = jnp.mean(jnp.argmax(logits(jax.tree.map(lambda a: a.mean(0), p), x_test), -1) == y_test)
+                        return (p, s), acc
+                    return jax.lax.scan(body, (p, s), (xs, ys))
+
+                (p, s), accs = run(p, s, jnp.asarray(x_train)[idx], jnp.asarray(y_train)[idx])
+                return np.asarray(accs), float(optlab.bytes_on_the_wire(s)) / REPLICAS
+
+
+            adamw = optax.adamw(2e-3, weight_decay=1e-4)
+            methods = {
+                "DP AdamW (all-reduce every step)": optax.chain(optlab.compressed_all_reduce("replica"), adamw),
+                "DiLoCo H=10": optlab.diloco(adamw, sync_period=10),
+                "DiLoCo H=50": optlab.diloco(adamw, sync_period=50),
+                "DiLoCo H=10 + top-k 10% EF": optlab.diloco(
+                    adamw, sync_period=10, compressor=optlab.top_k(0.1), error_feedback="ef"),
+            }
+            results = {name: train(tx) for name, tx in methods.items()}
+            for name, (accs, sent) in results.items():
+                print(f"{name:<34} test accuracy {accs[-1]:.4f}   MB sent per replica {sent / 1e6:7.3f}")
+            """
+        ),
+        _code(
+            """
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+            for name, (accs, sent) in results.items():
+                axes[0].plot(np.arange(1, STEPS + 1), accs, label=name, lw=1.2)
+                axes[1].scatter(sent / 1e6, accs[-1], s=40)
+                axes[1].annotate(name, (sent / 1e6, accs[-1]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+            axes[0].set(xlabel="inner step", ylabel="test accuracy (mean of replicas)", ylim=(0.5, 1.0))
+            axes[0].legend(fontsize=8)
+            axes[1].set(xscale="log", xlabel="MB sent per replica (log)", ylabel="final test accuracy")
+            for ax in axes:
+                ax.grid(alpha=0.3)
+            fig.tight_layout()
+            plt.show()
+            """
+        ),
+        _md(
+            """
+            Between syncs the DiLoCo replicas drift apart (the accuracy of their mean dips),
+            and every `H` steps the outer step pulls them back together. With 10-50x fewer
+            bytes it reaches about the accuracy of synchronous AdamW on this small problem.
+
+            ## Where the communication happens
+
+            The sync is a branch of a `lax.switch` on the step counter: the lowered program
+            has no collective on the replica axis outside it.
+            """
+        ),
+        _code(
+            """
+            tx = optlab.diloco(adamw, sync_period=10)
+            state = tx.init(init_mlp(jax.random.key(0)))
+            axes = optlab.replica_axes(state)
+            f = jax.vmap(lambda p, s, g: tx.update(g, s, p), in_axes=(0, axes, 0), out_axes=(0, axes), axis_name="replica")
+            p = optlab.replicate(init_mlp(jax.random.key(0)), REPLICAS)
+            jaxpr = jax.make_jaxpr(f)(p, optlab.replicate(state, REPLICAS, axes), p)
+            print("top-level primitives:", sorted({e.primitive.name for e in jaxpr.jaxpr.eqns}))
+            print(f"notebook time: {time.perf_counter() - _t0:.1f} s")
+            """
+        ),
+        _md(
+            """
+            ## On several hosts
+
+            The same `tx` runs under `jax.shard_map` over a mesh axis named `"replica"`;
+            with `jax.distributed.initialize(...)` that axis can span processes (see the
+            README's multi-host recipe; `tests/test_replicas_multidevice.py` runs DiLoCo on
+            two processes over 127.0.0.1 and checks the anchors agree bit for bit).
+            """
+        ),
+    ]
+
+
 NOTEBOOKS = {
     "optimizer_zoo.ipynb": optimizer_zoo,
     "sam_vs_sgd.ipynb": sam_vs_sgd,
     "averaging_digits.ipynb": averaging_digits,
+    "schedules.ipynb": schedules,
+    "diloco.ipynb": diloco,
 }
 
 

@@ -147,8 +147,11 @@ def swa(
 
     Args:
       inner: the inner optimizer.
-      start_step: first step (1-based iterate index) that may be sampled; ``0`` and
-        ``1`` both start at the first iterate.
+      start_step: the sampling phase: iterates ``t >= start_step`` (1-based) with
+        ``(t - start_step) % every_k == 0`` are sampled. With ``every_k=1``, ``0`` and
+        ``1`` both start at the first iterate. Otherwise they differ: ``start_step=1``
+        samples ``x_1, x_{1+k}, x_{1+2k}, ...`` and ``start_step=0`` samples
+        ``x_k, x_{2k}, ...`` (the end of each block of ``k`` steps, e.g. each epoch).
       every_k: sample every ``every_k`` steps from ``start_step``.
       accumulator_dtype: dtype of the mean (default: the parameters' dtype); use
         ``jnp.float32`` to average bfloat16 parameters without rounding drift.

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from optlab import _base
+from optlab import _step_sizes
 from optlab import _tree
 
 __all__ = [
@@ -615,30 +616,6 @@ def clip_by_zscore(
 # ---------------------------------------------------------------------------
 
 
-class _ScaleByRssNormState(NamedTuple):
-    sum_of_squares: jax.Array  # shape=(), dtype=float32
-
-
-def _scale_by_rss_norm(
-    initial_accumulator_value: jax.typing.ArrayLike, eps: jax.typing.ArrayLike
-) -> optax.GradientTransformationExtraArgs:
-    """AdaGrad-Norm: one scalar accumulator of squared global norms."""
-
-    def init_fn(params):
-        del params
-        return _ScaleByRssNormState(
-            sum_of_squares=jnp.full([], initial_accumulator_value, jnp.float32)
-        )
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-        total = state.sum_of_squares + _tree.global_norm(updates) ** 2
-        inv = jnp.where(total > 0, jax.lax.rsqrt(total + jnp.asarray(eps, jnp.float32)), 0.0)
-        return _scale(updates, inv), _ScaleByRssNormState(sum_of_squares=total)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
 def scale_by_clipped_adagrad(
     max_norm: jax.typing.ArrayLike = 1.0,
     initial_accumulator_value: jax.typing.ArrayLike = 0.1,
@@ -698,10 +675,10 @@ def scale_by_clipped_adagrad(
     name = "scale_by_clipped_adagrad"
     _base.check_positive(name, max_norm=max_norm)
     _base.check_nonnegative(name, initial_accumulator_value=initial_accumulator_value, eps=eps)
-    if adagrad_norm:
-        precondition = _scale_by_rss_norm(initial_accumulator_value, eps)
-    else:
-        precondition = optax.scale_by_rss(initial_accumulator_value, eps)
+    # the accumulator of optlab.scale_by_adagrad_norm, fed clipped gradients
+    precondition = _step_sizes._adagrad_norm(
+        initial_accumulator_value, eps, "global" if adagrad_norm else "coordinate"
+    )
 
     def clip(updates, state, params=None, **extra_args):
         return _clip_global(updates, max_norm), state

@@ -185,8 +185,12 @@ def in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformat
       >>> tx = optlab.in_float32(optax.clip_by_global_norm(1.0))
       >>> g = {"w": jnp.array([3.0, 4.0], jnp.bfloat16)}
       >>> updates, _ = tx.update(g, tx.init(g))
-      >>> updates["w"]
-      Array([0.6, 0.8], dtype=bfloat16)
+      >>> updates["w"]  # 0.6 and 0.8 rounded to bfloat16
+      Array([0.601562, 0.800781], dtype=bfloat16)
+
+    References:
+      Micikevicius et al., `Mixed Precision Training <https://arxiv.org/abs/1710.03740>`_,
+      2018 (low-precision values, float32 accumulation).
     """
     return _base.public("in_float32", _in_float32(inner))
 

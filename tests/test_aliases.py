@@ -138,6 +138,10 @@ def test_drop_in_signatures():
     assert ours <= set(inspect.signature(contrib.muon).parameters)
     ours = list(inspect.signature(optlab.sophia).parameters)
     assert ours[:9] == list(inspect.signature(contrib.sophia).parameters)[:9]
+    assert list(inspect.signature(optlab.yogi).parameters) == list(
+        inspect.signature(optax.yogi).parameters)
+    ours = list(inspect.signature(optlab.adopt).parameters)
+    assert ours[:5] == list(inspect.signature(contrib.adopt).parameters)[:5]
 
 
 # ---------------------------------------------------------------------------
@@ -410,6 +414,36 @@ CONVERGENCE = {
                    2e-3),
     # Noise-free, never-clipping DP-SGD is SGD (on a batch of one example, see _per_example).
     "dpsgd": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=1e-3, momentum=0.9), 1e-3),
+    # Memory-efficient state: rank 2 < 3 on the (4, 3) matrix, so the projected ones really
+    # project; Rosenbrock's (2,) vector takes their full-Adam path. FRUGAL's sign residual
+    # has a fixed step size: a cosine-decayed rate. BAdam moves one block at a time.
+    "subset_norm_adam": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 0.05),
+    "galore": (dict(learning_rate=0.05, rank=2, update_proj_gap=10), 2e-6,
+               dict(learning_rate=0.05), 0.03),
+    "online_subspace_descent": (dict(learning_rate=0.05, rank=2), 3e-7,
+                                dict(learning_rate=0.05), 0.03),
+    "frugal": (dict(learning_rate=_cos(0.05, 300), rank=2, update_every=10, residual_scale=0.3),
+               0.6, dict(learning_rate=0.05), 0.03),
+    "badam": (dict(learning_rate=0.05, switch_every=20), 0.02, dict(learning_rate=0.05), 0.3),
+    "adam_mini": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 0.05),
+    # Issue 12 (part A). SWAN's GradNorm removes each unit's mean gradient over its inputs,
+    # so it cannot move the column sums of the (4, 3) matrix towards the parabola's target.
+    "adopt": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.2), 2.5),
+    "yogi": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.05), 0.1),
+    "adamomentum": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.05), 1e-3),
+    "qhm": (dict(learning_rate=0.5, b1=0.9), 1e-6, dict(learning_rate=5e-3, b1=0.9), 3e-2),
+    "qhadam": (dict(learning_rate=0.1, b1=0.9), 1e-6, dict(learning_rate=0.05, b1=0.9), 6e-2),
+    "ano": (dict(learning_rate=_cos(0.1, 300)), 2e-6, dict(learning_rate=0.05, b1=0.95), 0.6),
+    "nag_gs": (dict(learning_rate=0.3), 1e-6, dict(learning_rate=0.01), 1e-2),
+    "lion_kappa": (dict(learning_rate=_cos(0.1, 300), weight_decay=0.0), 1e-6,
+                   dict(learning_rate=_cos(0.01, 1000), weight_decay=0.0), 2e-2),
+    "scion": (dict(learning_rate=_cos(0.2, 300), scale=5.0), 2.0,
+              dict(learning_rate=_cos(0.05, 1000), scale=5.0, constrained=False), 0.15),
+    "swan": (dict(learning_rate=_cos(0.1, 300)), 30.0, dict(learning_rate=_cos(0.05, 1000)),
+             1.2),
+    "m_fac": (dict(learning_rate=0.5, damping=1.0), 1e-6,
+              dict(learning_rate=0.05, damping=1.0, momentum=0.9), 3e-2),
+    "oasis": (dict(learning_rate=0.5), 1e-6, dict(learning_rate=0.5), 3e-2),
 }
 # Hyperparameters without defaults, merged into every `optlab.get` of this file.
 REQUIRED = {"dpsgd": dict(l2_norm_clip=1e3, noise_multiplier=0.0)}
@@ -430,6 +464,34 @@ def _per_example(name, tx):
     return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
+# Step-size rules and parameter-free methods (optlab/_step_sizes.py): a learning rate of 1
+# is a multiplier (DoG, DoWG, Prodigy) or the cap of the Polyak step (SPS, ALR-SMAG).
+CONVERGENCE.update({
+    "adagrad_norm": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=0.5), 1.5),
+    # the matrix leaf takes AdaGO's decaying scalar step; Rosenbrock's vector goes to AdamW
+    "adago": (dict(learning_rate=0.5, adam_learning_rate=_cos(0.05, 300)), 5e-3,
+              dict(learning_rate=0.05), 3e-3),
+    "sps": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-2), 0.3),
+    "alr_smag": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-3), 4e-4),
+    # untuned defaults; DoG's step stays small in Rosenbrock's curved valley (3.7 at 1000)
+    "dog": (dict(), 1e-6, dict(), 6.0),
+    "dowg": (dict(), 1e-6, dict(), 3.0),
+    "prodigy": (dict(), 1e-6, dict(), 1e-6),
+    # the train point y is scored here, not the average x
+    "schedule_free_sgd": (dict(learning_rate=0.1), 1e-3, dict(learning_rate=3e-3, b1=0.95), 0.2),
+    "schedule_free_adamw": (dict(learning_rate=0.1), 0.1, dict(learning_rate=0.05), 0.06),
+})
+NEEDS_VALUE = {"sps", "alr_smag"}  # Polyak-type steps read the loss
+
+
+def _extra(name, loss):
+    if name in ("sophia", "adahessian", "oasis"):
+        return _hvp_extra(loss)
+    if name in NEEDS_VALUE:
+        return lambda p: {"value": loss(p)}
+    return None
+
+
 def test_convergence_table_covers_every_optimizer():
     """Every optimizer of ``_aliases``, each registered."""
     from optlab import _aliases
@@ -441,14 +503,13 @@ def test_convergence_table_covers_every_optimizer():
 @pytest.mark.parametrize("name", sorted(CONVERGENCE))
 def test_converges_on_parabola_and_rosenbrock(name):
     kw_p, tol_p, kw_r, tol_r = CONVERGENCE[name]
-    hvp = name in ("sophia", "adahessian")
     params = fixed_params()
     _, _, losses = run_optimizer(_get(name, **kw_p), parabola, params, 300,
-                                 _hvp_extra(parabola) if hvp else None)
+                                 _extra(name, parabola))
     assert losses[-1] < tol_p, f"{name}: parabola {losses[0]:.3g} -> {losses[-1]:.3g}"
     start = {"x": jnp.array([-1.2, 1.0])}
     p_end, _, losses = run_optimizer(_get(name, **kw_r), rosenbrock, start, 1000,
-                                     _hvp_extra(rosenbrock) if hvp else None)
+                                     _extra(name, rosenbrock))
     final = float(rosenbrock(p_end))
     assert final < tol_r, f"{name}: rosenbrock {losses[0]:.3g} -> {final:.3g}"
 
@@ -498,12 +559,13 @@ def test_error_names_the_optimizer(name):
 def test_schedules_and_traced_hyperparameters_accepted():
     params = fixed_params()
     for name in sorted(CONVERGENCE):
-        if name in ("sophia", "adahessian"):
+        if name in ("sophia", "adahessian", "oasis"):
             continue
         factory = getattr(optlab, name)
         static = {"ns_steps", "num_iters", "min_dim_size_to_factor", "decay_offset",
-                  "channel_axis", "seed"} & set(inspect.signature(factory).parameters)
+                  "channel_axis", "seed", "num_grads"} & set(inspect.signature(factory).parameters)
         tx = _per_example(name, optax.inject_hyperparams(factory, static_args=static)(
             learning_rate=1e-2, **REQUIRED.get(name, {})))
-        _, _, losses = run_optimizer(tx, quadratic_loss, params, 3)
+        _, _, losses = run_optimizer(tx, quadratic_loss, params, 3,
+                                     _extra(name, quadratic_loss))
         assert np.all(np.isfinite(losses)), name

@@ -64,9 +64,14 @@ IDS = [c.test_id for c in CASES]
 # Allow-lists (each entry with its reason)
 # ---------------------------------------------------------------------------
 
-# (case name, hyperparameter) -> values that are valid, with the reason. Empty today: every
+# (case name, hyperparameter) -> values that are valid, with the reason. Otherwise every
 # factory rejects negative, NaN and inf values of all its float hyperparameters.
-ALLOWED_HPARAMS: dict[tuple[str, str], tuple[tuple[float, ...], str]] = {}
+_F_STAR = ((-0.5,), "a lower bound of the loss may be negative (NaN and inf are rejected)")
+ALLOWED_HPARAMS: dict[tuple[str, str], tuple[tuple[float, ...], str]] = {
+    ("scale_by_sps", "f_star"): _F_STAR,
+    ("sps", "f_star"): _F_STAR,
+    ("alr_smag", "f_star"): _F_STAR,
+}
 
 # Cases (public name, or test id for one registration) whose update never reads the values
 # of the incoming gradient.

@@ -22,6 +22,7 @@ def _row(table: str, name: str) -> list[str]:
     return [cell.strip() for cell in rows[0].strip("|").split("|")]
 
 
+@pytest.mark.slow
 def test_run_writes_table_and_png(tmp_path):
     out = tmp_path / "plots" / "digits.png"
     results, table = bench.run(
@@ -243,6 +244,7 @@ def _step_time_module():
     return module
 
 
+@pytest.mark.slow
 def test_step_time_smoke(tmp_path):
     st = _step_time_module()
     argv = ["--sizes", "2e4", "--leaves", "6", "--optimizers", "adamw,sgd,sam-adamw"]

@@ -1,16 +1,18 @@
 """``jax.pmap`` with an axis name on 8 simulated CPU devices: results equal one device.
 
-The device count is fixed when jax starts, so the computations run in one subprocess with
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (this process has one device). A
+The device count is fixed when jax starts, so each test runs its part of ``SCRIPT`` in
+its own subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (this
+process has one device). A
 batch of 64 examples is split into 8 shards of 8; the parameters and optimizer state are
 replicated (``in_axes=None`` for params, a per-device copy of the state). Checked, each
 against a single-device computation on the whole batch:
 
 * ``optlab.adamw`` for 3 steps, gradients averaged over the axis (``jax.lax.pmean``):
   every replica's parameters and state equal the single-device full-batch run.
-* ``optlab.clip_by_global_norm`` after the cross-device mean (clipping active): the
-  clipped updates equal the single-device clipping of the full-batch gradient, and every
-  replica gets the same update (the norm is the global one, not a per-shard one).
+* ``optax.clip_by_global_norm`` (inside ``optlab.in_float32``, the float32 wrapper) after
+  the cross-device mean (clipping active): the clipped updates equal the single-device
+  clipping of the full-batch gradient, and every replica gets the same update (the norm
+  is the global one, not a per-shard one).
 * SAM's m-sharpness (``optlab.sam(..., axis_name="batch")``, local gradients and a local
   ``grad_fn``): each shard perturbs by its own gradient, the perturbed gradients are
   averaged, equal to the per-shard computation done by hand with ``vmap``; global SAM
@@ -59,86 +61,91 @@ SCRIPT = textwrap.dedent(
     def tolist(tree):
         return jax.tree.map(lambda a: np.asarray(a, np.float64).tolist(), tree)
 
-    out = {}
+    SECTIONS, out = set(sys.argv[1:]), {}
 
-    # 1. A named optimizer, gradients averaged over the axis; 3 steps.
-    tx = optlab.adamw(learning_rate=LR, weight_decay=0.1)
+    if "adamw" in SECTIONS:
+        # 1. A named optimizer, gradients averaged over the axis; 3 steps.
+        tx = optlab.adamw(learning_rate=LR, weight_decay=0.1)
 
-    def pstep(p, s, x, y):
-        g = jax.lax.pmean(jax.grad(loss)(p, x, y), AXIS)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
+        def pstep(p, s, x, y):
+            g = jax.lax.pmean(jax.grad(loss)(p, x, y), AXIS)
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
 
-    pstep = jax.pmap(pstep, axis_name=AXIS)
-    p_rep, s_rep = replicate(params), jax.pmap(tx.init)(replicate(params))
-    step = jax.jit(lambda p, s: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(
-        tx.update(jax.grad(loss)(p, X, Y), s, p)))
-    p_one, s_one = params, tx.init(params)
-    for _ in range(3):
-        p_rep, s_rep = pstep(p_rep, s_rep, xs, ys)
-        p_one, s_one = step(p_one, s_one)
-    out["adamw"] = {"pmap_params": tolist(p_rep), "pmap_state": tolist(jax.tree.leaves(s_rep)),
-                    "one_params": tolist(p_one), "one_state": tolist(jax.tree.leaves(s_one)),
-                    "init_params": tolist(params)}
+        pstep = jax.pmap(pstep, axis_name=AXIS)
+        p_rep, s_rep = replicate(params), jax.pmap(tx.init)(replicate(params))
+        step = jax.jit(lambda p, s: (lambda u_s: (optax.apply_updates(p, u_s[0]), u_s[1]))(
+            tx.update(jax.grad(loss)(p, X, Y), s, p)))
+        p_one, s_one = params, tx.init(params)
+        for _ in range(3):
+            p_rep, s_rep = pstep(p_rep, s_rep, xs, ys)
+            p_one, s_one = step(p_one, s_one)
+        out["adamw"] = {"pmap_params": tolist(p_rep), "pmap_state": tolist(jax.tree.leaves(s_rep)),
+                        "one_params": tolist(p_one), "one_state": tolist(jax.tree.leaves(s_one)),
+                        "init_params": tolist(params)}
 
-    # 2. clip_by_global_norm after the cross-device mean.
-    clip = optlab.clip_by_global_norm(MAX_NORM)
+    if "clip" in SECTIONS:
+        # 2. clip_by_global_norm after the cross-device mean.
+        clip = optlab.in_float32(optax.clip_by_global_norm(MAX_NORM))
 
-    def pclip(p, x, y):
-        g = jax.lax.pmean(jax.grad(loss)(p, x, y), AXIS)
-        u, _ = clip.update(g, clip.init(p), p)
-        return u
+        def pclip(p, x, y):
+            g = jax.lax.pmean(jax.grad(loss)(p, x, y), AXIS)
+            u, _ = clip.update(g, clip.init(p), p)
+            return u
 
-    g_full = jax.grad(loss)(params, X, Y)
-    out["clip"] = {
-        "pmap": tolist(jax.pmap(pclip, axis_name=AXIS, in_axes=(None, 0, 0))(params, xs, ys)),
-        "one": tolist(clip.update(g_full, clip.init(params), params)[0]),
-        "full_norm": float(optax.tree.norm(g_full)),
-        "shard_norms": [float(optax.tree.norm(jax.grad(loss)(params, x, y)))
-                        for x, y in zip(xs, ys)],
-    }
+        g_full = jax.grad(loss)(params, X, Y)
+        out["clip"] = {
+            "pmap": tolist(jax.pmap(pclip, axis_name=AXIS, in_axes=(None, 0, 0))(params, xs, ys)),
+            "one": tolist(clip.update(g_full, clip.init(params), params)[0]),
+            "full_norm": float(optax.tree.norm(g_full)),
+            "shard_norms": [float(optax.tree.norm(jax.grad(loss)(params, x, y)))
+                            for x, y in zip(xs, ys)],
+        }
 
-    # 3. SAM: m-sharpness (local grad_fn, axis_name) and global SAM (averaged grad_fn).
-    sam_m = optlab.sam(optax.identity(), rho=RHO, axis_name=AXIS)
-    sam_g = optlab.sam(optax.identity(), rho=RHO)
+    if "sam" in SECTIONS:
+        # 3. SAM: m-sharpness (local grad_fn, axis_name) and global SAM (averaged grad_fn).
+        sam_m = optlab.sam(optax.identity(), rho=RHO, axis_name=AXIS)
+        sam_g = optlab.sam(optax.identity(), rho=RHO)
 
-    def m_step(p, x, y):
-        grad_fn = lambda q: jax.grad(loss)(q, x, y)
-        u, _ = sam_m.update(grad_fn(p), sam_m.init(p), p, grad_fn=grad_fn)
-        return u
+        def m_step(p, x, y):
+            grad_fn = lambda q: jax.grad(loss)(q, x, y)
+            u, _ = sam_m.update(grad_fn(p), sam_m.init(p), p, grad_fn=grad_fn)
+            return u
 
-    def global_step(p, x, y):
-        grad_fn = lambda q: jax.lax.pmean(jax.grad(loss)(q, x, y), AXIS)
-        u, _ = sam_g.update(grad_fn(p), sam_g.init(p), p, grad_fn=grad_fn)
-        return u
+        def global_step(p, x, y):
+            grad_fn = lambda q: jax.lax.pmean(jax.grad(loss)(q, x, y), AXIS)
+            u, _ = sam_g.update(grad_fn(p), sam_g.init(p), p, grad_fn=grad_fn)
+            return u
 
-    def unit(g):
-        n = optax.tree.norm(g)
-        return jax.tree.map(lambda a: a / n, g)
+        def unit(g):
+            n = optax.tree.norm(g)
+            return jax.tree.map(lambda a: a / n, g)
 
-    def mean_tree(t):
-        return jax.tree.map(lambda a: jnp.mean(a, axis=0), t)
+        def mean_tree(t):
+            return jax.tree.map(lambda a: jnp.mean(a, axis=0), t)
 
-    def hand_m():  # each shard perturbs by its own gradient
-        def one(x, y):
-            e = jax.tree.map(lambda a: RHO * a, unit(jax.grad(loss)(params, x, y)))
-            return jax.grad(loss)(jax.tree.map(jnp.add, params, e), x, y)
-        return mean_tree(jax.vmap(one)(xs, ys))
+        def hand_m():  # each shard perturbs by its own gradient
+            def one(x, y):
+                e = jax.tree.map(lambda a: RHO * a, unit(jax.grad(loss)(params, x, y)))
+                return jax.grad(loss)(jax.tree.map(jnp.add, params, e), x, y)
+            return mean_tree(jax.vmap(one)(xs, ys))
 
-    def hand_global():  # one perturbation from the averaged gradient
-        e = jax.tree.map(lambda a: RHO * a, unit(jax.grad(loss)(params, X, Y)))
-        return jax.grad(loss)(jax.tree.map(jnp.add, params, e), X, Y)
+        def hand_global():  # one perturbation from the averaged gradient
+            e = jax.tree.map(lambda a: RHO * a, unit(jax.grad(loss)(params, X, Y)))
+            return jax.grad(loss)(jax.tree.map(jnp.add, params, e), X, Y)
 
-    pm = lambda f: jax.pmap(f, axis_name=AXIS, in_axes=(None, 0, 0))(params, xs, ys)
-    out["sam"] = {"m": tolist(pm(m_step)), "global": tolist(pm(global_step)),
-                  "hand_m": tolist(hand_m()), "hand_global": tolist(hand_global())}
+        pm = lambda f: jax.pmap(f, axis_name=AXIS, in_axes=(None, 0, 0))(params, xs, ys)
+        out["sam"] = {"m": tolist(pm(m_step)), "global": tolist(pm(global_step)),
+                      "hand_m": tolist(hand_m()), "hand_global": tolist(hand_global())}
+
     json.dump(out, sys.stdout)
     """
 )
 
 
-@pytest.fixture(scope="module")
-def results() -> dict:
+def _run(section: str) -> dict:
+    """Run one section of SCRIPT in its own 8-device process (one per test, so that
+    pytest-xdist can spread them and no worker runs a section twice)."""
     env = dict(os.environ)
     # First: XLA stops parsing at a malformed token that may follow in an inherited value.
     env["XLA_FLAGS"] = (
@@ -147,10 +154,14 @@ def results() -> dict:
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", SCRIPT, section],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)
+    return json.loads(proc.stdout)[section]
 
 
 def _flat(tree) -> np.ndarray:
@@ -174,16 +185,16 @@ def _assert_replicas_equal(tree, want: np.ndarray) -> None:
     np.testing.assert_allclose(replicas[0], want, rtol=1e-5, atol=1e-6)
 
 
-def test_named_optimizer_under_pmap_matches_one_device(results):
-    r = results["adamw"]
+def test_named_optimizer_under_pmap_matches_one_device():
+    r = _run("adamw")
     _assert_replicas_equal(r["pmap_params"], _flat(r["one_params"]))
     _assert_replicas_equal(r["pmap_state"], _flat(r["one_state"]))
     # The parameters moved (3 Adam steps of size ~LR per coordinate).
     assert np.max(np.abs(_flat(r["one_params"]) - _flat(r["init_params"]))) > 0.05
 
 
-def test_clip_by_global_norm_after_cross_device_mean(results):
-    r = results["clip"]
+def test_clip_by_global_norm_after_cross_device_mean():
+    r = _run("clip")
     assert r["full_norm"] > 0.1 * 1.5  # MAX_NORM = 0.1: clipping is active
     # The per-shard norms differ from the global one: a per-shard clip would give other updates.
     assert max(abs(n - r["full_norm"]) for n in r["shard_norms"]) > 1e-2 * r["full_norm"]
@@ -191,8 +202,8 @@ def test_clip_by_global_norm_after_cross_device_mean(results):
     np.testing.assert_allclose(np.linalg.norm(_flat(r["one"])), 0.1, rtol=1e-5)
 
 
-def test_sam_m_sharpness_under_pmap(results):
-    r = results["sam"]
+def test_sam_m_sharpness_under_pmap():
+    r = _run("sam")
     _assert_replicas_equal(r["m"], _flat(r["hand_m"]))  # m-SAM: per-shard perturbations
     _assert_replicas_equal(r["global"], _flat(r["hand_global"]))  # one global perturbation
     m, glob = _flat(r["hand_m"]), _flat(r["hand_global"])

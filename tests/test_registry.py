@@ -38,7 +38,9 @@ def test_description_defaults_to_first_docstring_line():
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "dpsgd"])  # dpsgd: test_privacy
 def test_get_builds_the_same_optimizer(name):
     hvp_fn = lambda q, v: jax.jvp(jax.grad(quadratic_loss), (q,), (v,))[1]  # noqa: E731
-    extra = (lambda p: {"hvp_fn": hvp_fn}) if name in ("sophia", "adahessian") else None
+    extra = (lambda p: {"hvp_fn": hvp_fn}) if name in ("sophia", "adahessian", "oasis") else None
+    if name in ("sps", "alr_smag"):  # Polyak-type steps read the loss
+        extra = lambda p: {"value": quadratic_loss(p)}  # noqa: E731
     params = fixed_params()
     p1, _, _ = run_optimizer(optlab.get(name, learning_rate=1e-2), quadratic_loss, params, 2, extra)
     p2, _, _ = run_optimizer(getattr(optlab, name)(1e-2), quadratic_loss, params, 2, extra)

@@ -23,9 +23,12 @@ CASES = [
         static_args=("accumulator_dtype",),
     ),
     Case("scale_by_adam_family", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),
-    Case("scale_by_adam_family", id="amsgrad", kwargs=dict(amsgrad=True), hparams=dict(b1=_b1, b2=_b2)),
-    Case("scale_by_adam_family", id="adamax", kwargs=dict(adamax=True), hparams=dict(b1=_b1, b2=_b2)),
-    Case("scale_by_adam_family", id="nesterov", kwargs=dict(nesterov=True), hparams=dict(b1=_b1, b2=_b2)),
+    Case("scale_by_adam_family", id="amsgrad", kwargs=dict(amsgrad=True),
+         hparams=dict(b1=_b1, b2=_b2)),
+    Case("scale_by_adam_family", id="adamax", kwargs=dict(adamax=True),
+         hparams=dict(b1=_b1, b2=_b2)),
+    Case("scale_by_adam_family", id="nesterov", kwargs=dict(nesterov=True),
+         hparams=dict(b1=_b1, b2=_b2)),
     Case(
         "scale_by_adam_family",
         id="bf16_state",
@@ -108,4 +111,20 @@ CASES = [
         static_args=("min_dim_size_to_factor",),
     ),
     Case("scale_by_sgd_sai", hparams=dict(b1=_b1, eps=_eps)),
+    # Issue 12 (part A)
+    Case("scale_by_adopt", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),
+    Case("scale_by_adamomentum", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),
+    Case("scale_by_qhm", hparams=dict(b1=_b1, nu=st.floats(0.0, 1.0))),
+    Case(
+        "scale_by_qhadam",
+        hparams=dict(b1=_b1, b2=_b2, nu1=st.floats(0.0, 1.0), nu2=st.floats(0.0, 1.0)),
+    ),
+    Case("scale_by_ano", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),
+    Case(
+        "scale_by_nag_gs",
+        hparams=dict(
+            learning_rate=st.floats(1e-3, 0.5), mu=st.floats(0.1, 2.0), gamma=st.floats(0.5, 2.0)
+        ),
+    ),
+    Case("scale_by_lion_kappa", hparams=dict(b1=_b1, b2=_b2)),
 ]
