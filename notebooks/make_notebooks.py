@@ -23,14 +23,18 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-# Where the repository lives on GitHub (for the "Open in Colab" badges).
-GITHUB_REPO = "optlab/optlab"
 HERE = Path(__file__).resolve().parent
+# The distribution name and the repository's address are written once, in pyproject.toml.
+_PROJECT = tomllib.loads((HERE.parent / "pyproject.toml").read_text())["project"]
+DISTRIBUTION = _PROJECT["name"]  # "optlab-jax" (the import name is `optlab`)
+REPO_URL = _PROJECT["urls"]["Repository"]
+GITHUB_REPO = REPO_URL.removeprefix("https://github.com/")  # for the "Open in Colab" badges
 
 
 def _md(text: str):
@@ -47,7 +51,7 @@ def _badge(filename: str, title: str, intro: str):
     return new_markdown_cell(f"{badge}\n\n# {title}\n\n" + textwrap.dedent(intro).strip())
 
 
-def _install(packages: str = "optlab"):
+def _install(packages: str = f'"{DISTRIBUTION}[bench] @ git+{REPO_URL}"'):
     return _code(
         f"""
         # Install optlab only where it is missing (e.g. on Colab); skipped when it is importable.
@@ -1051,11 +1055,32 @@ def render(name: str) -> str:
     return nbformat.writes(build(name)) + "\n"
 
 
+def execute(nb, timeout: int = 900):
+    """Run ``nb`` top to bottom in a fresh ``python3`` kernel (optlab from this checkout,
+    figures inline), in place; raises on the first failing cell."""
+    import os
+
+    from nbclient import NotebookClient
+
+    path = [str(HERE.parent), os.environ.get("PYTHONPATH")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, path))
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+    ).execute()
+    return nb
+
+
 def main(argv=None) -> int:
+    """Write every notebook, executed (outputs and figures stored, so that a reader
+    browsing the repository sees them); ``--no-execute`` writes the cells only."""
+    argv = sys.argv[1:] if argv is None else argv
     for name in NOTEBOOKS:
-        text = render(name)
-        nbformat.validate(nbformat.reads(text, as_version=4))
-        (HERE / name).write_text(text)
+        nb = nbformat.reads(render(name), as_version=4)
+        if "--no-execute" not in argv:
+            execute(nb)
+        nbformat.validate(nb)
+        nbformat.write(nb, HERE / name)
         print("wrote", HERE / name)
     return 0
 

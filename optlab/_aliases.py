@@ -50,6 +50,7 @@ from optlab._momentum import (
 from optlab._normalization import (
     _orthogonalize,
     _radial_projection,
+    _muon_partition,
     _scale_by_muon_shape,
     _scale_by_trust_ratio,
     _sinkhorn_normalize,
@@ -67,6 +68,7 @@ from optlab._second_order import (
 
 __all__ = [
     "sgd",
+    "adam",
     "adamw",
     "amsgrad",
     "diffgrad",
@@ -448,6 +450,56 @@ def sinkgd(
 # ---------------------------------------------------------------------------
 # Adam family
 # ---------------------------------------------------------------------------
+
+
+def adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Adam: adaptive moment estimation, without weight decay.
+
+    Step :math:`-\eta\,\hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)`. Same
+    signature and numbers as :func:`optax.adam`; :func:`optlab.adamw` adds decoupled
+    weight decay.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: added outside the square root (>= 0).
+      eps_root: added inside the square root (>= 0).
+      mu_dtype: optional dtype of the first moment.
+      nesterov: NAdam's look-ahead first moment.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: step count, first and
+      second moments (two copies of the parameters).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.adam(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> print(jnp.round(updates["w"], 6))  # first Adam step: -lr * sign(g)
+      [-0.001  0.001]
+
+    References:
+      Kingma and Ba, `Adam: A Method for Stochastic Optimization
+      <https://arxiv.org/abs/1412.6980>`_, 2015.
+    """
+    _check("adam", learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "eps_root": eps_root})
+    return _chain(
+        "adam",
+        ("scale_by_adam", _adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
 
 
 def adamw(
@@ -1046,11 +1098,6 @@ def lamb(
     )
 
 
-def _label_2d(params: Any) -> Any:
-    """``"muon"`` for 2-D leaves, ``"adam"`` for the others."""
-    return jax.tree.map(lambda p: "muon" if jnp.ndim(p) == 2 else "adam", params)
-
-
 def muon(
     learning_rate: optax.ScalarOrSchedule,
     ns_coeffs: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
@@ -1067,6 +1114,8 @@ def muon(
     adam_eps_root: jax.typing.ArrayLike = 0.0,
     adam_weight_decay: optax.ScalarOrSchedule = 0.0,
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    muon_mask: MaskOrFn = None,
+    muon_weight_dimension_numbers: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Muon: orthogonalized Nesterov momentum on 2-D leaves, AdamW on the others.
 
@@ -1075,7 +1124,16 @@ def muon(
     singular values mapped near 1), times :math:`\sqrt{\max(1, \text{fan\_out} /
     \text{fan\_in})}`, plus decoupled weight decay. Other leaves (biases, scales,
     scalars, conv kernels): :func:`optlab.adamw` with the ``adam_*`` arguments. The
-    split is ``optax.partition`` with a label function by ``ndim``.
+    split is ``optax.partition``; by default by ``ndim``, which also sends embedding
+    tables and the classifier head (2-D) to Muon. For transformers the recommended split
+    is :func:`optlab.muon_hidden_mask`: Muon on the hidden matrices only, AdamW on
+    embeddings, the output head, norms and biases (Jordan et al.; Moonlight), e.g.
+    ``optlab.muon(0.02, muon_mask=optlab.muon_hidden_mask)``. Leaves of rank > 2 selected by
+    ``muon_mask`` (conv kernels ``(kh, kw, in, out)``, attention kernels ``(embed, heads,
+    head_dim)``) are orthogonalized as 2-D matrices ``(prod(reduction axes), prod(output
+    axes))``: by default every axis but the last is reduced (the Flax layout of conv and
+    dense kernels); ``muon_weight_dimension_numbers`` sets the axes per leaf, as in
+    ``optax.contrib.muon``.
 
     Same signature as :func:`optax.contrib.muon` (its first eleven arguments and the
     ``adam_*`` ones). With ``nesterov=False`` the numbers are the same. With
@@ -1101,10 +1159,17 @@ def muon(
       adam_eps_root: AdamW's ``eps_root``.
       adam_weight_decay: AdamW's decoupled weight decay.
       adam_learning_rate: AdamW's learning rate (None: ``learning_rate``).
+      muon_mask: the leaves Muon updates: a tree of bools or a function of the params
+        returning one (True: Muon, False: AdamW); None: the 2-D leaves.
+        :func:`optlab.muon_hidden_mask` is the recommended one for transformers.
+      muon_weight_dimension_numbers: for the Muon leaves, their reduction and output axes
+        (``optax.contrib.MuonDimensionNumbers(reduction_axis, output_axis)``), one for all,
+        a tree of them (None entries: default) or a function of the params; every axis
+        must be one or the other (no batch axes). Default: all axes but the last reduced.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``. State: the momentum of the 2-D
-      leaves (one copy), AdamW's moments of the others (two copies).
+      An ``optax.GradientTransformationExtraArgs``. State: the momentum of the Muon
+      leaves (one copy, as 2-D views), AdamW's moments of the others (two copies).
 
     Example:
       >>> import jax, jax.numpy as jnp, optlab
@@ -1143,9 +1208,8 @@ def muon(
         ("add_decayed_weights", _decay(adam_weight_decay, None)),
         ("scale_by_learning_rate", _lr(adam_learning_rate)),
     )
-    return _chain(
-        "muon", ("partition", optax.partition({"muon": matrices, "adam": others}, _label_2d))
-    )
+    partition = _muon_partition(matrices, others, muon_mask, muon_weight_dimension_numbers)
+    return _chain("muon", ("partition", partition))
 
 
 def adafactor(

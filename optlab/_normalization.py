@@ -14,17 +14,21 @@ PyTorch's ``(out, in, ...)`` layout is available through ``channel_axis=0``.
 
 from __future__ import annotations
 
+import re
+
 import math
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optlab import _base
 from optlab import _tree
 
 __all__ = [
+    "muon_hidden_mask",
     "normalize_by_global_norm",
     "normalize_by_leaf_norm",
     "scale_by_sign",
@@ -367,6 +371,146 @@ def _scale_by_muon_shape() -> optax.GradientTransformationExtraArgs:
         return _tree.tree_map(scale, updates), state
 
     return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+def _matrix_axes(shape: tuple[int, ...], dims: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Reduction and output axes of a leaf: ``dims`` (an object with ``reduction_axis`` and
+    ``output_axis``, e.g. ``optax.contrib.MuonDimensionNumbers``) or, for ``None``, the
+    Flax layout: every axis but the last is reduced (``(in, out)``; conv ``(kh, kw, in,
+    out)``), the last is the output."""
+    nd = len(shape)
+    if dims is None:
+        return tuple(range(nd - 1)), (nd - 1,)
+
+    def norm(axes):
+        axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        return tuple(sorted(a % nd for a in axes))
+
+    return norm(dims.reduction_axis), norm(dims.output_axis)
+
+
+_NOT_HIDDEN = r"^(\w*embed\w*|wte|wpe|\w*_head|lm_head|head|classifier|unembed\w*|logits|readout)$"
+
+
+def muon_hidden_mask(params: Any, exclude: str = _NOT_HIDDEN) -> Any:
+    """Muon's recommended split for transformers: True on the hidden weight matrices only.
+
+    A leaf is selected when it has rank >= 2 and no component of its path (dict key,
+    attribute name, e.g. ``blocks/0/attn/query``) matches ``exclude`` (a regular
+    expression, searched in each lowercased component; by default embedding tables
+    (``embed*``, ``*embedding*``, ``wte``, ``wpe``), output heads (``head``, ``lm_head``,
+    ``*_head``, ``classifier``, ``unembed*``, ``logits``, ``readout``)). Vectors (biases,
+    norm scales) and scalars are never selected. Muon's authors keep embeddings, the
+    output layer and the vector parameters on AdamW.
+
+    Args:
+      params: the parameter tree (or its ``jax.ShapeDtypeStruct``s).
+      exclude: the regular expression of path components to leave out.
+
+    Returns:
+      A tree of bools like ``params``; pass the function itself as
+      ``optlab.muon(..., muon_mask=optlab.muon_hidden_mask)``.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> params = {"embed": {"embedding": jnp.zeros((50, 8))},
+      ...           "block": {"mlp": {"kernel": jnp.zeros((8, 32)), "bias": jnp.zeros(32)}},
+      ...           "head": {"kernel": jnp.zeros((8, 50))}}
+      >>> optlab.muon_hidden_mask(params)
+      {'block': {'mlp': {'bias': False, 'kernel': True}}, 'embed': {'embedding': False}, 'head': {'kernel': False}}
+    """
+    pattern = re.compile(exclude)
+
+    def name(key: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr)).lower()
+        return str(key).lower()
+
+    def selected(path: Any, x: Any) -> bool:
+        return len(getattr(x, "shape", ())) >= 2 and not any(pattern.search(name(k)) for k in path)
+
+    return jax.tree_util.tree_map_with_path(selected, params)
+
+
+def _muon_partition(
+    matrices: optax.GradientTransformation,
+    others: optax.GradientTransformation,
+    mask: Any = None,
+    dimension_numbers: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.partition`` of Muon: ``matrices`` on the leaves ``mask`` selects, each seen
+    as a 2-D ``(prod(reduction axes), prod(output axes))`` matrix, ``others`` on the rest.
+
+    ``mask``: None (the 2-D leaves), a tree of bools or a function of the params
+    returning one (True: Muon). ``dimension_numbers``: None, one object with
+    ``reduction_axis``/``output_axis`` (``optax.contrib.MuonDimensionNumbers``), a tree of
+    them or a function of the params returning one; ``None`` for a leaf means the Flax
+    layout of :func:`_matrix_axes` (conv kernels ``(kh, kw, in, out)`` ->
+    ``(kh*kw*in, out)``). Labels and layouts depend only on paths and shapes, so they are
+    recomputed (at trace time) from the full tree at each call; ``matrices``' state holds
+    the 2-D views.
+    """
+    matrices = optax.with_extra_args_support(matrices)
+    others = optax.with_extra_args_support(others)
+
+    def plan(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        sel = mask(tree) if callable(mask) else mask
+        sel = [x.ndim == 2 for x in leaves] if sel is None else treedef.flatten_up_to(sel)
+        dims = dimension_numbers(tree) if callable(dimension_numbers) else dimension_numbers
+        if dims is None or hasattr(dims, "reduction_axis"):
+            dims = [dims] * len(leaves)
+        else:
+            dims = treedef.flatten_up_to(dims)
+        layout = []
+        for x, use, d in zip(leaves, sel, dims):
+            if not use:
+                layout.append(None)
+                continue
+            red, out = _matrix_axes(x.shape, d)
+            if sorted(red + out) != list(range(x.ndim)) or not red or not out:
+                raise ValueError(
+                    f"`optlab.muon`: a leaf of shape {x.shape} selected for Muon needs reduction"
+                    f" and output axes that together cover every axis, got reduction={red},"
+                    f" output={out}; give it `muon_weight_dimension_numbers` or leave it out"
+                    " with `muon_mask`."
+                )
+            perm = red + out
+            size = (math.prod(x.shape[a] for a in red), math.prod(x.shape[a] for a in out))
+            layout.append((perm, size))
+        labels = treedef.unflatten(["adam" if lay is None else "muon" for lay in layout])
+        partition = optax.partition({"muon": matrices, "adam": others}, labels)
+        return treedef, layout, partition
+
+    def to_2d(tree, treedef, layout):
+        return treedef.unflatten(
+            [
+                x if lay is None else jnp.transpose(x, lay[0]).reshape(lay[1])
+                for x, lay in zip(treedef.flatten_up_to(tree), layout)
+            ]
+        )
+
+    def from_2d(tree, like, treedef, layout):
+        out = []
+        for x, ref, lay in zip(treedef.flatten_up_to(tree), treedef.flatten_up_to(like), layout):
+            if lay is not None:
+                x = x.reshape(tuple(ref.shape[a] for a in lay[0]))
+                x = jnp.transpose(x, tuple(int(i) for i in np.argsort(lay[0])))
+            out.append(x)
+        return treedef.unflatten(out)
+
+    def init_fn(params):
+        treedef, layout, partition = plan(params)
+        return partition.init(to_2d(params, treedef, layout))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        treedef, layout, partition = plan(updates)
+        views = None if params is None else to_2d(params, treedef, layout)
+        new, state = partition.update(to_2d(updates, treedef, layout), state, views, **extra_args)
+        return from_2d(new, updates, treedef, layout), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # ---------------------------------------------------------------------------

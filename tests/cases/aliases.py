@@ -18,6 +18,7 @@ def _opt(name, kwargs=None, hparams=None, **rest):
 CASES = [
     _opt("sgd"),
     _opt("sgd", dict(momentum=0.9, nesterov=True), dict(momentum=B1), id="nesterov"),
+    _opt("adam", hparams=dict(b1=B1, b2=B2)),
     _opt("adamw", hparams=dict(b1=B1, b2=B2, weight_decay=WD)),
     _opt("amsgrad", hparams=dict(b1=B1, b2=B2, weight_decay=WD)),
     _opt("diffgrad", hparams=dict(b1=B1, b2=B2, weight_decay=WD)),
@@ -39,6 +40,8 @@ CASES = [
     _opt("lamb", hparams=dict(b1=B1, b2=B2, weight_decay=WD)),
     _opt("lars", dict(weight_decay=1e-4),
          dict(momentum=B1, trust_coefficient=st.floats(1e-3, 1.0))),
+    _opt("muon", dict(muon_mask=__import__("optlab").muon_hidden_mask), id="hidden_mask",
+         static_args=("muon_mask", "ns_steps")),
     _opt("muon", hparams=dict(beta=B1, weight_decay=WD), static_args=("ns_steps",)),
     _opt("muon", dict(nesterov=False, weight_decay=1e-2), static_args=("ns_steps",),
          tree="matrix", id="matrix"),

@@ -6,7 +6,9 @@ import hypothesis.strategies as st
 import optax
 
 import optlab
-from helpers import Case
+from helpers import Case, register_not_transform
+
+register_not_transform("muon_hidden_mask")
 
 _EPS = st.floats(0.0, 1e-4)
 _POS_EPS = st.floats(1e-10, 1e-4)
