@@ -15,20 +15,26 @@ rerun the script.
   Flax NNX model and ``nnx.Optimizer``.
 * ``schedules.ipynb``: plots of every ``optlab`` schedule, and parameter-free methods
   (DoG, Prodigy, schedule-free AdamW) untuned vs tuned AdamW on digits.
+* ``diloco.ipynb``: DiLoCo vs synchronous data-parallel AdamW on digits with 4 replicas
+  simulated by ``vmap``: accuracy vs bytes communicated, top-k with error feedback.
 """
 
 from __future__ import annotations
 
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-# Where the repository lives on GitHub (for the "Open in Colab" badges).
-GITHUB_REPO = "optlab/optlab"
 HERE = Path(__file__).resolve().parent
+# The distribution name and the repository's address are written once, in pyproject.toml.
+_PROJECT = tomllib.loads((HERE.parent / "pyproject.toml").read_text())["project"]
+DISTRIBUTION = _PROJECT["name"]  # "optlab-jax" (the import name is `optlab`)
+REPO_URL = _PROJECT["urls"]["Repository"]
+GITHUB_REPO = REPO_URL.removeprefix("https://github.com/")  # for the "Open in Colab" badges
 
 
 def _md(text: str):
@@ -45,7 +51,7 @@ def _badge(filename: str, title: str, intro: str):
     return new_markdown_cell(f"{badge}\n\n# {title}\n\n" + textwrap.dedent(intro).strip())
 
 
-def _install(packages: str = "optlab"):
+def _install(packages: str = f'"{DISTRIBUTION}[bench] @ git+{REPO_URL}"'):
     return _code(
         f"""
         # Install optlab only where it is missing (e.g. on Colab); skipped when it is importable.
@@ -860,11 +866,175 @@ def schedules():
     ]
 
 
+
+# ---------------------------------------------------------------------------
+# diloco.ipynb
+# ---------------------------------------------------------------------------
+
+
+def diloco():
+    return [
+        _badge(
+            "diloco.ipynb",
+            "DiLoCo: training across replicas that rarely talk",
+            """
+            Synchronous data parallelism averages the gradients of all replicas at *every*
+            step. DiLoCo (`optlab.diloco`) lets each replica run its own AdamW for `H` steps,
+            then averages the *pseudo-gradients* `anchor - θ_r` once and takes an outer
+            Nesterov step: `H` times fewer all-reduces. Here 4 replicas are simulated on one
+            CPU with `jax.vmap(..., axis_name="replica")`; the same step function runs
+            unchanged under `shard_map`, `pmap` or a multi-host mesh.
+            """
+        ),
+        _install(),
+        _code(
+            """
+            import time
+
+            _t0 = time.perf_counter()
+            import jax
+            import jax.numpy as jnp
+            import matplotlib.pyplot as plt
+            import numpy as np
+            import optax
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import train_test_split
+
+            import optlab
+
+            REPLICAS, STEPS, GLOBAL_BATCH = 4, 300, 64
+            d = load_digits()
+            x_train, x_test, y_train, y_test = train_test_split(
+                (d.data / 16.0).astype(np.float32), d.target.astype(np.int32),
+                test_size=0.25, random_state=0, stratify=d.target)
+
+
+            def init_mlp(key, hidden=128):
+                k1, k2 = jax.random.split(key)
+                glorot = jax.nn.initializers.glorot_uniform()
+                return {"w1": glorot(k1, (64, hidden)), "b1": jnp.zeros(hidden),
+                        "w2": glorot(k2, (hidden, 10)), "b2": jnp.zeros(10)}
+
+
+            def logits(p, x):
+                return jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+
+
+            def loss_fn(p, x, y):
+                return optax.softmax_cross_entropy_with_integer_labels(logits(p, x), y).mean()
+            """
+        ),
+        _md(
+            """
+            ## One step function for every method
+
+            Each replica calls `tx.update` with its own gradients. `optlab.replica_axes`
+            keeps the step counter unbatched under `vmap`, so the sync stays a real
+            conditional (as on devices) instead of a `select` that computes both branches.
+            `optlab.bytes_on_the_wire` reads the bytes every replica sent.
+            """
+        ),
+        _code(
+            """
+            def train(tx, seed=0):
+                params = init_mlp(jax.random.key(seed))
+                state = tx.init(params)
+                axes = optlab.replica_axes(state)
+                p = optlab.replicate(params, REPLICAS)
+                s = optlab.replicate(state, REPLICAS, axes)
+                per = GLOBAL_BATCH // REPLICAS
+                idx = jax.random.randint(jax.random.key(seed + 1), (STEPS, REPLICAS, per), 0, len(x_train))
+
+                def step(p, s, x, y):
+                    updates, s = tx.update(jax.grad(loss_fn)(p, x, y), s, p)
+                    return optax.apply_updates(p, updates), s
+
+                vstep = jax.vmap(step, in_axes=(0, axes, 0, 0), out_axes=(0, axes), axis_name="replica")
+
+                @jax.jit
+                def run(p, s, xs, ys):
+                    def body(carry, batch):
+                        p, s = vstep(*carry, *batch)
+                        acc = jnp.mean(jnp.argmax(logits(jax.tree.map(lambda a: a.mean(0), p), x_test), -1) == y_test)
+                        return (p, s), acc
+                    return jax.lax.scan(body, (p, s), (xs, ys))
+
+                (p, s), accs = run(p, s, jnp.asarray(x_train)[idx], jnp.asarray(y_train)[idx])
+                return np.asarray(accs), float(optlab.bytes_on_the_wire(s)) / REPLICAS
+
+
+            adamw = optax.adamw(2e-3, weight_decay=1e-4)
+            methods = {
+                "DP AdamW (all-reduce every step)": optax.chain(optlab.compressed_all_reduce("replica"), adamw),
+                "DiLoCo H=10": optlab.diloco(adamw, sync_period=10),
+                "DiLoCo H=50": optlab.diloco(adamw, sync_period=50),
+                "DiLoCo H=10 + top-k 10% EF": optlab.diloco(
+                    adamw, sync_period=10, compressor=optlab.top_k(0.1), error_feedback="ef"),
+            }
+            results = {name: train(tx) for name, tx in methods.items()}
+            for name, (accs, sent) in results.items():
+                print(f"{name:<34} test accuracy {accs[-1]:.4f}   MB sent per replica {sent / 1e6:7.3f}")
+            """
+        ),
+        _code(
+            """
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+            for name, (accs, sent) in results.items():
+                axes[0].plot(np.arange(1, STEPS + 1), accs, label=name, lw=1.2)
+                axes[1].scatter(sent / 1e6, accs[-1], s=40)
+                axes[1].annotate(name, (sent / 1e6, accs[-1]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+            axes[0].set(xlabel="inner step", ylabel="test accuracy (mean of replicas)", ylim=(0.5, 1.0))
+            axes[0].legend(fontsize=8)
+            axes[1].set(xscale="log", xlabel="MB sent per replica (log)", ylabel="final test accuracy")
+            for ax in axes:
+                ax.grid(alpha=0.3)
+            fig.tight_layout()
+            plt.show()
+            """
+        ),
+        _md(
+            """
+            Between syncs the DiLoCo replicas drift apart (the accuracy of their mean dips),
+            and every `H` steps the outer step pulls them back together. With 10-50x fewer
+            bytes it reaches about the accuracy of synchronous AdamW on this small problem.
+
+            ## Where the communication happens
+
+            The sync is a branch of a `lax.switch` on the step counter: the lowered program
+            has no collective on the replica axis outside it.
+            """
+        ),
+        _code(
+            """
+            tx = optlab.diloco(adamw, sync_period=10)
+            state = tx.init(init_mlp(jax.random.key(0)))
+            axes = optlab.replica_axes(state)
+            f = jax.vmap(lambda p, s, g: tx.update(g, s, p), in_axes=(0, axes, 0), out_axes=(0, axes), axis_name="replica")
+            p = optlab.replicate(init_mlp(jax.random.key(0)), REPLICAS)
+            jaxpr = jax.make_jaxpr(f)(p, optlab.replicate(state, REPLICAS, axes), p)
+            print("top-level primitives:", sorted({e.primitive.name for e in jaxpr.jaxpr.eqns}))
+            print(f"notebook time: {time.perf_counter() - _t0:.1f} s")
+            """
+        ),
+        _md(
+            """
+            ## On several hosts
+
+            The same `tx` runs under `jax.shard_map` over a mesh axis named `"replica"`;
+            with `jax.distributed.initialize(...)` that axis can span processes (see the
+            README's multi-host recipe; `tests/test_replicas_multidevice.py` runs DiLoCo on
+            two processes over 127.0.0.1 and checks the anchors agree bit for bit).
+            """
+        ),
+    ]
+
+
 NOTEBOOKS = {
     "optimizer_zoo.ipynb": optimizer_zoo,
     "sam_vs_sgd.ipynb": sam_vs_sgd,
     "averaging_digits.ipynb": averaging_digits,
     "schedules.ipynb": schedules,
+    "diloco.ipynb": diloco,
 }
 
 
@@ -885,11 +1055,32 @@ def render(name: str) -> str:
     return nbformat.writes(build(name)) + "\n"
 
 
+def execute(nb, timeout: int = 900):
+    """Run ``nb`` top to bottom in a fresh ``python3`` kernel (optlab from this checkout,
+    figures inline), in place; raises on the first failing cell."""
+    import os
+
+    from nbclient import NotebookClient
+
+    path = [str(HERE.parent), os.environ.get("PYTHONPATH")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, path))
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+    ).execute()
+    return nb
+
+
 def main(argv=None) -> int:
+    """Write every notebook, executed (outputs and figures stored, so that a reader
+    browsing the repository sees them); ``--no-execute`` writes the cells only."""
+    argv = sys.argv[1:] if argv is None else argv
     for name in NOTEBOOKS:
-        text = render(name)
-        nbformat.validate(nbformat.reads(text, as_version=4))
-        (HERE / name).write_text(text)
+        nb = nbformat.reads(render(name), as_version=4)
+        if "--no-execute" not in argv:
+            execute(nb)
+        nbformat.validate(nb)
+        nbformat.write(nb, HERE / name)
         print("wrote", HERE / name)
     return 0
 

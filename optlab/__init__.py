@@ -9,7 +9,7 @@ module                 concern
 ``_clipping``          gradient clipping family
 ``_normalization``     normalization and projection (sign, Newton-Schulz, LARS/LAMB, AdamP ...)
 ``_momentum``          momentum and adaptive moments (Adam family, Lion, diffGrad, MARS ...)
-``_second_order``      diagonal Hessian preconditioning (Sophia, AdaHessian)
+``_second_order``      curvature: Hessian diagonal (Sophia, AdaHessian, OASIS), M-FAC
 ``_averaging``         weight averaging inside the optimizer (SWA, EMA, LAWA, Lookahead)
 ``_sharpness``         sharpness-aware minimization family
 ``_privacy``           differential privacy (DP-SGD)
@@ -17,6 +17,8 @@ module                 concern
 ``_merging``           offline model merging (soups, SLERP, Model Stock)
 ``_memory_efficient``  memory-efficient state (Subset-Norm, GaLore, FRUGAL, BAdam, 8-bit)
 ``_combinators``       generic wrappers (skip non-finite steps ...)
+``_replicas``          training across replicas (DiLoCo, FedAvg/FedOpt, NoLoCo, gossip)
+``_communication``     compressed communication with error feedback, bytes on the wire
 ``_schedules``         learning-rate schedules (WSD, 1cycle, refinement ...) and scaling rules
 ``_step_sizes``        step-size rules (Polyak, AdaGrad-norm, AdaGO) and parameter-free methods
 ``_aliases``           named optimizers: chains of the above (and DP-SGD)
@@ -30,6 +32,7 @@ from optlab import _aliases
 from optlab import _averaging
 from optlab import _clipping
 from optlab import _combinators
+from optlab import _communication
 from optlab import _flax_utils
 from optlab import _memory_efficient
 from optlab import _merging
@@ -38,6 +41,7 @@ from optlab import _multi_objective
 from optlab import _normalization
 from optlab import _privacy
 from optlab import _registry
+from optlab import _replicas
 from optlab import _schedules
 from optlab import _second_order
 from optlab import _sharpness
@@ -46,6 +50,7 @@ from optlab._aliases import *  # noqa: F401,F403
 from optlab._averaging import *  # noqa: F401,F403
 from optlab._clipping import *  # noqa: F401,F403
 from optlab._combinators import *  # noqa: F401,F403
+from optlab._communication import *  # noqa: F401,F403
 from optlab._flax_utils import *  # noqa: F401,F403
 from optlab._memory_efficient import *  # noqa: F401,F403
 from optlab._merging import *  # noqa: F401,F403
@@ -54,6 +59,7 @@ from optlab._multi_objective import *  # noqa: F401,F403
 from optlab._normalization import *  # noqa: F401,F403
 from optlab._privacy import *  # noqa: F401,F403
 from optlab._registry import *  # noqa: F401,F403
+from optlab._replicas import *  # noqa: F401,F403
 from optlab._schedules import *  # noqa: F401,F403
 from optlab._second_order import *  # noqa: F401,F403
 from optlab._sharpness import *  # noqa: F401,F403
@@ -62,8 +68,9 @@ from optlab._step_sizes import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 _MODULES = (
-    _aliases, _averaging, _clipping, _combinators, _flax_utils, _memory_efficient, _merging,
-    _momentum, _multi_objective, _normalization, _privacy, _registry, _schedules,
+    _aliases, _averaging, _clipping, _combinators, _communication, _flax_utils,
+    _memory_efficient, _merging, _momentum, _multi_objective, _normalization, _privacy,
+    _registry, _replicas, _schedules,
     _second_order, _sharpness, _step_sizes,
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -50,6 +50,7 @@ from optlab._momentum import (
 from optlab._normalization import (
     _orthogonalize,
     _radial_projection,
+    _muon_partition,
     _scale_by_muon_shape,
     _scale_by_trust_ratio,
     _sinkhorn_normalize,
@@ -59,6 +60,7 @@ from optlab._normalization import (
 )
 from optlab._privacy import _dp_aggregate
 from optlab._second_order import (
+    _check_spatial_average,
     _scale_by_adahessian,
     _scale_by_sophia,
     hessian_needs,
@@ -66,6 +68,7 @@ from optlab._second_order import (
 
 __all__ = [
     "sgd",
+    "adam",
     "adamw",
     "amsgrad",
     "diffgrad",
@@ -448,6 +451,56 @@ def sinkgd(
 # ---------------------------------------------------------------------------
 # Adam family
 # ---------------------------------------------------------------------------
+
+
+def adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Adam: adaptive moment estimation, without weight decay.
+
+    Step :math:`-\eta\,\hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)`. Same
+    signature and numbers as :func:`optax.adam`; :func:`optlab.adamw` adds decoupled
+    weight decay.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: added outside the square root (>= 0).
+      eps_root: added inside the square root (>= 0).
+      mu_dtype: optional dtype of the first moment.
+      nesterov: NAdam's look-ahead first moment.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: step count, first and
+      second moments (two copies of the parameters).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.adam(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> print(jnp.round(updates["w"], 6))  # first Adam step: -lr * sign(g)
+      [-0.001  0.001]
+
+    References:
+      Kingma and Ba, `Adam: A Method for Stochastic Optimization
+      <https://arxiv.org/abs/1412.6980>`_, 2015.
+    """
+    _check("adam", learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "eps_root": eps_root})
+    return _chain(
+        "adam",
+        ("scale_by_adam", _adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
 
 
 def adamw(
@@ -1046,11 +1099,6 @@ def lamb(
     )
 
 
-def _label_2d(params: Any) -> Any:
-    """``"muon"`` for 2-D leaves, ``"adam"`` for the others."""
-    return jax.tree.map(lambda p: "muon" if jnp.ndim(p) == 2 else "adam", params)
-
-
 def muon(
     learning_rate: optax.ScalarOrSchedule,
     ns_coeffs: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
@@ -1067,6 +1115,8 @@ def muon(
     adam_eps_root: jax.typing.ArrayLike = 0.0,
     adam_weight_decay: optax.ScalarOrSchedule = 0.0,
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    muon_mask: MaskOrFn = None,
+    muon_weight_dimension_numbers: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Muon: orthogonalized Nesterov momentum on 2-D leaves, AdamW on the others.
 
@@ -1075,7 +1125,16 @@ def muon(
     singular values mapped near 1), times :math:`\sqrt{\max(1, \text{fan\_out} /
     \text{fan\_in})}`, plus decoupled weight decay. Other leaves (biases, scales,
     scalars, conv kernels): :func:`optlab.adamw` with the ``adam_*`` arguments. The
-    split is ``optax.partition`` with a label function by ``ndim``.
+    split is ``optax.partition``; by default by ``ndim``, which also sends embedding
+    tables and the classifier head (2-D) to Muon. For transformers the recommended split
+    is :func:`optlab.muon_hidden_mask`: Muon on the hidden matrices only, AdamW on
+    embeddings, the output head, norms and biases (Jordan et al.; Moonlight), e.g.
+    ``optlab.muon(0.02, muon_mask=optlab.muon_hidden_mask)``. Leaves of rank > 2 selected by
+    ``muon_mask`` (conv kernels ``(kh, kw, in, out)``, attention kernels ``(embed, heads,
+    head_dim)``) are orthogonalized as 2-D matrices ``(prod(reduction axes), prod(output
+    axes))``: by default every axis but the last is reduced (the Flax layout of conv and
+    dense kernels); ``muon_weight_dimension_numbers`` sets the axes per leaf, as in
+    ``optax.contrib.muon``.
 
     Same signature as :func:`optax.contrib.muon` (its first eleven arguments and the
     ``adam_*`` ones). With ``nesterov=False`` the numbers are the same. With
@@ -1101,10 +1160,17 @@ def muon(
       adam_eps_root: AdamW's ``eps_root``.
       adam_weight_decay: AdamW's decoupled weight decay.
       adam_learning_rate: AdamW's learning rate (None: ``learning_rate``).
+      muon_mask: the leaves Muon updates: a tree of bools or a function of the params
+        returning one (True: Muon, False: AdamW); None: the 2-D leaves.
+        :func:`optlab.muon_hidden_mask` is the recommended one for transformers.
+      muon_weight_dimension_numbers: for the Muon leaves, their reduction and output axes
+        (``optax.contrib.MuonDimensionNumbers(reduction_axis, output_axis)``), one for all,
+        a tree of them (None entries: default) or a function of the params; every axis
+        must be one or the other (no batch axes). Default: all axes but the last reduced.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``. State: the momentum of the 2-D
-      leaves (one copy), AdamW's moments of the others (two copies).
+      An ``optax.GradientTransformationExtraArgs``. State: the momentum of the Muon
+      leaves (one copy, as 2-D views), AdamW's moments of the others (two copies).
 
     Example:
       >>> import jax, jax.numpy as jnp, optlab
@@ -1143,9 +1209,8 @@ def muon(
         ("add_decayed_weights", _decay(adam_weight_decay, None)),
         ("scale_by_learning_rate", _lr(adam_learning_rate)),
     )
-    return _chain(
-        "muon", ("partition", optax.partition({"muon": matrices, "adam": others}, _label_2d))
-    )
+    partition = _muon_partition(matrices, others, muon_mask, muon_weight_dimension_numbers)
+    return _chain("muon", ("partition", partition))
 
 
 def adafactor(
@@ -1331,7 +1396,7 @@ def adahessian(
     weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
     *,
-    spatial_average: bool = True,
+    spatial_average: bool | MaskOrFn = False,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdaHessian: Adam with the squared Hutchinson Hessian diagonal as second moment.
@@ -1353,7 +1418,9 @@ def adahessian(
       hessian_power: exponent :math:`k` in [0, 1].
       weight_decay: decoupled weight decay (>= 0) or a schedule.
       mask: where to decay (None: everywhere).
-      spatial_average: average the estimate over the spatial axes of rank >= 3 leaves.
+      spatial_average: which leaves are conv kernels whose estimate is averaged over
+        the spatial axes (a tree of booleans or a function of the params; default
+        ``False``: none), see :func:`optlab.scale_by_adahessian`.
       seed: seed of the Hutchinson probes.
 
     Returns:
@@ -1379,6 +1446,7 @@ def adahessian(
            nonnegative={"weight_decay": weight_decay}, positive={"eps": eps})
     _base.check_unit_interval("adahessian", hessian_power=hessian_power)
     _base.check_int_unless_traced("adahessian", 0, seed=seed)
+    _check_spatial_average("adahessian", spatial_average)
     return _chain(
         "adahessian",
         ("scale_by_adahessian(hutchinson_diag_hessian)",
@@ -2399,4 +2467,704 @@ def adam_mini(
         ("scale_by_adam_mini", _me._adam_mini(name, b1, b2, eps, 0.0, reduce_axes)),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+# ===========================================================================
+# Issue 12 (part A): plain named optimizers (no decorator); each joins the registry
+# by one entry in the table of ``optlab/_registry.py``.
+# ===========================================================================
+
+from optlab import _momentum as _mom  # issue-12 block, kept separate
+from optlab import _normalization as _norm
+from optlab import _second_order as _curv
+
+__all__ += [
+    "adamomentum",
+    "adopt",
+    "ano",
+    "lion_kappa",
+    "m_fac",
+    "nag_gs",
+    "oasis",
+    "qhadam",
+    "qhm",
+    "scion",
+    "swan",
+    "yogi",
+]
+
+
+def adopt(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.9999,
+    eps: jax.typing.ArrayLike = 1e-6,
+    mu_dtype: Any = None,
+    *,
+    use_clipping: bool = True,
+    clip_exponent: jax.typing.ArrayLike = 0.25,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""ADOPT: momentum of the gradient normalized by the previous second moment.
+
+    :func:`optlab.scale_by_adopt` (clip at :math:`t^{1/4}`, the first step only sets
+    :math:`v_0 = g_0^2`), then optional decoupled weight decay, times :math:`-\eta`.
+    With ``weight_decay=0`` the numbers are :func:`optax.contrib.adopt`'s (tested).
+    The authors' ``ADOPT(decouple=True)`` decays by :math:`1 - \eta\lambda` before each
+    step *except the first* (their first call returns before the decay); here the decay
+    is a stage of the chain and also applies on the first step.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: momentum decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: floor of the square root of the second moment (>= 0).
+      mu_dtype: optional dtype of the momentum.
+      use_clipping: clip the normalized gradient at ``step ** clip_exponent``.
+      clip_exponent: exponent (>= 0) of the clipping threshold.
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: optax's
+      ``ScaleByAdamState`` (two copies of the params) under the stage names.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.adopt(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> u, state = tx.update(params, tx.init(params), params)
+      >>> print(u["w"] == 0)  # the first step only initializes the second moment
+      [ True  True]
+
+    References:
+      Taniguchi et al., `ADOPT: Modified Adam Can Converge with Any β2 with the Optimal
+      Rate <https://arxiv.org/abs/2411.02853>`_, 2024.
+    """
+    name = "adopt"
+    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "weight_decay": weight_decay,
+                        "clip_exponent": clip_exponent})
+    return _chain(
+        name,
+        ("scale_by_adopt", _mom.scale_by_adopt(
+            b1, b2, eps, use_clipping=use_clipping, clip_exponent=clip_exponent,
+            mu_dtype=mu_dtype)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def yogi(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-3,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Yogi: Adam with an additive, sign-controlled second-moment update.
+
+    :math:`v_t = v_{t-1} - (1-b_2)\operatorname{sign}(v_{t-1} - g_t^2)\, g_t^2` instead of
+    Adam's EMA, so :math:`v` grows or shrinks by at most :math:`(1-b_2) g_t^2`. This is
+    optax's own :func:`optax.scale_by_yogi` (not rewritten) chained with the learning
+    rate: same signature and numbers as :func:`optax.yogi`, plus validation, extra
+    arguments and updates in the gradients' dtype.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: added to the denominator (>= 0); Yogi's default is large (1e-3).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: optax's
+      ``ScaleByAdamState`` (two copies of the params, started at 1e-6).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.yogi(1e-2)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> u, _ = tx.update(params, tx.init(params), params)
+      >>> print([f"{x:.4f}" for x in u["w"]])
+      ['-0.0100', '0.0100']
+
+    References:
+      Zaheer, Reddi, Sachan, Kale and Kumar, `Adaptive Methods for Nonconvex
+      Optimization <https://papers.nips.cc/paper/8186-adaptive-methods-for-nonconvex-optimization>`_,
+      2018.
+    """
+    name = "yogi"
+    _check(name, learning_rate, decays={"b1": b1, "b2": b2}, nonnegative={"eps": eps})
+    return _chain(
+        name,
+        ("scale_by_yogi", _in_float32(optax.scale_by_yogi(b1=b1, b2=b2, eps=eps))),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def adamomentum(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AdaMomentum: Adam whose second moment is the EMA of the squared momentum.
+
+    :func:`optlab.scale_by_adamomentum`, decoupled weight decay, times :math:`-\eta`.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: decay of the EMA of the squared momentum in [0, 1).
+      eps: added to the denominator (>= 0).
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: two copies of the params.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.adamomentum(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> u, _ = tx.update(params, tx.init(params), params)
+      >>> print([f"{x:.3f}" for x in u["w"]])  # first step: 1 / (1 - b1) = 10 per unit
+      ['-0.010', '0.010']
+
+    References:
+      Wang et al., `Rethinking Adam: A Twofold Exponential Moving Average Approach
+      <https://arxiv.org/abs/2106.11514>`_, 2021.
+    """
+    name = "adamomentum"
+    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    return _chain(
+        name,
+        ("scale_by_adamomentum", _mom.scale_by_adamomentum(b1, b2, eps)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def qhm(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.999,
+    nu: jax.typing.ArrayLike = 0.7,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""QHM: the step is :math:`-\eta((1-\nu) g_t + \nu m_t)`, :math:`m` the EMA of gradients.
+
+    :func:`optlab.scale_by_qhm`, decoupled weight decay, learning rate. ``nu=1`` is
+    momentum SGD (:func:`optax.sgd` with ``momentum=b1`` and learning rate
+    :math:`(1-b_1)\eta`, tested); ``nu=0`` is SGD. optax has no QHM (neither in
+    ``optax`` nor ``optax.contrib``).
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: momentum decay :math:`\beta` in [0, 1).
+      nu: immediate discount :math:`\nu` in [0, 1].
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: one copy of the params.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.qhm(1.0, b1=0.9, nu=0.7)
+      >>> params = {"w": jnp.array([1.0])}
+      >>> u, _ = tx.update(params, tx.init(params), params)
+      >>> print(jnp.round(u["w"], 4))
+      [-0.37]
+
+    References:
+      Ma and Yarats, `Quasi-hyperbolic momentum and Adam for deep learning
+      <https://arxiv.org/abs/1810.06801>`_, 2019.
+    """
+    name = "qhm"
+    _check(name, learning_rate, decays={"b1": b1}, nonnegative={"weight_decay": weight_decay})
+    _base.check_unit_interval(name, nu=nu)
+    return _chain(
+        name,
+        ("scale_by_qhm", _mom.scale_by_qhm(b1, nu)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def qhadam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.995,
+    b2: jax.typing.ArrayLike = 0.999,
+    nu1: jax.typing.ArrayLike = 0.7,
+    nu2: jax.typing.ArrayLike = 1.0,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""QHAdam: quasi-hyperbolic averaging in both of Adam's moments.
+
+    :func:`optlab.scale_by_qhadam`, decoupled weight decay, learning rate.
+    ``nu1=nu2=1`` is AdamW (tested against :func:`optax.adamw`).
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: first-moment decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      nu1: immediate discount of the first moment in [0, 1].
+      nu2: immediate discount of the second moment in [0, 1].
+      eps: added to the denominator (>= 0).
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: Adam's (two copies of the
+      params).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.qhadam(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> u, _ = tx.update(params, tx.init(params), params)
+      >>> print([f"{x:.4f}" for x in u["w"]])
+      ['-0.0010', '0.0010']
+
+    References:
+      Ma and Yarats, `Quasi-hyperbolic momentum and Adam for deep learning
+      <https://arxiv.org/abs/1810.06801>`_, 2019.
+    """
+    name = "qhadam"
+    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _base.check_unit_interval(name, nu1=nu1, nu2=nu2)
+    return _chain(
+        name,
+        ("scale_by_qhadam", _mom.scale_by_qhadam(b1, b2, nu1, nu2, eps)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def ano(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.92,
+    b2: jax.typing.ArrayLike = 0.99,
+    eps: jax.typing.ArrayLike = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Ano: the sign of the momentum times the magnitude of the current gradient.
+
+    :func:`optlab.scale_by_ano` (Yogi-style second moment), decoupled weight decay,
+    learning rate.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: momentum decay in [0, 1).
+      b2: second-moment decay in [0, 1).
+      eps: added to the denominator (>= 0).
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: two copies of the params.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.ano(1e-3)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> u, _ = tx.update(params, tx.init(params), params)
+      >>> print(u["w"])
+      [-0.001  0.001]
+
+    References:
+      Kegreisz, `Ano: Faster is Better in Noisy Landscapes
+      <https://arxiv.org/abs/2508.18258>`_, 2025.
+    """
+    name = "ano"
+    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    return _chain(
+        name,
+        ("scale_by_ano", _mom.scale_by_ano(b1, b2, eps)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def nag_gs(
+    learning_rate: optax.ScalarOrSchedule,
+    mu: jax.typing.ArrayLike = 1.0,
+    gamma: jax.typing.ArrayLike = 1.5,
+) -> optax.GradientTransformationExtraArgs:
+    r"""NAG-GS: semi-implicit Gauss-Seidel integration of the accelerated gradient flow.
+
+    The single stage :func:`optlab.scale_by_nag_gs` (its step size enters
+    nonlinearly, so it takes the learning rate itself and returns the update to add);
+    the authors' defaults ``mu=1, gamma=1.5``. The first call does not move (it only
+    records :math:`v_0 = x_0`).
+
+    Args:
+      learning_rate: the step :math:`\alpha > 0`, or a schedule.
+      mu: :math:`\mu > 0`.
+      gamma: initial :math:`\gamma_0 > 0`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+      State: the velocity (one copy of the params), :math:`\gamma` and a count.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.nag_gs(0.1)
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> state = tx.init(params)
+      >>> u, state = tx.update(params, state, params)  # v_0 = x_0: no move
+      >>> u, state = tx.update(params, state, params)
+      >>> print([f"{x:.4f}" for x in u["w"]])
+      ['-0.0058', '0.0117']
+
+    References:
+      Leplat et al., `NAG-GS: Semi-Implicit, Accelerated and Robust Stochastic
+      Optimizer <https://arxiv.org/abs/2209.14937>`_, 2022.
+    """
+    name = "nag_gs"
+    _base.check_learning_rate(name, learning_rate)
+    if not callable(learning_rate):
+        _base.check_positive(name, learning_rate=learning_rate)
+    _base.check_positive(name, mu=mu, gamma=gamma)
+    return _chain(
+        name,
+        ("scale_by_nag_gs", _mom.scale_by_nag_gs(learning_rate, mu, gamma)),
+    )
+
+
+def lion_kappa(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.99,
+    kappa_grad: Any = "l1",
+    weight_decay: optax.ScalarOrSchedule = 1e-3,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Lion-K: Lion with a pluggable :math:`\nabla\mathcal{K}` in place of sign.
+
+    :func:`optlab.scale_by_lion_kappa`, decoupled weight decay :math:`\lambda`,
+    learning rate: the iterates solve :math:`\min f(x) + \mathcal{K}^*(x)/\lambda`.
+    ``kappa_grad="l1"`` is Lion (same numbers as :func:`optax.lion`, tested).
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      b1: interpolation weight in [0, 1).
+      b2: momentum decay in [0, 1).
+      kappa_grad: ``"l1"``, ``"l2"`` or a callable ``x -> grad K(x)``.
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: one copy of the params.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.lion_kappa(1e-2, kappa_grad="l2", weight_decay=0.0)
+      >>> params = {"w": jnp.array([3.0, -4.0])}
+      >>> u, _ = tx.update(params, tx.init(params), params)
+      >>> print(u["w"])
+      [-0.006  0.008]
+
+    References:
+      Chen, Liang, Liu and Liu, `Lion Secretly Solves Constrained Optimization: As
+      Lyapunov Predicts <https://arxiv.org/abs/2310.05898>`_, 2023.
+    """
+    name = "lion_kappa"
+    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
+           nonnegative={"weight_decay": weight_decay})
+    if not (callable(kappa_grad) or kappa_grad in ("l1", "l2")):
+        raise ValueError(
+            f"`optlab.{name}`: `kappa_grad` must be 'l1', 'l2' or a callable, got"
+            f" kappa_grad={kappa_grad!r}."
+        )
+    return _chain(
+        name,
+        ("scale_by_lion_kappa", _mom.scale_by_lion_kappa(b1, b2, kappa_grad)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def scion(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: jax.typing.ArrayLike = 0.9,
+    scale: jax.typing.ArrayLike = 1.0,
+    norm: Any = "auto",
+    *,
+    constrained: bool = True,
+    ns_steps: int = 5,
+    ns_coeffs: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
+    eps: jax.typing.ArrayLike = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Scion: (un)constrained stochastic conditional gradient with per-layer norm LMOs.
+
+    With :math:`d_k = \beta d_{k-1} + (1-\beta) g_k` (``momentum`` :math:`\beta`), the
+    LMO direction :math:`s_k` of :func:`optlab.scale_by_lmo` (per-layer ``norm``) and
+    radius :math:`\rho` (``scale``), the step with rate :math:`\gamma` is
+
+    .. math::
+        x_{k+1} = (1 - \gamma)\, x_k - \gamma\rho\, s_k \quad \text{(constrained, SCG)},
+        \qquad x_{k+1} = x_k - \gamma\rho\, s_k \quad \text{(unconstrained, uSCG)}.
+
+    The constrained step is a convex combination of :math:`x_k` and the point
+    :math:`-\rho s_k` of the norm ball of radius :math:`\rho`: for :math:`\gamma \le 1`
+    an iterate inside the ball stays inside (tested). As a chain: EMA momentum,
+    ``scale_by_lmo``, ``optax.scale(rho)``, decoupled weight decay of rate exactly 1
+    (the :math:`-\gamma x_k` term; constrained only), learning rate.
+
+    The authors' ``momentum`` argument is one minus this one (their ``momentum=0.1`` is
+    ``momentum=0.9`` here; their default ``1.0``, no averaging, is ``momentum=0``);
+    their per-group ``scale`` is ``scale`` here, one value for all leaves (give
+    different radii with ``optax.partition``).
+
+    Args:
+      learning_rate: :math:`\gamma` (>= 0) or a schedule; in [0, 1] for the constrained
+        variant.
+      momentum: EMA decay :math:`\beta` of the gradients, in [0, 1).
+      scale: the radius :math:`\rho > 0`.
+      norm: the per-leaf norm of :func:`optlab.scale_by_lmo` (``"auto"``: spectral for
+        matrices, RMS for vectors).
+      constrained: the constrained (SCG, default, as the authors' code) or
+        unconstrained (uSCG) step.
+      ns_steps: Newton-Schulz iterations for spectral norms.
+      ns_coeffs: Newton-Schulz coefficients.
+      eps: added to norms before dividing (>= 0).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; the constrained variant needs
+      ``params``. State: the momentum (one copy of the params).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scion(0.1, momentum=0.0, scale=2.0, norm="sign")
+      >>> params = {"w": jnp.array([[1.0, -1.0], [0.0, 0.5]])}
+      >>> u, _ = tx.update({"w": jnp.ones((2, 2))}, tx.init(params), params)
+      >>> print(params["w"] + u["w"])  # 0.9 * w - 0.1 * 2 * sign(g) / 2
+      [[ 0.8  -1.  ]
+       [-0.1   0.35]]
+
+    References:
+      Pethick et al., `Training Deep Learning Models with Norm-Constrained LMOs
+      <https://arxiv.org/abs/2502.07529>`_, 2025.
+    """
+    name = "scion"
+    _check(name, learning_rate, decays={"momentum": momentum}, nonnegative={"eps": eps},
+           positive={"scale": scale})
+    if constrained and _base.is_concrete_number(learning_rate) and learning_rate > 1:
+        raise ValueError(
+            f"`optlab.{name}`: the constrained step (1 - lr) x - lr * scale * s needs"
+            f" `learning_rate` in [0, 1], got learning_rate={learning_rate!r}."
+        )
+    _base.check_int(name, ns_steps=ns_steps)
+    _norm._check_norm_spec(name, norm)
+    return _chain(
+        name,
+        ("ema", _in_float32(optax.ema(momentum, debias=False))),
+        ("scale_by_lmo", _norm.scale_by_lmo(norm, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
+                                            eps=eps)),
+        ("scale", _in_float32(optax.scale(scale))),
+        ("add_decayed_weights", _decay(1.0, None) if constrained else optax.identity()),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def swan(
+    learning_rate: optax.ScalarOrSchedule,
+    ns_steps: int = 10,
+    ns_coeffs: tuple[float, float, float] = (1.5, -0.5, 0.0),
+    rescale: bool = True,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    *,
+    adam_b1: jax.typing.ArrayLike = 0.9,
+    adam_b2: jax.typing.ArrayLike = 0.999,
+    adam_eps: jax.typing.ArrayLike = 1e-8,
+    adam_weight_decay: optax.ScalarOrSchedule = 0.0,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""SWAN: stateless SGD on standardized and whitened gradients (matrices), AdamW else.
+
+    2-D leaves: :func:`optlab.scale_by_swan` (GradNorm then GradWhitening, no state),
+    decoupled weight decay, learning rate. Other leaves (biases, gains, scalars, conv
+    kernels): AdamW with the ``adam_*`` arguments (the paper keeps Adam for them; it
+    also uses Adam for the embedding and output matrices: route those with your own
+    ``optax.partition`` if needed). The split is by ``ndim``, as :func:`optlab.muon`.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      ns_steps: Newton-Schulz iterations of the whitening.
+      ns_coeffs: Newton-Schulz coefficients (default: the exact cubic iteration).
+      rescale: restore the norm of the standardized gradient after whitening.
+      weight_decay: decoupled weight decay of the matrices (>= 0) or a schedule.
+      adam_b1: AdamW's first-moment decay for the other leaves.
+      adam_b2: AdamW's second-moment decay.
+      adam_eps: AdamW's ``eps``.
+      adam_weight_decay: AdamW's decoupled weight decay.
+      adam_learning_rate: AdamW's learning rate (None: ``learning_rate``).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: none for the matrices;
+      AdamW's two copies of the other leaves.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optlab
+      >>> tx = optlab.swan(1e-3)
+      >>> params = {"w": jnp.zeros((8, 4)), "b": jnp.zeros(4)}
+      >>> g = {"w": jax.random.normal(jax.random.key(0), (8, 4)), "b": jnp.ones(4)}
+      >>> u, _ = tx.update(g, tx.init(params), params)
+      >>> print(u["w"].shape, [f"{x:.4f}" for x in u["b"]])
+      (8, 4) ['-0.0010', '-0.0010', '-0.0010', '-0.0010']
+
+    References:
+      Ma, Gong, Scetbon and Meeds, `SWAN: SGD with Normalization and Whitening Enables
+      Stateless LLM Training <https://arxiv.org/abs/2412.13148>`_, 2024.
+    """
+    name = "swan"
+    _check(name, learning_rate, decays={"adam_b1": adam_b1, "adam_b2": adam_b2},
+           nonnegative={"weight_decay": weight_decay, "adam_eps": adam_eps,
+                        "adam_weight_decay": adam_weight_decay})
+    _base.check_int(name, ns_steps=ns_steps)
+    if adam_learning_rate is not None and not callable(adam_learning_rate):
+        _base.check_nonnegative(name, adam_learning_rate=adam_learning_rate)
+    if adam_learning_rate is None:
+        adam_learning_rate = learning_rate
+    matrices = optax.named_chain(
+        ("scale_by_swan", _norm.scale_by_swan(ns_steps=ns_steps, ns_coeffs=ns_coeffs,
+                                              rescale=rescale)),
+        ("add_decayed_weights", _decay(weight_decay, None)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+    others = optax.named_chain(
+        ("scale_by_adam", _in_float32(optax.scale_by_adam(adam_b1, adam_b2, adam_eps))),
+        ("add_decayed_weights", _decay(adam_weight_decay, None)),
+        ("scale_by_learning_rate", _lr(adam_learning_rate)),
+    )
+    return _chain(
+        name,
+        ("partition", optax.partition({"swan": matrices, "adam": others},
+                                      lambda p: jax.tree.map(
+                                          lambda x: "swan" if jnp.ndim(x) == 2 else "adam", p))),
+    )
+
+
+def m_fac(
+    learning_rate: optax.ScalarOrSchedule,
+    num_grads: int = 16,
+    damping: jax.typing.ArrayLike = 1e-3,
+    momentum: jax.typing.ArrayLike = 0.0,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""M-FAC: SGD on the inverse sliding-window empirical Fisher times the gradient.
+
+    :func:`optlab.scale_by_m_fac` (Woodbury over the last ``num_grads`` gradients),
+    heavy-ball momentum (``optax.trace``), decoupled weight decay, learning rate, the
+    paper's optimizer.
+
+    Args:
+      learning_rate: step size (>= 0) or a schedule.
+      num_grads: window size :math:`m` (Python int >= 1).
+      damping: :math:`\lambda > 0` of :math:`F = \lambda I + G^\top G / m`.
+      momentum: heavy-ball momentum in [0, 1) (0: none).
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: ``num_grads`` copies of the
+      params, an ``(m, m)`` Gram matrix and the momentum trace.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.m_fac(0.1, num_grads=1, damping=1.0)
+      >>> params = {"w": jnp.array([3.0, 4.0])}
+      >>> u, _ = tx.update(params, tx.init(params), params)
+      >>> print(jnp.round(u["w"], 4))  # -0.1 * g / (1 + |g|^2)
+      [-0.0115 -0.0154]
+
+    References:
+      Frantar, Kurtic and Alistarh, `M-FAC: Efficient Matrix-Free Approximations of
+      Second-Order Information <https://arxiv.org/abs/2107.03356>`_, 2021.
+    """
+    name = "m_fac"
+    _check(name, learning_rate, decays={"momentum": momentum},
+           nonnegative={"weight_decay": weight_decay}, positive={"damping": damping})
+    _base.check_int(name, num_grads=num_grads)
+    return _chain(
+        name,
+        ("scale_by_m_fac", _curv.scale_by_m_fac(num_grads, damping)),
+        ("trace", _in_float32(optax.trace(decay=momentum))),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+    )
+
+
+def oasis(
+    learning_rate: jax.typing.ArrayLike = 1.0,
+    b2: jax.typing.ArrayLike = 0.99,
+    alpha: jax.typing.ArrayLike = 1e-5,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    *,
+    adaptive: bool = True,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""OASIS: Hutchinson-diagonal preconditioning with an adaptive step size.
+
+    :func:`optlab.scale_by_oasis`, decoupled weight decay, then the learning rate,
+    which is the *initial* rate :math:`\eta_0` of the adaptive rule (a number) or, with
+    ``adaptive=False``, the fixed rate (a number or a schedule). ``update`` needs
+    ``params`` and ``hvp_fn(params, v) -> H v``.
+
+    Args:
+      learning_rate: :math:`\eta_0 > 0` (adaptive) or the rate / schedule (fixed).
+      b2: decay of the Hessian-diagonal EMA in [0, 1).
+      alpha: truncation of :math:`|D|` (> 0).
+      weight_decay: decoupled weight decay (>= 0) or a schedule.
+      mask: where to decay (None: everywhere).
+      adaptive: the adaptive rate (default) or a fixed one.
+      seed: seed of the Hutchinson probes.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. State: three copies of the params,
+      two scalars and a PRNG key.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optlab
+      >>> loss = lambda p: jnp.sum(jnp.array([1.0, 50.0]) * p["w"] ** 2)
+      >>> hvp_fn = lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1]
+      >>> tx = optlab.oasis(0.5)
+      >>> params = {"w": jnp.array([1.0, 1.0])}
+      >>> u, _ = tx.update(jax.grad(loss)(params), tx.init(params), params, hvp_fn=hvp_fn)
+      >>> print(u["w"])  # -0.5 * D^-1 g: half a Newton step
+      [-0.5 -0.5]
+
+    References:
+      Jahani et al., `Doubly Adaptive Scaled Algorithm for Machine Learning Using
+      Second-Order Information <https://arxiv.org/abs/2109.05198>`_, 2021.
+    """
+    name = "oasis"
+    if adaptive and callable(learning_rate):
+        raise TypeError(
+            f"`optlab.{name}`: with `adaptive=True`, `learning_rate` is the initial rate"
+            f" (a number), got the schedule learning_rate={learning_rate!r}."
+        )
+    _check(name, learning_rate, decays={"b2": b2}, nonnegative={"weight_decay": weight_decay},
+           positive={"alpha": alpha} if not adaptive else {"alpha": alpha,
+                                                           "learning_rate": learning_rate})
+    return _chain(
+        name,
+        ("scale_by_oasis(hutchinson_diag_hessian)", _curv.scale_by_oasis(
+            learning_rate if adaptive else 1.0, b2, alpha, adaptive=adaptive, seed=seed)),
+        ("add_decayed_weights", _decay(weight_decay, mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
+        needs=hessian_needs(None),
     )

@@ -147,8 +147,11 @@ def swa(
 
     Args:
       inner: the inner optimizer.
-      start_step: first step (1-based iterate index) that may be sampled; ``0`` and
-        ``1`` both start at the first iterate.
+      start_step: the sampling phase: iterates ``t >= start_step`` (1-based) with
+        ``(t - start_step) % every_k == 0`` are sampled. With ``every_k=1``, ``0`` and
+        ``1`` both start at the first iterate. Otherwise they differ: ``start_step=1``
+        samples ``x_1, x_{1+k}, x_{1+2k}, ...`` and ``start_step=0`` samples
+        ``x_k, x_{2k}, ...`` (the end of each block of ``k`` steps, e.g. each epoch).
       every_k: sample every ``every_k`` steps from ``start_step``.
       accumulator_dtype: dtype of the mean (default: the parameters' dtype); use
         ``jnp.float32`` to average bfloat16 parameters without rounding drift.
@@ -941,11 +944,15 @@ def lookahead(
 # Accessor
 # ---------------------------------------------------------------------------
 
+
 def _is_averaging_state(x: Any) -> bool:
     """The averaging-state protocol: a NamedTuple whose class has ``averaging_name`` and
     an ``averaged()`` method (see CONTRIBUTING.md)."""
-    return isinstance(x, tuple) and isinstance(getattr(type(x), "averaging_name", None), str) \
+    return (
+        isinstance(x, tuple)
+        and isinstance(getattr(type(x), "averaging_name", None), str)
         and callable(getattr(x, "averaged", None))
+    )
 
 
 def _find_states(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -1043,3 +1050,127 @@ def averaged_params(state: Any, which: str | int | None = None, params: Any = No
             is_leaf=lambda x: isinstance(x, optax.MaskedNode) or x is None,
         )
     return avg
+
+
+# ---------------------------------------------------------------------------
+# Issue 12 (part B): power-function EMA (EDM2)
+# ---------------------------------------------------------------------------
+
+__all__ += ["PowerEMAState", "power_ema", "sigma_rel_to_gamma"]
+
+
+def sigma_rel_to_gamma(sigma_rel: float) -> float:
+    """The exponent ``gamma`` of the power-function EMA whose relative width is ``sigma_rel``.
+
+    ``sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3))`` (EDM2), solved as the
+    largest real root of ``gamma^3 + 7 gamma^2 + (16 - s) gamma + 12 - s``, ``s =
+    sigma_rel^-2``. ``0 < sigma_rel < 1 / sqrt(12)`` (``gamma > 0``).
+
+    Example:
+      >>> import optlab
+      >>> round(optlab.sigma_rel_to_gamma(0.05), 2)
+      16.97
+    """
+    _base.check_positive("sigma_rel_to_gamma", sigma_rel=sigma_rel)
+    return _sigma_rel_to_gamma("sigma_rel_to_gamma", sigma_rel)
+
+
+def _sigma_rel_to_gamma(fn_name: str, sigma_rel: Any) -> float:
+    import numpy as np
+
+    if not _base.is_concrete_number(sigma_rel):
+        raise TypeError(
+            f"`optlab.{fn_name}`: `sigma_rel` must be a Python or NumPy number,"
+            f" got sigma_rel={sigma_rel!r}."
+        )
+    if not float(sigma_rel) < 12**-0.5:
+        raise ValueError(
+            f"`optlab.{fn_name}`: `sigma_rel` must be < 1/sqrt(12) ~ 0.2887 (gamma > 0),"
+            f" got sigma_rel={sigma_rel!r}."
+        )
+    s = float(sigma_rel) ** -2
+    roots = np.roots([1.0, 7.0, 16.0 - s, 12.0 - s])
+    return float(roots[np.abs(roots.imag) < 1e-9].real.max())
+
+
+class PowerEMAState(NamedTuple):
+    """State for :func:`optlab.power_ema`.
+
+    Attributes:
+      inner_state: state of the wrapped optimizer
+      count: shape=(), int32: number of `update` calls so far
+      ema: the power-function EMA of the iterates; initial params before step 1
+    """
+
+    inner_state: Any  # state of the wrapped optimizer
+    count: jax.Array  # shape=(), int32: number of `update` calls so far
+    ema: Any  # the power-function EMA of the iterates; initial params before step 1
+
+    averaging_name = "power_ema"
+
+    def averaged(self) -> Any:
+        return self.ema
+
+
+def power_ema(
+    inner: optax.GradientTransformation,
+    sigma_rel: float = 0.05,
+    *,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Power-function EMA of the parameters (EDM2), parameterized by its relative width.
+
+    Runs ``inner`` unchanged and keeps ``ema_t = beta_t ema_{t-1} + (1 - beta_t) x_t`` of
+    the iterates ``x_t`` (``t = 1, 2, ...``) with ``beta_t = (1 - 1/t)^(gamma + 1)``: the
+    average's weights follow the power profile ``~ s^gamma`` over ``s <= t`` whatever the
+    length of training, so the average keeps a fixed *relative* width. ``gamma`` comes
+    from ``sigma_rel`` (:func:`sigma_rel_to_gamma`; EDM2 uses 0.05 to 0.15). ``beta_1 = 0``:
+    the average starts as the first iterate.
+
+    Args:
+      inner: the inner optimizer.
+      sigma_rel: relative standard deviation of the averaging profile, in
+        ``(0, 1/sqrt(12))`` (a concrete number: ``gamma`` is solved at construction).
+      accumulator_dtype: dtype of the EMA (default: the parameters' dtype).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``inner``.
+      Read the average with :func:`optlab.averaged_params`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.power_ema(optax.sgd(1.0), sigma_rel=0.1)
+      >>> params = jnp.array([0.0])
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(jnp.array([-1.0]), state, params)
+      >>> optlab.averaged_params(state)  # beta_1 = 0: the first iterate
+      Array([1.], dtype=float32)
+
+    State:
+      :class:`PowerEMAState` ``(inner_state, count, ema)``: one copy of the parameters.
+
+    References:
+      Karras et al., `Analyzing and Improving the Training Dynamics of Diffusion Models
+      <https://arxiv.org/abs/2312.02696>`_, 2024
+    """
+    name = "power_ema"
+    _base.check_positive(name, sigma_rel=sigma_rel)
+    gamma = _sigma_rel_to_gamma(name, sigma_rel)
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return PowerEMAState(
+            inner.init(params), jnp.zeros([], jnp.int32), _copy_tree(params, accumulator_dtype)
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, inner_state, new_params = _inner_update(
+            inner, updates, state.inner_state, params, extra_args
+        )
+        t = optax.safe_increment(state.count)
+        beta = (1.0 - 1.0 / t.astype(jnp.float32)) ** (gamma + 1.0)
+        ema = _lerp(state.ema, new_params, 1.0 - beta)
+        return updates, PowerEMAState(inner_state, t, ema)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

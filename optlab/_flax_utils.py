@@ -8,6 +8,9 @@ Flax is an optional dependency: it is imported inside the functions, never when
 
 from __future__ import annotations
 
+import collections
+import importlib.abc
+import importlib.util
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,6 +39,51 @@ def unwrap_variables(tree: Any) -> Any:
         tree,
         is_leaf=lambda x: isinstance(x, nnx.Variable),
     )
+
+
+def _register_named_chain_state(serialization: Any) -> None:
+    """Teach ``flax.serialization`` the state of ``optax.named_chain`` (every named
+    optimizer's): an ``OrderedDict`` keyed by stage name, which its msgpack writer refuses
+    (it registers plain ``dict`` only). Stored as a dict, restored in the target's order."""
+    if collections.OrderedDict in serialization._STATE_DICT_REGISTRY:  # noqa: SLF001
+        return
+
+    def to_state(d):
+        return {str(k): serialization.to_state_dict(v) for k, v in d.items()}
+
+    def from_state(target, state):
+        return collections.OrderedDict(
+            (k, serialization.from_state_dict(v, state[str(k)])) for k, v in target.items()
+        )
+
+    serialization.register_serialization_state(collections.OrderedDict, to_state, from_state)
+
+
+class _OnFlaxSerializationImport(importlib.abc.MetaPathFinder):
+    """Registers :func:`_register_named_chain_state` when ``flax.serialization`` is first
+    imported, so that ``import optlab`` never imports Flax itself."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "flax.serialization":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_register(module):
+            exec_module(module)
+            _register_named_chain_state(module)
+
+        spec.loader.exec_module = exec_and_register
+        return spec
+
+
+if "flax.serialization" in sys.modules:
+    _register_named_chain_state(sys.modules["flax.serialization"])
+else:
+    sys.meta_path.insert(0, _OnFlaxSerializationImport())
 
 
 def _default_inputs(batch: Any) -> tuple:

@@ -428,7 +428,7 @@ class ProjectedState(NamedTuple):
 
     count: jax.Array  # int32 scalar
     inner: Any  # the inner transform's state on the rank-r (or full, fallback) tree
-    projector: Any  # per leaf: (k, r) basis, (r,) int32 DCT indices, or an empty (0,) array
+    projector: Any  # per leaf: (k, r) basis, (r,) int32 DCT indices, or a (1,) placeholder
 
 
 class _Plan(NamedTuple):
@@ -520,11 +520,11 @@ def _projected(
 
     def proj_init(x, pl):
         if pl is None:
-            return jnp.zeros((0,), x.dtype)
+            return jnp.zeros((1,), x.dtype)  # a placeholder: orbax refuses zero-size arrays
         if projector == "dct":
             return jnp.arange(pl.rank, dtype=jnp.int32)
         if projector == "identity":
-            return jnp.zeros((0,), jnp.int32)
+            return jnp.zeros((1,), jnp.int32)
         return jnp.zeros((pl.k, pl.rank), x.dtype)
 
     def low_like(x, pl):
@@ -716,7 +716,8 @@ def scale_by_projected_adam(
       with ``side="large"``, full shape elsewhere); ``projector`` holds a
       ``(max(m, n), r)`` basis in the
       parameter dtype (``"svd"``, ``"online_pca"``), ``r`` int32 indices (``"dct"``) or
-      an empty array (``"identity"``, unprojected leaves).
+      a one-element placeholder (``"identity"``, unprojected leaves; orbax cannot save
+      zero-size arrays).
 
     References:
       Zhao et al., `GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection

@@ -872,6 +872,8 @@ def scale_by_optimistic_amsgrad(
     b1: jax.typing.ArrayLike = 0.9,
     b2: jax.typing.ArrayLike = 0.999,
     eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    bias_correction: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Optimistic AMSGrad with the last gradient as the hint of the next one.
 
@@ -898,14 +900,29 @@ def scale_by_optimistic_amsgrad(
     (undo the last optimistic step, take the AMSGrad step and a new optimistic
     step) with :math:`h_1 = 0` (:math:`w_{1/2} = w_1`). This is exact for a
     constant learning rate; with a schedule the undone optimistic step is
-    rescaled by the current rate instead of the previous one. As in AMSGrad
-    there is no bias correction; ``eps`` is added outside the square root
-    (the paper instead initialises :math:`v_0 = \epsilon`).
+    rescaled by the current rate instead of the previous one. ``eps`` is added
+    outside the square root (the paper instead initialises :math:`v_0 = \epsilon`).
+
+    Bias correction. The paper's Algorithm 2, like AMSGrad's, has none (the default,
+    ``bias_correction=False``). Then the first steps are large: at :math:`t = 1`,
+    :math:`\theta_1 / \sqrt{v_1} = (1-b_1)/\sqrt{1-b_2} \approx 3.2` per unit of
+    :math:`\operatorname{sign}(g)`, and the optimistic step adds as much again, about
+    6x the learning rate with the default decays. The authors' released code
+    bias-corrects (Adam-style), which ``bias_correction=True`` does: :math:`\theta_t`
+    and the hint :math:`h_{t+1}` (both EMAs of total weight :math:`1 - b_1^t`) are
+    divided by :math:`1 - b_1^t`, and :math:`\hat v_t = \max(\hat v_{t-1},
+    v_t / (1 - b_2^t))` (the maximum of the corrected second moments, as
+    :func:`optax.scale_by_amsgrad`). The first direction is then :math:`2\,
+    \operatorname{sign}(g_1)` (AMSGrad's step plus an equal optimistic step). (We could
+    not retrieve the authors' code to check where exactly they place the corrections;
+    this placement is the one that makes every corrected EMA an average.)
 
     Args:
       b1: first-moment decay, in ``[0, 1)``.
       b2: second-moment decay, in ``[0, 1)``.
       eps: denominator constant, ``>= 0``.
+      bias_correction: divide the EMAs by their total weights (the authors' code)
+        instead of the paper's uncorrected moments.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
@@ -938,10 +955,18 @@ def scale_by_optimistic_amsgrad(
         del params, extra_args
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
         nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
-        nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
+        count = optax.safe_increment(state.count)
+        if bias_correction:
+            c1 = 1.0 - jnp.asarray(b1, jnp.float32) ** count.astype(jnp.float32)
+            nu_max = jax.tree.map(
+                jnp.maximum, state.nu_max, optax.tree.bias_correction(nu, b2, count)
+            )
+        else:
+            c1 = 1.0
+            nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
 
         def step(g, theta_prev, theta, v_max, hint_prev):
-            denom = jnp.sqrt(v_max) + eps
+            denom = (jnp.sqrt(v_max) + eps) * c1
             h_next = b1 * theta_prev + (1.0 - b1) * g  # hint: m_{t+1} = g_t
             hint = h_next / denom
             d = theta / denom + hint - hint_prev
@@ -953,7 +978,7 @@ def scale_by_optimistic_amsgrad(
         new_updates = _tree.tree_map(lambda g, o: o[0], updates, out)
         hint = _tree.tree_map(lambda g, o: o[1], updates, out)
         new_state = ScaleByOptimisticAMSGradState(
-            count=optax.safe_increment(state.count), mu=mu, nu=nu, nu_max=nu_max, hint=hint
+            count=count, mu=mu, nu=nu, nu_max=nu_max, hint=hint
         )
         return new_updates, _tree.tree_cast_like(new_state, state)
 
@@ -1207,8 +1232,13 @@ def scale_by_sgd_sai(
 
     with :math:`\sigma` the standard deviation of the leaf's entries (unbiased,
     as ``torch.Tensor.std``); when :math:`\sigma = 0` (one-element leaves,
-    constant gradients) :math:`s = \|g_1\|_2`, as in the reference code's
-    ``nan_to_num`` / zero-std branch. Then :math:`s` is frozen and
+    constant gradients) this uses :math:`s = \|g_1\|_2`. That rule is optlab's, not
+    the reference code's: there the zero-std branch (``grad_norm if sigma == 0``) is
+    commented out and the code computes ``grad_norm / (sigma + eps)`` with
+    ``sigma = std().nan_to_num()``, so a zero standard deviation (a constant gradient,
+    or a one-element leaf whose NaN std becomes 0) gives :math:`\|g_1\|_2 / \epsilon`,
+    about :math:`10^8` times the gradient norm. The finite :math:`\|g_1\|_2` is the
+    safer choice. Then :math:`s` is frozen and
 
     .. math::
         m_1 = g_1, \quad m_t = b_1 m_{t-1} + (1-b_1) g_t, \qquad d_t = s\, m_t.
@@ -1272,5 +1302,616 @@ def _scale_by_sgd_sai(b1, eps):
         new_updates = _tree.tree_map(lambda g, m, s: (s * m).astype(g.dtype), updates, mu, scale)
         new_state = ScaleBySGDSaIState(count=optax.safe_increment(state.count), mu=mu, scale=scale)
         return new_updates, _tree.tree_cast_like(new_state, state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ===========================================================================
+# Issue 12 (part A): ADOPT, AdaMomentum, QHM / QHAdam, Ano, NAG-GS, Lion-kappa
+# ===========================================================================
+
+_map = _tree.tree_map  # None-safe tree map (frozen params stay None)
+_cast_like = _tree.tree_cast_like
+
+__all__ += [
+    "ScaleByNAGGSState",
+    "ScaleByQHMState",
+    "scale_by_adamomentum",
+    "scale_by_adopt",
+    "scale_by_ano",
+    "scale_by_lion_kappa",
+    "scale_by_nag_gs",
+    "scale_by_qhadam",
+    "scale_by_qhm",
+]
+
+
+def scale_by_adopt(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.9999,
+    eps: jax.typing.ArrayLike = 1e-6,
+    *,
+    use_clipping: bool = True,
+    clip_exponent: jax.typing.ArrayLike = 0.25,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""ADOPT: normalize the gradient by the *previous* second moment, then momentum.
+
+    .. math::
+        v_0 = g_0^2, \quad d_0 = 0; \qquad
+        m_t = b_1 m_{t-1} + (1-b_1)\,
+        \operatorname{clip}\!\Big(\frac{g_t}{\max(\sqrt{v_{t-1}}, \epsilon)}, c_t\Big),
+        \quad d_t = m_t, \quad v_t = b_2 v_{t-1} + (1-b_2) g_t^2,
+
+    for :math:`t \ge 1`, with :math:`c_t = t^{1/4}` (:math:`t^{p}`, ``p = clip_exponent``,
+    of the 0-based step count; ``use_clipping=False`` is the unclipped algorithm of the
+    paper's first version). Because :math:`v_{t-1}` does not contain :math:`g_t`, the normalized
+    gradient is an unbiased direction for any ``b2``: this is what makes ADOPT converge
+    where Adam may not. The first call only initializes :math:`v_0 = g_0^2` and returns a
+    zero direction. There is no bias correction (:math:`m_0 = 0`).
+
+    This is :func:`optax.contrib.scale_by_adopt` (same numbers, tested) with optlab's
+    conventions: extra arguments ignored, validation, state and updates in fixed dtypes,
+    and the clipping threshold given by its exponent (optax's ``clip_value_fn`` is a
+    callable, which ``optax.inject_hyperparams`` would mistake for a schedule); where the
+    gradient is infinite the non-finite second moment is returned instead of the update,
+    which would otherwise silently freeze that coordinate.
+    It follows the authors' current code (clipped version, ``clip_lambda = step**0.25``
+    with the 0-based step, ``exp_avg.lerp_``). An earlier version of that code set
+    :math:`m_1` to the normalized gradient itself (no :math:`1 - b_1` factor) and had no
+    clipping; the current one and optax agree on the form above.
+
+    Args:
+      b1: momentum decay, in ``[0, 1)``.
+      b2: second-moment decay, in ``[0, 1)`` (ADOPT converges for any ``b2``).
+      eps: floor of :math:`\sqrt{v}`, ``>= 0``.
+      use_clipping: clip the normalized gradient at ``step ** clip_exponent``.
+      clip_exponent: exponent :math:`p \ge 0` of the clipping threshold :math:`t^p`.
+      mu_dtype: optional dtype of the momentum.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      ``optax.ScaleByAdamState(count, mu, nu)`` (optax's): the momentum and the second
+      moment, one copy of the params each.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scale_by_adopt()
+      >>> g = jnp.array([2.0, -1.0])
+      >>> d, state = tx.update(g, tx.init(g))  # the first call only sets v_0 = g^2
+      >>> print(d == 0, state.nu)
+      [ True  True] [4. 1.]
+      >>> d, state = tx.update(g, state)  # m_1 = (1 - b1) * g / |g|
+      >>> print([f"{x:.4f}" for x in d])
+      ['0.1000', '-0.1000']
+
+    References:
+      Taniguchi et al., `ADOPT: Modified Adam Can Converge with Any β2 with the Optimal
+      Rate <https://arxiv.org/abs/2411.02853>`_, 2024.
+    """
+    name = "scale_by_adopt"
+    _base.check_decay(name, b1=b1, b2=b2)
+    _base.check_nonnegative(name, eps=eps, clip_exponent=clip_exponent)
+    mu_dtype = _canonical_dtype(mu_dtype)
+    inner = optax.contrib.scale_by_adopt(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        mu_dtype=mu_dtype,
+        use_clipping=use_clipping,
+        clip_value_fn=lambda t: jnp.asarray(t, jnp.float32) ** clip_exponent,
+    )
+    # An infinite gradient would leave v = inf and the coordinate silently frozen (its
+    # normalized gradient is 0 from then on): return the non-finite v there instead.
+    return _base.public(
+        name,
+        _wrap_optax(
+            inner,
+            moment_fields=("mu", "nu"),
+            post=lambda u, new_state: _visible_nonfinite(u, new_state.nu),
+        ),
+    )
+
+
+def scale_by_adamomentum(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AdaMomentum: Adam whose second moment is the EMA of the *squared momentum*.
+
+    .. math::
+        m_t = b_1 m_{t-1} + (1-b_1) g_t, \quad v_t = b_2 v_{t-1} + (1-b_2) m_t^2, \quad
+        d_t = \frac{m_t / (1-b_1^t)}{\sqrt{v_t / (1-b_2^t)} + \epsilon}.
+
+    Taking the second moment of :math:`m` instead of :math:`g` smooths the denominator
+    (the paper's "twofold EMA"), which the authors argue gives SGD-like generalization.
+    As in the paper, the :math:`m_t` inside :math:`v_t` is not bias-corrected, so the
+    first step is :math:`1/(1-b_1)` (10 with the defaults) per unit of
+    :math:`\operatorname{sign}(g)`, decaying towards Adam-like sizes over about
+    :math:`1/(1-b_2)` steps: use a warm-up.
+    ``eps`` sits outside the square root, as in optax's Adam; the paper adds
+    :math:`\epsilon` to :math:`v_t` at every step instead (which amounts to about
+    :math:`\epsilon / (1-b_2)` inside the square root), a difference that only matters
+    where :math:`m` is tiny.
+
+    Args:
+      b1: first-moment decay, in ``[0, 1)``.
+      b2: decay of the EMA of :math:`m^2`, in ``[0, 1)``.
+      eps: denominator constant, ``>= 0``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      ``optax.ScaleByAdamState(count, mu, nu)``: :math:`m` and :math:`v`, one copy of the
+      params each.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scale_by_adamomentum()
+      >>> g = jnp.array([3.0, -0.5])
+      >>> d, state = tx.update(g, tx.init(g))
+      >>> print([f"{x:.2f}" for x in d])  # first step: m_hat = g, sqrt(v_hat) = 0.1 |g|
+      ['10.00', '-10.00']
+
+    References:
+      Wang et al., `Rethinking Adam: A Twofold Exponential Moving Average Approach
+      <https://arxiv.org/abs/2106.11514>`_, 2021.
+    """
+    name = "scale_by_adamomentum"
+    _base.check_decay(name, b1=b1, b2=b2)
+    _base.check_nonnegative(name, eps=eps)
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return optax.ScaleByAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params),
+            nu=optax.tree.zeros_like(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(mu, state.nu, b2, 2)
+        count = optax.safe_increment(state.count)
+        mu_hat = optax.tree.bias_correction(mu, b1, count)
+        nu_hat = optax.tree.bias_correction(nu, b2, count)
+        new_updates = _map(
+            lambda g, m, v: (m / (jnp.sqrt(v) + eps)).astype(g.dtype), updates, mu_hat, nu_hat
+        )
+        new_state = optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return new_updates, _cast_like(new_state, state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ScaleByQHMState(NamedTuple):
+    """State for :func:`optlab.scale_by_qhm`.
+
+    Attributes:
+      mu: the EMA of gradients :math:`g_{buf}` (zeros before the first step).
+    """
+
+    mu: optax.Updates  # EMA of gradients
+
+
+def scale_by_qhm(
+    b1: jax.typing.ArrayLike = 0.999,
+    nu: jax.typing.ArrayLike = 0.7,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Quasi-hyperbolic momentum (QHM): a weighted average of the gradient and its EMA.
+
+    .. math::
+        m_t = b_1 m_{t-1} + (1-b_1) g_t, \qquad d_t = (1-\nu) g_t + \nu m_t.
+
+    ``nu=1`` is momentum SGD in its EMA form (:math:`d_t = (1-b_1) \sum_k b_1^{t-k} g_k`,
+    i.e. :func:`optax.sgd` with ``momentum=b1`` and a learning rate :math:`(1-b_1)` times
+    smaller); ``nu=0`` is plain SGD; ``nu=b1`` is Nesterov momentum (up to the same
+    scale). The paper recommends ``nu=0.7, b1=0.999``. No bias correction, as in the
+    paper.
+
+    Args:
+      b1: momentum decay :math:`\beta`, in ``[0, 1)``.
+      nu: immediate discount :math:`\nu`, in ``[0, 1]``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      :class:`ScaleByQHMState` ``(mu,)``: one copy of the params.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scale_by_qhm(b1=0.9, nu=0.7)
+      >>> g = jnp.array([1.0])
+      >>> d, state = tx.update(g, tx.init(g))
+      >>> print(jnp.round(d, 4))  # 0.3 * 1 + 0.7 * 0.1
+      [0.37]
+
+    References:
+      Ma and Yarats, `Quasi-hyperbolic momentum and Adam for deep learning
+      <https://arxiv.org/abs/1810.06801>`_, 2019.
+    """
+    name = "scale_by_qhm"
+    _base.check_decay(name, b1=b1)
+    _base.check_unit_interval(name, nu=nu)
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return ScaleByQHMState(mu=optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        new_updates = _map(lambda g, m: ((1.0 - nu) * g + nu * m).astype(g.dtype), updates, mu)
+        return new_updates, _cast_like(ScaleByQHMState(mu=mu), state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_qhadam(
+    b1: jax.typing.ArrayLike = 0.995,
+    b2: jax.typing.ArrayLike = 0.999,
+    nu1: jax.typing.ArrayLike = 0.7,
+    nu2: jax.typing.ArrayLike = 1.0,
+    eps: jax.typing.ArrayLike = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    r"""QHAdam: quasi-hyperbolic averaging in both of Adam's moments.
+
+    .. math::
+        d_t = \frac{(1-\nu_1) g_t + \nu_1 \hat m_t}
+                   {\sqrt{(1-\nu_2) g_t^2 + \nu_2 \hat v_t} + \epsilon},
+
+    with Adam's bias-corrected moments :math:`\hat m_t, \hat v_t` (decays ``b1``,
+    ``b2``). ``nu1=nu2=1`` is Adam (:func:`optax.scale_by_adam`, tested); the paper's
+    recommended setting is ``nu1=0.7, nu2=1, b1=0.995, b2=0.999`` (the defaults).
+
+    Args:
+      b1: first-moment decay, in ``[0, 1)``.
+      b2: second-moment decay, in ``[0, 1)``.
+      nu1: immediate discount of the first moment, in ``[0, 1]``.
+      nu2: immediate discount of the second moment, in ``[0, 1]``.
+      eps: denominator constant, ``>= 0``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      ``optax.ScaleByAdamState(count, mu, nu)`` (Adam's moments, two copies of the
+      params).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scale_by_qhadam()
+      >>> g = jnp.array([2.0, -3.0])
+      >>> d, state = tx.update(g, tx.init(g))
+      >>> print(jnp.round(d, 4))  # first step: m_hat = g, v_hat = g^2
+      [ 1. -1.]
+
+    References:
+      Ma and Yarats, `Quasi-hyperbolic momentum and Adam for deep learning
+      <https://arxiv.org/abs/1810.06801>`_, 2019.
+    """
+    name = "scale_by_qhadam"
+    _base.check_decay(name, b1=b1, b2=b2)
+    _base.check_unit_interval(name, nu1=nu1, nu2=nu2)
+    _base.check_nonnegative(name, eps=eps)
+    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=0.0)
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return adam.init(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        count = optax.safe_increment(state.count)
+        mu_hat = optax.tree.bias_correction(mu, b1, count)
+        nu_hat = optax.tree.bias_correction(nu, b2, count)
+
+        def direction(g, m, v):
+            g32 = _tree.to_acc(g)
+            num = (1.0 - nu1) * g32 + nu1 * m
+            den = jnp.sqrt((1.0 - nu2) * g32 * g32 + nu2 * v) + eps
+            return (num / den).astype(g.dtype)
+
+        new_updates = _map(direction, updates, mu_hat, nu_hat)
+        new_state = optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return new_updates, _cast_like(new_state, state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_ano(
+    b1: jax.typing.ArrayLike = 0.92,
+    b2: jax.typing.ArrayLike = 0.99,
+    eps: jax.typing.ArrayLike = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Ano: the direction of the momentum with the magnitude of the current gradient.
+
+    .. math::
+        m_t = b_1 m_{t-1} + (1-b_1) g_t, \qquad
+        v_t = v_{t-1} - (1-b_2) \operatorname{sign}(v_{t-1} - g_t^2)\, g_t^2, \\
+        d_t = \operatorname{sign}(m_t) \odot \frac{|g_t|}{\sqrt{v_t / (1-b_2^t)} + \epsilon}.
+
+    The sign of the momentum smooths the *direction*; the step *size* reacts to the
+    instantaneous gradient, so a noisy spike that cancels in :math:`m` does not shrink
+    the step. The second moment is Yogi's additive update (it moves :math:`v` towards
+    :math:`g^2` by at most :math:`(1-b_2) g^2`), started at :math:`v_0 = 0` and
+    bias-corrected like Adam's. The paper's theory uses a decaying rate
+    :math:`\eta_t = \eta/(t+2)^{3/4}`: give it as a schedule to the learning rate.
+    Where the momentum is non-finite it is returned instead (a sign would hide it).
+
+    Args:
+      b1: momentum decay, in ``[0, 1)`` (the paper's default 0.92).
+      b2: second-moment decay, in ``[0, 1)`` (the paper's default 0.99).
+      eps: denominator constant, ``>= 0``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      ``optax.ScaleByAdamState(count, mu, nu)``: :math:`m` and :math:`v`, one copy of the
+      params each.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scale_by_ano()
+      >>> d, state = tx.update(jnp.array([1.0, -4.0]), tx.init(jnp.zeros(2)))
+      >>> d, state = tx.update(jnp.array([-0.5, -4.0]), state)
+      >>> print(jnp.sign(d))  # the first coordinate follows the momentum, not g
+      [ 1. -1.]
+
+    References:
+      Kegreisz, `Ano: Faster is Better in Noisy Landscapes
+      <https://arxiv.org/abs/2508.18258>`_, 2025.
+    """
+    name = "scale_by_ano"
+    _base.check_decay(name, b1=b1, b2=b2)
+    _base.check_nonnegative(name, eps=eps)
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return optax.ScaleByAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params),
+            nu=optax.tree.zeros_like(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+
+        def yogi(g, v):
+            g2 = jnp.square(_tree.to_acc(g))
+            return v - (1.0 - b2) * jnp.sign(v - g2) * g2
+
+        nu = _map(yogi, updates, state.nu)
+        count = optax.safe_increment(state.count)
+        nu_hat = optax.tree.bias_correction(nu, b2, count)
+
+        def direction(g, m, v):
+            d = jnp.sign(m) * jnp.abs(_tree.to_acc(g)) / (jnp.sqrt(v) + eps)
+            return d.astype(g.dtype)
+
+        new_updates = _map(direction, updates, mu, nu_hat)
+        new_updates = _visible_nonfinite(new_updates, mu)
+        new_state = optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return new_updates, _cast_like(new_state, state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ScaleByNAGGSState(NamedTuple):
+    """State for :func:`optlab.scale_by_nag_gs`.
+
+    Attributes:
+      count: number of steps taken (int32 scalar).
+      gamma: the current damping :math:`\\gamma_k` (float32 scalar).
+      v: the auxiliary (velocity) sequence :math:`v_k`, initialized to the params.
+    """
+
+    count: jax.Array  # shape=(), dtype=int32
+    gamma: jax.Array  # shape=(), dtype=float32
+    v: optax.Updates  # v_k, like params (starts as a copy of them)
+
+
+def scale_by_nag_gs(
+    learning_rate: optax.ScalarOrSchedule = 0.05,
+    mu: jax.typing.ArrayLike = 1.0,
+    gamma: jax.typing.ArrayLike = 1.5,
+) -> optax.GradientTransformationExtraArgs:
+    r"""NAG-GS: the semi-implicit Gauss-Seidel discretization of Nesterov's flow.
+
+    With step :math:`\alpha` (``learning_rate``), :math:`a = \alpha / (1 + \alpha)`:
+
+    .. math::
+        x_{k+1} &= (1-a)\, x_k + a\, v_k, \qquad
+        \gamma_{k+1} = (1-a)\, \gamma_k + a\, \mu, \\
+        v_{k+1} &= \frac{\gamma_{k+1} v_k + \alpha\mu\, x_{k+1}
+                   - \alpha \nabla f(x_{k+1})}{\alpha\mu + \gamma_{k+1}},
+
+    with :math:`v_0 = x_0`. The :math:`v`-step needs the gradient at the *new* point
+    :math:`x_{k+1}`, which the optimizer receives at the next call: each call finishes
+    the previous :math:`v`-step with the incoming gradient, then takes the
+    :math:`x`-step. So the first call (where :math:`v_0 = x_0`) does not move: its update
+    is :math:`0 \cdot g_0` (zero for a finite gradient, NaN stays visible). This is the
+    authors' JAX/PyTorch code (``nag_gs``), with its Python ``if count > 0`` replaced by
+    a traced select.
+
+    Unlike most optlab transforms this returns the *update to add to the params*
+    (:math:`x_{k+1} - x_k = a (v_k - x_k)`): the step size enters nonlinearly, so it is
+    a hyperparameter of the transform, and no :func:`optax.scale_by_learning_rate` is
+    chained after it (:func:`optlab.nag_gs` is this transform alone).
+
+    Args:
+      learning_rate: the step :math:`\alpha > 0`, or a schedule of the step count.
+      mu: :math:`\mu > 0`, the strong-convexity (damping) parameter.
+      gamma: :math:`\gamma_0 > 0`, the initial damping.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+    State:
+      :class:`ScaleByNAGGSState` ``(count, gamma, v)``: one copy of the params.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda x: jnp.sum(x ** 2)
+      >>> tx = optlab.scale_by_nag_gs(learning_rate=0.3)
+      >>> x = jnp.ones(3)
+      >>> state = tx.init(x)
+      >>> for _ in range(100):
+      ...     u, state = tx.update(jax.grad(loss)(x), state, x)
+      ...     x = optax.apply_updates(x, u)
+      >>> bool(loss(x) < 1e-4)
+      True
+
+    References:
+      Leplat, Merkulov, Katrutsa, Bershatsky, Tsymboi and Oseledets, `NAG-GS:
+      Semi-Implicit, Accelerated and Robust Stochastic Optimizer
+      <https://arxiv.org/abs/2209.14937>`_, 2022.
+    """
+    name = "scale_by_nag_gs"
+    _base.check_learning_rate(name, learning_rate)
+    _base.check_positive(name, mu=mu, gamma=gamma)
+    if not callable(learning_rate):
+        _base.check_positive(name, learning_rate=learning_rate)
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return ScaleByNAGGSState(
+            count=jnp.zeros([], jnp.int32),
+            gamma=jnp.asarray(gamma, jnp.float32),
+            v=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _base.require_params(params)
+        alpha = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        alpha = jnp.asarray(alpha, jnp.float32)
+        first = state.count == 0
+
+        def finish_v(g, v, x):  # the v-step of the previous iteration, at x_k = params
+            g32, v32, x32 = _tree.to_acc(g), _tree.to_acc(v), _tree.to_acc(x)
+            new = (state.gamma * v32 + alpha * mu * x32 - alpha * g32) / (
+                alpha * mu + state.gamma
+            )
+            return jnp.where(first, v32, new).astype(v.dtype)
+
+        v = _map(finish_v, updates, state.v, params)
+        a = alpha / (1.0 + alpha)
+
+        def x_step(g, v_, x):
+            step = a * (_tree.to_acc(v_) - _tree.to_acc(x))
+            # The first gradient is not used (v_0 = x_0): keep a NaN/inf in it visible.
+            step = step + jnp.where(first, 0.0 * _tree.to_acc(g), 0.0)
+            return step.astype(g.dtype)
+
+        new_updates = _map(x_step, updates, v, params)
+        new_gamma = ((1.0 - a) * state.gamma + a * mu).astype(jnp.float32)
+        new_state = ScaleByNAGGSState(
+            count=optax.safe_increment(state.count), gamma=new_gamma, v=v
+        )
+        return new_updates, _cast_like(new_state, state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _kappa_l2(x: jax.Array) -> jax.Array:
+    """Gradient of the (per-leaf) Euclidean norm: ``x / ||x||`` (0 at 0)."""
+    x32 = _tree.to_acc(x)
+    return x32 * _tree.safe_div(1.0, _tree.leaf_norm(x32))
+
+
+_KAPPAS = {"l1": jnp.sign, "l2": _kappa_l2}
+
+
+def scale_by_lion_kappa(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.99,
+    kappa_grad: str | Callable[[jax.Array], jax.Array] = "l1",
+) -> optax.GradientTransformationExtraArgs:
+    r"""Lion-:math:`\mathcal{K}`: Lion with a pluggable :math:`\nabla\mathcal{K}` in place of sign.
+
+    .. math::
+        d_t = \nabla\mathcal{K}\big(b_1 m_{t-1} + (1-b_1) g_t\big), \qquad
+        m_t = b_2 m_{t-1} + (1-b_2) g_t.
+
+    With decoupled weight decay :math:`\lambda` (:func:`optlab.lion_kappa`), Lion-K
+    minimizes :math:`f(x) + \mathcal{K}^*(x)/\lambda`; for
+    :math:`\mathcal{K} = \|\cdot\|_1` (``kappa_grad="l1"``, :math:`\nabla\mathcal{K} =
+    \operatorname{sign}`) this is exactly Lion (tested against :func:`optax.scale_by_lion`)
+    and the constraint :math:`\|x\|_\infty \le 1/\lambda`. ``"l2"`` is the per-leaf
+    Euclidean norm, :math:`\nabla\mathcal{K}(x) = x / \|x\|_2` (a normalized-momentum
+    method, constraint :math:`\|x\|_2 \le 1/\lambda` per leaf). Any other convex
+    :math:`\mathcal{K}` is given by its gradient, a function of one array returning an
+    array of the same shape (applied leaf by leaf), e.g. ``jnp.tanh`` for a smoothed
+    sign or ``lambda x: x`` for :math:`\mathcal{K} = \|x\|^2/2` (momentum SGD).
+
+    Args:
+      b1: interpolation weight of the momentum in the update, in ``[0, 1)``.
+      b2: momentum decay, in ``[0, 1)``.
+      kappa_grad: ``"l1"`` (sign, Lion), ``"l2"``, or a callable ``x -> grad K(x)``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      ``optax.ScaleByLionState(count, mu)``: one copy of the params.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scale_by_lion_kappa(kappa_grad="l2")
+      >>> g = jnp.array([3.0, -4.0])
+      >>> d, state = tx.update(g, tx.init(g))
+      >>> print(d)
+      [ 0.6 -0.8]
+
+    References:
+      Chen, Liang, Liu and Liu, `Lion Secretly Solves Constrained Optimization: As
+      Lyapunov Predicts <https://arxiv.org/abs/2310.05898>`_, 2023.
+    """
+    name = "scale_by_lion_kappa"
+    _base.check_decay(name, b1=b1, b2=b2)
+    if isinstance(kappa_grad, str):
+        if kappa_grad not in _KAPPAS:
+            raise ValueError(
+                f"`optlab.{name}`: `kappa_grad` must be 'l1', 'l2' or a callable, got"
+                f" kappa_grad={kappa_grad!r}."
+            )
+        kappa = _KAPPAS[kappa_grad]
+    elif callable(kappa_grad):
+        kappa = kappa_grad
+    else:
+        raise TypeError(
+            f"`optlab.{name}`: `kappa_grad` must be 'l1', 'l2' or a callable, got"
+            f" kappa_grad={kappa_grad!r} of type {type(kappa_grad).__name__}."
+        )
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return optax.ScaleByLionState(
+            count=jnp.zeros([], jnp.int32), mu=optax.tree.zeros_like(params)
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+
+        def direction(g, m):
+            c = b1 * _tree.to_acc(m) + (1.0 - b1) * _tree.to_acc(g)
+            return jnp.asarray(kappa(c)).astype(g.dtype)
+
+        new_updates = _map(direction, updates, state.mu)
+        mu = optax.tree.update_moment(updates, state.mu, b2, 1)
+        new_updates = _visible_nonfinite(new_updates, mu)
+        new_state = optax.ScaleByLionState(count=optax.safe_increment(state.count), mu=mu)
+        return new_updates, _cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

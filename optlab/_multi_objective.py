@@ -1,4 +1,4 @@
-"""Multi-objective gradient combination: UPGrad, PCGrad, MGDA.
+"""Multi-objective gradient combination: UPGrad, PCGrad, MGDA, Bloop.
 
 Each transform takes *stacked* per-objective gradients, the rows of the Jacobian
 ``J`` (``m`` objectives): every leaf of ``updates`` has a leading objective axis of size
@@ -302,5 +302,98 @@ def pcgrad(
         coefs = jax.vmap(surgery)(jnp.arange(m), orders)
         w = jnp.sum(coefs, axis=0) if reduction == "sum" else jnp.mean(coefs, axis=0)
         return _combine(leaves, treedef, w), PCGradState(key=key)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Issue 12 (part B): Bloop
+# ---------------------------------------------------------------------------
+
+__all__ += ["BloopState", "bloop"]
+
+
+class BloopState(NamedTuple):
+    """State of :func:`bloop`.
+
+    Attributes:
+      ema: EMA of the main gradient (row 0), the parameters' shapes and dtypes.
+    """
+
+    ema: optax.Updates
+
+
+def bloop(decay: float = 0.9, aux_weight: float = 1.0) -> optax.GradientTransformationExtraArgs:
+    """Bloop: auxiliary gradients projected orthogonally to an EMA of the main gradient.
+
+    Row 0 of the stacked gradients is the main objective ``g_0``, rows ``1..m-1`` the
+    auxiliary ones. With ``m_t = decay m_{t-1} + (1 - decay) g_0`` (zero start), each
+    auxiliary gradient loses its component along ``m_t``::
+
+        d = g_0 + aux_weight * sum_{i >= 1} (g_i - (<g_i, m_t> / ||m_t||^2) m_t)
+
+    so, to first order, the auxiliary terms do not change the main loss along its
+    (averaged) descent direction; ``decay = 0`` projects against the current ``g_0``.
+    ``aux_weight = 0`` gives ``g_0``.
+
+    Args:
+      decay: EMA decay of the main gradient, in ``[0, 1)``.
+      aux_weight: weight of the projected auxiliary gradients (>= 0).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` taking stacked gradients and
+      returning the combined one.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> jac = {"w": jnp.array([[1.0, 0.0], [1.0, 1.0]])}  # main, auxiliary
+      >>> tx = optlab.bloop(decay=0.0)
+      >>> d, _ = tx.update(jac, tx.init({"w": jnp.zeros(2)}))
+      >>> d["w"]
+      Array([1., 1.], dtype=float32)
+
+    State:
+      :class:`BloopState` ``(ema,)``: one copy of the parameters.
+
+    References:
+      Hsieh et al., `Careful with that Scalpel: Improving Gradient Surgery with an EMA
+      <https://arxiv.org/abs/2402.02998>`_, 2024
+    """
+    _base.check_decay("bloop", decay=decay)
+    _base.check_nonnegative("bloop", aux_weight=aux_weight)
+
+    def init_fn(params):
+        _base.check_float_tree("bloop", params)
+        return BloopState(ema=optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        leaves, treedef, m = _stacked_leaves("bloop", updates)
+        if not leaves:
+            return updates, state
+        main = jax.tree.unflatten(treedef, [_tree.to_acc(g[0]) for g in leaves])
+        ema = jax.tree.map(
+            lambda e, g: decay * _tree.to_acc(e) + (1.0 - decay) * g, state.ema, main
+        )
+        e_leaves = jax.tree.leaves(ema)
+        # <g_i, m> for every row i, and ||m||^2, in float32
+        dots = sum(
+            jnp.sum(_tree.to_acc(g) * e[None], axis=tuple(range(1, g.ndim)))
+            for g, e in zip(leaves, e_leaves)
+        )
+        norm2 = sum(jnp.sum(e * e) for e in e_leaves)
+        coef = _tree.safe_div(dots, norm2)  # (m,)
+        aux = (jnp.arange(m) >= 1).astype(jnp.float32)
+        w = jnp.where(aux > 0, aux_weight, 1.0)
+        s = aux_weight * jnp.sum(aux * coef)
+        out = [
+            (
+                jnp.sum(w[(slice(None),) + (None,) * (g.ndim - 1)] * _tree.to_acc(g), axis=0)
+                - s * e
+            ).astype(g.dtype)
+            for g, e in zip(leaves, e_leaves)
+        ]
+        new_ema = _tree.tree_cast_like(ema, state.ema)
+        return jax.tree.unflatten(treedef, out), BloopState(ema=new_ema)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

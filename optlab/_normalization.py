@@ -14,17 +14,21 @@ PyTorch's ``(out, in, ...)`` layout is available through ``channel_axis=0``.
 
 from __future__ import annotations
 
+import re
+
 import math
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optlab import _base
 from optlab import _tree
 
 __all__ = [
+    "muon_hidden_mask",
     "normalize_by_global_norm",
     "normalize_by_leaf_norm",
     "scale_by_sign",
@@ -367,6 +371,146 @@ def _scale_by_muon_shape() -> optax.GradientTransformationExtraArgs:
         return _tree.tree_map(scale, updates), state
 
     return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+def _matrix_axes(shape: tuple[int, ...], dims: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Reduction and output axes of a leaf: ``dims`` (an object with ``reduction_axis`` and
+    ``output_axis``, e.g. ``optax.contrib.MuonDimensionNumbers``) or, for ``None``, the
+    Flax layout: every axis but the last is reduced (``(in, out)``; conv ``(kh, kw, in,
+    out)``), the last is the output."""
+    nd = len(shape)
+    if dims is None:
+        return tuple(range(nd - 1)), (nd - 1,)
+
+    def norm(axes):
+        axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        return tuple(sorted(a % nd for a in axes))
+
+    return norm(dims.reduction_axis), norm(dims.output_axis)
+
+
+_NOT_HIDDEN = r"^(\w*embed\w*|wte|wpe|\w*_head|lm_head|head|classifier|unembed\w*|logits|readout)$"
+
+
+def muon_hidden_mask(params: Any, exclude: str = _NOT_HIDDEN) -> Any:
+    """Muon's recommended split for transformers: True on the hidden weight matrices only.
+
+    A leaf is selected when it has rank >= 2 and no component of its path (dict key,
+    attribute name, e.g. ``blocks/0/attn/query``) matches ``exclude`` (a regular
+    expression, searched in each lowercased component; by default embedding tables
+    (``embed*``, ``*embedding*``, ``wte``, ``wpe``), output heads (``head``, ``lm_head``,
+    ``*_head``, ``classifier``, ``unembed*``, ``logits``, ``readout``)). Vectors (biases,
+    norm scales) and scalars are never selected. Muon's authors keep embeddings, the
+    output layer and the vector parameters on AdamW.
+
+    Args:
+      params: the parameter tree (or its ``jax.ShapeDtypeStruct``s).
+      exclude: the regular expression of path components to leave out.
+
+    Returns:
+      A tree of bools like ``params``; pass the function itself as
+      ``optlab.muon(..., muon_mask=optlab.muon_hidden_mask)``.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> params = {"embed": {"embedding": jnp.zeros((50, 8))},
+      ...           "block": {"mlp": {"kernel": jnp.zeros((8, 32)), "bias": jnp.zeros(32)}},
+      ...           "head": {"kernel": jnp.zeros((8, 50))}}
+      >>> optlab.muon_hidden_mask(params)
+      {'block': {'mlp': {'bias': False, 'kernel': True}}, 'embed': {'embedding': False}, 'head': {'kernel': False}}
+    """
+    pattern = re.compile(exclude)
+
+    def name(key: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr)).lower()
+        return str(key).lower()
+
+    def selected(path: Any, x: Any) -> bool:
+        return len(getattr(x, "shape", ())) >= 2 and not any(pattern.search(name(k)) for k in path)
+
+    return jax.tree_util.tree_map_with_path(selected, params)
+
+
+def _muon_partition(
+    matrices: optax.GradientTransformation,
+    others: optax.GradientTransformation,
+    mask: Any = None,
+    dimension_numbers: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.partition`` of Muon: ``matrices`` on the leaves ``mask`` selects, each seen
+    as a 2-D ``(prod(reduction axes), prod(output axes))`` matrix, ``others`` on the rest.
+
+    ``mask``: None (the 2-D leaves), a tree of bools or a function of the params
+    returning one (True: Muon). ``dimension_numbers``: None, one object with
+    ``reduction_axis``/``output_axis`` (``optax.contrib.MuonDimensionNumbers``), a tree of
+    them or a function of the params returning one; ``None`` for a leaf means the Flax
+    layout of :func:`_matrix_axes` (conv kernels ``(kh, kw, in, out)`` ->
+    ``(kh*kw*in, out)``). Labels and layouts depend only on paths and shapes, so they are
+    recomputed (at trace time) from the full tree at each call; ``matrices``' state holds
+    the 2-D views.
+    """
+    matrices = optax.with_extra_args_support(matrices)
+    others = optax.with_extra_args_support(others)
+
+    def plan(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        sel = mask(tree) if callable(mask) else mask
+        sel = [x.ndim == 2 for x in leaves] if sel is None else treedef.flatten_up_to(sel)
+        dims = dimension_numbers(tree) if callable(dimension_numbers) else dimension_numbers
+        if dims is None or hasattr(dims, "reduction_axis"):
+            dims = [dims] * len(leaves)
+        else:
+            dims = treedef.flatten_up_to(dims)
+        layout = []
+        for x, use, d in zip(leaves, sel, dims):
+            if not use:
+                layout.append(None)
+                continue
+            red, out = _matrix_axes(x.shape, d)
+            if sorted(red + out) != list(range(x.ndim)) or not red or not out:
+                raise ValueError(
+                    f"`optlab.muon`: a leaf of shape {x.shape} selected for Muon needs reduction"
+                    f" and output axes that together cover every axis, got reduction={red},"
+                    f" output={out}; give it `muon_weight_dimension_numbers` or leave it out"
+                    " with `muon_mask`."
+                )
+            perm = red + out
+            size = (math.prod(x.shape[a] for a in red), math.prod(x.shape[a] for a in out))
+            layout.append((perm, size))
+        labels = treedef.unflatten(["adam" if lay is None else "muon" for lay in layout])
+        partition = optax.partition({"muon": matrices, "adam": others}, labels)
+        return treedef, layout, partition
+
+    def to_2d(tree, treedef, layout):
+        return treedef.unflatten(
+            [
+                x if lay is None else jnp.transpose(x, lay[0]).reshape(lay[1])
+                for x, lay in zip(treedef.flatten_up_to(tree), layout)
+            ]
+        )
+
+    def from_2d(tree, like, treedef, layout):
+        out = []
+        for x, ref, lay in zip(treedef.flatten_up_to(tree), treedef.flatten_up_to(like), layout):
+            if lay is not None:
+                x = x.reshape(tuple(ref.shape[a] for a in lay[0]))
+                x = jnp.transpose(x, tuple(int(i) for i in np.argsort(lay[0])))
+            out.append(x)
+        return treedef.unflatten(out)
+
+    def init_fn(params):
+        treedef, layout, partition = plan(params)
+        return partition.init(to_2d(params, treedef, layout))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        treedef, layout, partition = plan(updates)
+        views = None if params is None else to_2d(params, treedef, layout)
+        new, state = partition.update(to_2d(updates, treedef, layout), state, views, **extra_args)
+        return from_2d(new, updates, treedef, layout), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -841,3 +985,510 @@ def cautious_weight_decay(
     if not callable(weight_decay):
         _base.check_nonnegative("cautious_weight_decay", weight_decay=weight_decay)
     return _base.public("cautious_weight_decay", _weight_decay(weight_decay, mask, cautious=True))
+
+
+# ===========================================================================
+# Issue 12 (part A): LMO steps (Scion), SWAN, weight-norm projections
+# ===========================================================================
+
+_acc = _tree.to_acc
+
+__all__ += [
+    "FixedNormState",
+    "add_norm_penalty",
+    "project_to_fixed_norm",
+    "project_to_max_norm",
+    "scale_by_lmo",
+    "scale_by_swan",
+]
+
+_LMO_NORMS = ("auto", "spectral", "sign", "col", "row", "rms")
+
+
+def _lmo_leaf(
+    d: jax.Array, norm: str, coeffs, ns_steps: int, eps: float, fn: str
+) -> jax.Array:
+    """The (positive) LMO direction of one leaf; an explicitly sharded leaf is gathered
+    first (its matrix view reshapes sharded axes), then resharded like ``d``."""
+    if d.ndim >= 2 and norm != "rms":
+        return _per_leaf_replicated(
+            lambda y: _lmo_leaf_local(y, norm, coeffs, ns_steps, eps, fn), d
+        )
+    return _lmo_leaf_local(d, norm, coeffs, ns_steps, eps, fn)
+
+
+def _lmo_leaf_local(
+    d: jax.Array, norm: str, coeffs, ns_steps: int, eps: float, fn: str
+) -> jax.Array:
+    """The (positive) LMO direction of one leaf under the norm ``norm`` (Flax layout)."""
+    if norm == "auto":
+        norm = "spectral" if d.ndim >= 2 else "rms"
+    x = _acc(d)
+    if norm == "rms":  # Scion's BiasRMS: unit RMS
+        rms = jnp.sqrt(jnp.mean(x * x))
+        return (x / (rms + eps)).astype(d.dtype)
+    if d.ndim < 2:
+        raise ValueError(
+            f"`optlab.{fn}`: norm {norm!r} needs a leaf of rank >= 2, got a leaf of shape"
+            f" {d.shape}; use 'rms' (or 'auto') for vectors and scalars."
+        )
+    m = _as_matrix(x)  # (fan_in, fan_out), Flax's (..., in, out) kernels flattened
+    fan_in, fan_out = m.shape
+    if norm == "spectral":
+        xin = m if d.dtype != jnp.bfloat16 else m.astype(jnp.bfloat16)
+        o = _newton_schulz(xin, coeffs, ns_steps, eps)
+        out = _acc(o) * math.sqrt(fan_out / fan_in)
+    elif norm == "sign":
+        out = jnp.sign(m) / fan_in
+    elif norm == "col":  # each output unit (column) to l2 norm 1 / sqrt(fan_in)
+        n = jnp.sqrt(jnp.sum(m * m, axis=0, keepdims=True))
+        out = m / (n * math.sqrt(fan_in) + eps)
+    else:  # "row": each input unit (row, e.g. an embedding row) to RMS 1
+        n = jnp.sqrt(jnp.sum(m * m, axis=1, keepdims=True))
+        out = m * math.sqrt(fan_out) / (n + eps)
+    return out.reshape(d.shape).astype(d.dtype)
+
+
+def scale_by_lmo(
+    norm: str | Any = "auto",
+    *,
+    ns_steps: int = 5,
+    ns_coeffs: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
+    eps: jax.typing.ArrayLike = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The linear minimization oracle of a per-layer norm ball (Scion), as a direction.
+
+    For each leaf :math:`d` (typically a momentum) it returns
+    :math:`s = -\operatorname{lmo}(d) = \arg\max_{\|s\| \le 1} \langle d, s \rangle`, the
+    unit-norm direction most aligned with :math:`d`, so that
+    ``optax.scale_by_learning_rate`` after it moves against it. The norm is chosen per
+    leaf (Flax ``(in, out)`` layout, :math:`d_{in} \times d_{out}`; rank > 2 kernels
+    viewed as the matrix ``(prod(shape[:-1]), shape[-1])``), with the scalings of the
+    authors' code:
+
+    * ``"spectral"`` (hidden matrices): :math:`\sqrt{d_{out}/d_{in}}\; U V^\top`, the
+      polar factor by Newton-Schulz (:func:`optlab.orthogonalize`'s iteration), the LMO
+      of the RMS-to-RMS operator norm;
+    * ``"sign"`` (:math:`\ell_\infty`-type, for input and output layers):
+      :math:`\operatorname{sign}(d) / d_{in}`;
+    * ``"col"``: each column (output unit) scaled to Euclidean norm
+      :math:`1/\sqrt{d_{in}}` (the code's ``RowNorm``, stored transposed in PyTorch);
+    * ``"row"``: each row (input unit, e.g. a token's embedding row) scaled to RMS 1 (the
+      code's ``ColNorm`` on an embedding);
+    * ``"rms"`` (biases, gains, any rank): :math:`d / \operatorname{rms}(d)`;
+    * ``"auto"`` (default): ``"spectral"`` for rank >= 2, ``"rms"`` otherwise.
+
+    ``norm`` is one of these names for every leaf, a tree of names like the params (or a
+    prefix of it), or a function ``updates -> tree of names`` (the way
+    :func:`optax.masked` takes its mask). The Newton-Schulz iterate is only
+    approximately orthogonal with Muon's quintic ``ns_coeffs`` (singular values in about
+    ``[0.7, 1.2]``); the cubic ``(1.5, -0.5, 0.0)`` never exceeds 1, so the iterates of
+    the constrained Scion step then stay in the ball exactly.
+
+    Args:
+      norm: the per-leaf norm (see above).
+      ns_steps: Newton-Schulz iterations for ``"spectral"``, a Python int >= 1.
+      ns_coeffs: the Newton-Schulz coefficients ``(a, b, c)``.
+      eps: added to the norms before dividing, ``>= 0``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      None (``optax.EmptyState()``).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scale_by_lmo({"emb": "sign", "b": "rms"})
+      >>> g = {"emb": jnp.array([[0.5, -2.0], [1.0, 0.0]]), "b": jnp.array([3.0, -4.0])}
+      >>> d, _ = tx.update(g, tx.init(g))
+      >>> print(d["emb"])  # sign / d_in
+      [[ 0.5 -0.5]
+       [ 0.5  0. ]]
+      >>> print([f"{x:.3f}" for x in d["b"]])  # unit RMS
+      ['0.849', '-1.131']
+
+    References:
+      Pethick, Xie, Erdogan, Antonakopoulos, Silveti-Falls and Cevher, `Training Deep
+      Learning Models with Norm-Constrained LMOs <https://arxiv.org/abs/2502.07529>`_,
+      2025.
+    """
+    fn = "scale_by_lmo"
+    _base.check_int(fn, ns_steps=ns_steps)
+    _base.check_nonnegative(fn, eps=eps)
+    _check_norm_spec(fn, norm)
+    coeffs = tuple(ns_coeffs)
+
+    def init_fn(params):
+        _base.check_float_tree(fn, params)
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        spec = norm(updates) if callable(norm) else norm
+        if isinstance(spec, str):
+            out = _tree.tree_map(
+                lambda d: _lmo_leaf(d, spec, coeffs, ns_steps, eps, fn), updates
+            )
+            return out, state
+
+        def per_subtree(name, sub):
+            _check_norm_spec(fn, name)
+            return _tree.tree_map(
+                lambda d: _lmo_leaf(d, name, coeffs, ns_steps, eps, fn), sub
+            )
+
+        return jax.tree.map(per_subtree, spec, updates, is_leaf=lambda x: x is None), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_norm_spec(fn: str, norm: Any) -> None:
+    if isinstance(norm, str) and norm not in _LMO_NORMS:
+        _check_choice(fn, "norm", norm, _LMO_NORMS)
+    if not isinstance(norm, (str, dict, list, tuple)) and not callable(norm):
+        raise TypeError(
+            f"`optlab.{fn}`: `norm` must be a norm name, a tree of names or a function"
+            f" updates -> tree of names, got norm={norm!r}."
+        )
+
+
+def scale_by_swan(
+    *,
+    ns_steps: int = 10,
+    ns_coeffs: tuple[float, float, float] = (1.5, -0.5, 0.0),
+    rescale: bool = True,
+    eps: jax.typing.ArrayLike = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
+    r"""SWAN's stateless preprocessing of matrix gradients: standardize, then whiten.
+
+    For a matrix gradient :math:`G` (Flax ``(in, out)`` layout; rank > 2 kernels viewed
+    as ``(prod(shape[:-1]), shape[-1])``):
+
+    .. math::
+        \tilde G = \frac{G - \mathbf 1 \mu^\top}{\mathbf 1 \sigma^\top}, \qquad
+        \Delta = (\tilde G \tilde G^\top)^{-1/2} \tilde G \;\;(= U V^\top \text{ of }
+        \tilde G), \qquad \Delta \leftarrow \frac{\|\tilde G\|_F}{\|\Delta\|_F} \Delta,
+
+    where :math:`\mu, \sigma` are the mean and (biased) standard deviation of each output
+    unit's gradient over its inputs (GradNorm: the paper standardizes each row of the
+    PyTorch ``(out, in)`` matrix, i.e. each column here) and the whitening (GradWhitening)
+    is computed by a Newton-Schulz iteration (:func:`optlab.orthogonalize`'s; the default
+    classical cubic coefficients converge to the exact inverse square root, Muon's
+    quintic ones are faster and approximate). ``rescale`` (the paper's optional last
+    line) restores the Frobenius norm of :math:`\tilde G`, so entries have RMS about 1
+    like Adam's update and Adam-like learning rates apply. There is no state: memory is
+    that of SGD. Since the standardization removes each unit's mean gradient over its
+    inputs, the update never changes the sum of a unit's incoming weights (harmless
+    behind a normalization layer, as in the transformers the paper trains).
+
+    Leaves of rank < 2 pass through unchanged: give them their own optimizer (the paper
+    uses Adam for them, and for the embedding and output layers), as
+    :func:`optlab.swan` does. A constant column (zero standard deviation) gives zeros.
+
+    Args:
+      ns_steps: Newton-Schulz iterations, a Python int >= 1.
+      ns_coeffs: Newton-Schulz coefficients ``(a, b, c)``.
+      rescale: rescale the whitened matrix to the Frobenius norm of the standardized one.
+      eps: added to the norms in the iteration, ``>= 0``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      None (``optax.EmptyState()``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optlab
+      >>> g = jax.random.normal(jax.random.key(0), (6, 4))
+      >>> tx = optlab.scale_by_swan(rescale=False, ns_steps=30)
+      >>> d, _ = tx.update(g, tx.init(g))
+      >>> s = jnp.linalg.svd(d, compute_uv=False)  # whitened: all singular values 1
+      >>> bool(jnp.allclose(s, 1.0, atol=1e-3))
+      True
+
+    References:
+      Ma, Gong, Scetbon and Meeds, `SWAN: SGD with Normalization and Whitening Enables
+      Stateless LLM Training <https://arxiv.org/abs/2412.13148>`_, 2024.
+    """
+    fn = "scale_by_swan"
+    _base.check_int(fn, ns_steps=ns_steps)
+    _base.check_nonnegative(fn, eps=eps)
+    coeffs = tuple(ns_coeffs)
+
+    def init_fn(params):
+        _base.check_float_tree(fn, params)
+        return optax.EmptyState()
+
+    def leaf(g):
+        if g.ndim < 2:
+            return g
+        return _per_leaf_replicated(leaf_local, g)
+
+    def leaf_local(g):
+        m = _as_matrix(_acc(g))
+        centred = m - jnp.mean(m, axis=0, keepdims=True)
+        std = jnp.sqrt(jnp.mean(centred * centred, axis=0, keepdims=True))
+        standardized = _tree.safe_div(centred, std)
+        white = _newton_schulz(standardized, coeffs, ns_steps, eps)
+        if rescale:
+            white = white * _tree.safe_div(
+                _tree.leaf_norm(standardized), _tree.leaf_norm(white)
+            )
+        return white.reshape(g.shape).astype(g.dtype)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return _tree.tree_map(leaf, updates), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Weight-norm projections (they need params)
+# ---------------------------------------------------------------------------
+
+
+class FixedNormState(NamedTuple):
+    """State for :func:`optlab.project_to_fixed_norm`.
+
+    Attributes:
+      count: number of updates so far (int32 scalar).
+      target: per-leaf float32 scalars: the norm each leaf is held at (recorded at
+        ``start_step``; zeros before).
+    """
+
+    count: jax.Array  # shape=(), dtype=int32
+    target: optax.Updates  # per-leaf float32 scalars
+
+
+def _project_leaf(u: jax.Array, p: jax.Array, factor_fn) -> jax.Array:
+    """``(p + u) * factor - p``, the update that lands on the rescaled new point."""
+    new = _acc(p) + _acc(u)
+    return (new * factor_fn(new) - _acc(p)).astype(u.dtype)
+
+
+def project_to_fixed_norm(
+    start_step: int = 0,
+    *,
+    target_norm: jax.typing.ArrayLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Keeps the norm of every leaf fixed after a warm-up (LAWN), by projection.
+
+    From update number ``start_step`` (0-based) on, each leaf's update :math:`u` is
+    replaced so that the new parameter has the target norm:
+
+    .. math::
+        u' = \frac{r}{\|w + u\|}\,(w + u) - w, \qquad \|w + u'\| = r,
+
+    where :math:`r` is ``target_norm`` if given, otherwise the norm the leaf had at
+    step ``start_step`` (recorded then, before its update: LAWN's "free" warm-up phase,
+    then training on the sphere of that radius). Before ``start_step`` the update passes
+    through. Chain it *last*, after the learning rate (it works on the final update), and
+    restrict it with ``optax.masked`` to the layers to constrain (LAWN constrains the
+    final homogeneous sub-network). A leaf whose new value is zero stays zero.
+
+    Args:
+      start_step: the update from which the norm is fixed (a Python int >= 0).
+      target_norm: a fixed radius ``> 0`` for every leaf, or None to use each leaf's norm
+        at ``start_step``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+    State:
+      :class:`FixedNormState` ``(count, target)``: one float32 scalar per leaf.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optax.chain(optax.sgd(0.1), optlab.project_to_fixed_norm(target_norm=1.0))
+      >>> w = jnp.array([3.0, 4.0])
+      >>> u, _ = tx.update(jnp.array([1.0, -1.0]), tx.init(w), w)
+      >>> print(jnp.round(jnp.linalg.norm(w + u), 6))
+      1.0
+
+    References:
+      Gupta et al., `Logit Attenuating Weight Normalization
+      <https://arxiv.org/abs/2108.05839>`_, 2021.
+    """
+    fn = "project_to_fixed_norm"
+    _base.check_int(fn, minimum=0, start_step=start_step)
+    if target_norm is not None:
+        _base.check_positive(fn, target_norm=target_norm)
+
+    def init_fn(params):
+        _base.check_float_tree(fn, params)
+        return FixedNormState(
+            count=jnp.zeros([], jnp.int32),
+            target=_tree.tree_map(lambda p: jnp.zeros([], jnp.float32), params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _base.require_params(params)
+        record = state.count == start_step
+        if target_norm is None:
+            target = _tree.tree_map(
+                lambda t, p: jnp.where(record, _tree.leaf_norm(p), t).astype(jnp.float32),
+                state.target,
+                params,
+            )
+        else:
+            target = _tree.tree_map(
+                lambda t: jnp.asarray(target_norm, jnp.float32) + 0 * t, state.target
+            )
+        active = state.count >= start_step
+
+        def leaf(u, p, r):
+            def factor(new):
+                return jnp.where(active, _tree.safe_div(r, _tree.leaf_norm(new), 1.0), 1.0)
+
+            return _project_leaf(u, p, factor)
+
+        new_updates = _tree.tree_map(leaf, updates, params, target)
+        return new_updates, FixedNormState(
+            count=optax.safe_increment(state.count), target=target
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def project_to_max_norm(
+    max_norm: jax.typing.ArrayLike,
+    *,
+    per_unit: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Max-norm constraint: rescale weights whose norm exceeds ``max_norm`` after the step.
+
+    .. math::
+        u' = \min\!\Big(1, \frac{c}{\|w + u\|}\Big)(w + u) - w,
+
+    so that :math:`\|w + u'\| = \min(\|w + u\|, c)`. With ``per_unit=True`` (default, as
+    in Srivastava et al.) the norm is that of each unit's incoming weights: per output
+    unit (every axis but the last of a Flax ``(..., in, out)`` kernel,
+    :func:`optax.adaptive_grad_clip`'s convention), the whole leaf for vectors and
+    scalars; with ``per_unit=False`` it is the norm of the whole leaf. Chain it last,
+    after the learning rate, and mask it with ``optax.masked`` to the weights to
+    constrain (usually not biases).
+
+    Args:
+      max_norm: the radius :math:`c > 0`.
+      per_unit: constrain each output unit (True) or the whole leaf (False).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+    State:
+      None (``optax.EmptyState()``).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optax.chain(optax.sgd(1.0), optlab.project_to_max_norm(1.0))
+      >>> w = jnp.array([[3.0, 0.1], [4.0, 0.1]])  # columns: units of norm 5 and 0.14
+      >>> u, _ = tx.update(jnp.zeros((2, 2)), tx.init(w), w)
+      >>> print(jnp.round(jnp.linalg.norm(w + u, axis=0), 4))
+      [1.     0.1414]
+
+    References:
+      Srivastava, Hinton, Krizhevsky, Sutskever and Salakhutdinov, `Dropout: A Simple
+      Way to Prevent Neural Networks from Overfitting
+      <https://jmlr.org/papers/v15/srivastava14a.html>`_, 2014.
+    """
+    fn = "project_to_max_norm"
+    _base.check_positive(fn, max_norm=max_norm)
+
+    def init_fn(params):
+        _base.check_float_tree(fn, params)
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _base.require_params(params)
+
+        def factor(new):
+            n = _tree.unitwise_norm(new) if per_unit else _tree.leaf_norm(new)
+            return jnp.minimum(1.0, _tree.safe_div(max_norm, n, 1.0))
+
+        out = _tree.tree_map(lambda u, p: _project_leaf(u, p, factor), updates, params)
+        return out, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def add_norm_penalty(
+    weight_decay: optax.ScalarOrSchedule = 1e-2,
+    target_norm: jax.typing.ArrayLike = 1.0,
+    mask: optax.MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Decoupled soft weight-norm penalty: pull each leaf's norm towards ``target_norm``.
+
+    .. math::
+        u \leftarrow u + \lambda\, (\|w\| - r) \frac{w}{\|w\|},
+
+    the gradient of :math:`\frac{\lambda}{2} (\|w\| - r)^2` per leaf, added *decoupled*
+    from the loss like AdamW's weight decay (after the preconditioner, before the learning
+    rate). Unlike weight decay (:math:`r = 0`) it leaves weights at norm :math:`r`
+    alone and pushes smaller ones outwards; unlike :func:`optlab.project_to_fixed_norm`
+    it is soft: with :math:`\eta\lambda < 1` and no other force the norm contracts
+    towards :math:`r` by a factor :math:`1 - \eta\lambda` per step. A zero leaf stays
+    zero.
+
+    Args:
+      weight_decay: the strength :math:`\lambda \ge 0`, or a schedule.
+      target_norm: the radius :math:`r \ge 0`.
+      mask: where to apply (a tree of booleans like the params, or a function of them);
+        None applies everywhere.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+    State:
+      ``optax.ScaleByScheduleState(count)`` when ``weight_decay`` is a schedule, else
+      ``optax.EmptyState()`` (wrapped in ``optax.MaskedState`` with a mask).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.add_norm_penalty(0.5, target_norm=1.0)
+      >>> w = jnp.array([3.0, 4.0])  # norm 5: pulled in by 0.5 * (5 - 1) along w / 5
+      >>> u, _ = tx.update(jnp.zeros(2), tx.init(w), w)
+      >>> print(u)
+      [1.2 1.6]
+
+    References:
+      Gupta et al., `Logit Attenuating Weight Normalization
+      <https://arxiv.org/abs/2108.05839>`_, 2021 (the hard constraint this relaxes);
+      Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+      <https://arxiv.org/abs/1711.05101>`_, 2019 (decoupling).
+    """
+    fn = "add_norm_penalty"
+    if not callable(weight_decay):
+        _base.check_nonnegative(fn, weight_decay=weight_decay)
+    _base.check_nonnegative(fn, target_norm=target_norm)
+
+    def init_fn(params):
+        _base.check_float_tree(fn, params)
+        if callable(weight_decay):
+            return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _base.require_params(params)
+        if callable(weight_decay):
+            rate = weight_decay(state.count)
+            state = optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+        else:
+            rate = weight_decay
+
+        def leaf(u, p):
+            p32 = _acc(p)
+            n = _tree.leaf_norm(p32)
+            pull = rate * (n - target_norm) * _tree.safe_div(p32, n)
+            return (_acc(u) + pull).astype(u.dtype)
+
+        return _tree.tree_map(leaf, updates, params), state
+
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    if mask is not None:
+        tx = optax.masked(tx, mask)
+    return tx

@@ -376,11 +376,46 @@ class ScaleByAdaHessianState(NamedTuple):
 
 def _spatial_average(d: jax.Array) -> jax.Array:
     """Average |d| over the leading (spatial) axes of a rank >= 3 kernel, keep the shape."""
-    if d.ndim < 3:
+    if d is None or d.ndim < 3:
         return d
     axes = tuple(range(d.ndim - 2))
     d32 = jnp.abs(d.astype(jnp.promote_types(d.dtype, jnp.float32)))
     return jnp.broadcast_to(jnp.mean(d32, axis=axes, keepdims=True), d.shape).astype(d.dtype)
+
+
+def _check_spatial_average(fn_name: str, spatial_average: Any) -> None:
+    if spatial_average is True:
+        raise ValueError(
+            f"`optlab.{fn_name}`: `spatial_average=True` is ambiguous (a rank >= 3 leaf may"
+            " be an attention kernel (embed, heads, head_dim), not a conv kernel): pass a tree"
+            " of booleans or a function `params -> tree of booleans` marking the conv kernels,"
+            " e.g. `spatial_average=lambda p: jax.tree.map(lambda x: x.ndim == 4, p)`, got"
+            " spatial_average=True."
+        )
+    if isinstance(spatial_average, (str, bytes, int, float, complex)) and not (
+        spatial_average is False
+    ):
+        raise TypeError(
+            f"`optlab.{fn_name}`: `spatial_average` must be False, a tree of booleans or a"
+            f" function params -> tree of booleans, got spatial_average={spatial_average!r}."
+        )
+
+
+def _apply_spatial_average(spatial_average: Any, diag: Any, params: Any) -> Any:
+    """Spatially average the leaves of ``diag`` marked True by the mask ``spatial_average``."""
+    mask = spatial_average(params) if callable(spatial_average) else spatial_average
+
+    def per_subtree(marked, sub):
+        if marked is None:  # a frozen (None) parameter: nothing to average
+            return sub
+        if isinstance(marked, (bool, np.bool_)):
+            return _tree.tree_map(_spatial_average, sub) if marked else sub
+        raise TypeError(
+            "`optlab.scale_by_adahessian`: every leaf of the `spatial_average` mask must be a"
+            f" Python bool, got {marked!r}."
+        )
+
+    return jax.tree.map(per_subtree, mask, diag, is_leaf=lambda x: x is None)
 
 
 def scale_by_adahessian(
@@ -389,7 +424,7 @@ def scale_by_adahessian(
     eps: jax.typing.ArrayLike = 1e-4,
     hessian_power: jax.typing.ArrayLike = 1.0,
     *,
-    spatial_average: bool = True,
+    spatial_average: bool | optax.MaskOrFn = False,
     seed: int = 0,
     hessian_diagonal_fn: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -403,11 +438,19 @@ def scale_by_adahessian(
       m_t = b_1 m_{t-1} + (1 - b_1) g_t, \qquad v_t = b_2 v_{t-1} + (1 - b_2) D_t^2, \\
       u_t = \frac{m_t / (1 - b_1^t)}{\big(\sqrt{v_t / (1 - b_2^t)}\big)^{k} + \epsilon}.
 
-    Spatial averaging: with ``spatial_average=True``, for leaves of rank >= 3 (conv
-    kernels in Flax's ``(*spatial, in, out)`` layout) :math:`|D|` is averaged over the
-    leading ``ndim - 2`` (spatial) axes, as the paper does over the kernel window
-    (PyTorch's ``(out, in, kh, kw)`` averaged over ``kh, kw``). Leaves of rank <= 2 use
-    the raw estimate. ``hessian_power=0`` gives (bias-corrected) momentum SGD.
+    Spatial averaging (off by default): the paper averages :math:`|D|` of a conv kernel
+    over its window (PyTorch's ``(out, in, kh, kw)`` over ``kh, kw``). The shape alone
+    cannot tell a conv kernel from another rank >= 3 leaf (a Flax attention kernel is
+    ``(embed, heads, head_dim)``), so say which leaves are conv kernels:
+    ``spatial_average`` is a tree of booleans like the params (or a prefix of it), or a
+    function ``params -> tree``, ``True`` at the conv kernels, e.g.
+    ``spatial_average=lambda p: jax.tree.map(lambda x: x.ndim == 4, p)`` for a CNN
+    whose only rank-4 leaves are 2-D convolutions. A marked leaf, in Flax's
+    ``(*spatial, in, out)`` layout, has :math:`|D|` averaged over its leading
+    ``ndim - 2`` (spatial) axes; marked leaves of rank <= 2 and unmarked leaves use the
+    raw estimate. ``spatial_average=True`` is refused (it used to average every
+    rank >= 3 leaf, attention kernels included). ``hessian_power=0`` gives
+    (bias-corrected) momentum SGD.
 
     ``update`` needs ``params`` and the keyword extra argument
     ``hvp_fn(params, v) -> H @ v`` (module docstring), called once per step.
@@ -417,7 +460,9 @@ def scale_by_adahessian(
       b2: decay of the EMA of :math:`D^2`, in [0, 1).
       eps: added to the denominator, > 0 (the paper uses 1e-4).
       hessian_power: exponent :math:`k` of the denominator, in [0, 1].
-      spatial_average: average the estimate over spatial axes of rank >= 3 leaves.
+      spatial_average: ``False`` (default), or which leaves are conv kernels whose
+        estimate is averaged over the spatial axes: a tree of booleans like the params
+        (or a prefix), or a function ``params -> tree of booleans``.
       seed: seed of the Hutchinson probes (ignored with ``hessian_diagonal_fn``).
       hessian_diagonal_fn: a transformation returning a Hessian-diagonal estimate;
         default :func:`optlab.hutchinson_diag_hessian`.
@@ -453,6 +498,7 @@ def scale_by_adahessian(
     _base.check_decay(name, b1=b1, b2=b2)
     _base.check_positive(name, eps=eps)
     _base.check_unit_interval(name, hessian_power=hessian_power)
+    _check_spatial_average(name, spatial_average)
     if hessian_diagonal_fn is None:
         _base.check_int_unless_traced(name, 0, seed=seed)
     tx = _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed,
@@ -475,8 +521,8 @@ def _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed, hess
         _base.require_params(params)
         diag, hessian_state = hessian_fn.update(updates, state.hessian_state, params,
                                                 **extra_args)
-        if spatial_average:
-            diag = _tree.tree_map(_spatial_average, diag)
+        if spatial_average is not False and spatial_average is not None:
+            diag = _apply_spatial_average(spatial_average, diag, params)
         count_inc = optax.safe_increment(state.count)
         mu = _cast_tree_like(optax.tree.update_moment(updates, state.mu, b1, 1), state.mu)
         nu = _cast_tree_like(optax.tree.update_moment(diag, state.nu, b2, 2), state.nu)
@@ -490,3 +536,300 @@ def _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed, hess
         return _cast_tree_like(new_updates, updates), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ===========================================================================
+# Issue 12 (part A): M-FAC and OASIS
+# ===========================================================================
+
+__all__ += [
+    "ScaleByMFACState",
+    "ScaleByOASISState",
+    "scale_by_m_fac",
+    "scale_by_oasis",
+]
+
+
+class ScaleByMFACState(NamedTuple):
+    """State for :func:`optlab.scale_by_m_fac`.
+
+    Attributes:
+      count: number of steps taken (int32 scalar).
+      grads: the last ``num_grads`` gradients, a ring buffer: each leaf has a leading
+        axis of size ``num_grads`` (slot ``count % num_grads`` is overwritten next).
+      gram: their float32 Gram matrix :math:`G G^\\top`, ``(num_grads, num_grads)``.
+    """
+
+    count: jax.Array  # shape=(), dtype=int32
+    grads: optax.Updates  # like params with a leading (num_grads,) axis
+    gram: jax.Array  # shape=(num_grads, num_grads), float32
+
+
+def scale_by_m_fac(
+    num_grads: int = 16,
+    damping: jax.typing.ArrayLike = 1e-3,
+) -> optax.GradientTransformationExtraArgs:
+    r"""M-FAC: the inverse empirical Fisher of the last ``num_grads`` gradients, applied.
+
+    With the last :math:`m` gradients stacked as the rows of :math:`G` (the current
+    gradient included) and the damped empirical Fisher
+    :math:`F = \lambda I + \frac1m G^\top G`, the output is :math:`F^{-1} g`, computed by
+    the Woodbury identity without ever forming :math:`F`:
+
+    .. math::
+        F^{-1} x = \frac{1}{\lambda}\Big(x - G^\top \big(m\lambda I + G G^\top\big)^{-1}
+        G x\Big).
+
+    The :math:`m \times m` Gram matrix :math:`G G^\top` is kept in the state and updated
+    in :math:`O(m d)` per step (one new row and column: the dot products of the new
+    gradient with the window, which are also :math:`G g`), plus an :math:`m \times m`
+    solve. The sum runs over all leaves (one global Fisher, the paper's dense variant),
+    in float32. Before the window is full the empty slots are zero gradients (they add
+    nothing; the weight stays :math:`1/m`). Memory: ``num_grads`` copies of the params.
+    Chain momentum, weight decay and a learning rate after it (:func:`optlab.m_fac`).
+
+    Args:
+      num_grads: window size :math:`m`, a Python int >= 1.
+      damping: :math:`\lambda > 0`; directions are about :math:`g / \lambda` along
+        directions the window has not seen.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      :class:`ScaleByMFACState` ``(count, grads, gram)``: ``num_grads`` copies of the
+      params and an ``(m, m)`` float32 matrix.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> tx = optlab.scale_by_m_fac(num_grads=1, damping=1.0)
+      >>> g = jnp.array([3.0, 4.0])  # F = I + g g^T, F^{-1} g = g / (1 + |g|^2)
+      >>> d, state = tx.update(g, tx.init(g))
+      >>> print([f"{x:.4f}" for x in d])
+      ['0.1154', '0.1538']
+
+    References:
+      Frantar, Kurtic and Alistarh, `M-FAC: Efficient Matrix-Free Approximations of
+      Second-Order Information <https://arxiv.org/abs/2107.03356>`_, 2021.
+    """
+    name = "scale_by_m_fac"
+    _base.check_int(name, num_grads=num_grads)
+    _base.check_positive(name, damping=damping)
+    m = num_grads
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return ScaleByMFACState(
+            count=jnp.zeros([], jnp.int32),
+            grads=_tree.tree_map(lambda p: jnp.zeros((m,) + jnp.shape(p), jnp.result_type(p)), params),
+            gram=jnp.zeros((m, m), jnp.float32),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        slot = state.count % m
+        grads = _tree.tree_map(
+            lambda g, buf: jax.lax.dynamic_update_index_in_dim(buf, g.astype(buf.dtype), slot, 0),
+            updates,
+            state.grads,
+        )
+
+        def dots(g, buf):  # G g for one leaf, float32
+            b32 = _tree.to_acc(buf).reshape(m, -1)
+            return b32 @ _tree.to_acc(g).reshape(-1)
+
+        per_leaf = [x for x in jax.tree.leaves(_tree.tree_map(dots, updates, grads))]
+        gx = sum(per_leaf) if per_leaf else jnp.zeros((m,), jnp.float32)
+        gram = state.gram.at[slot, :].set(gx).at[:, slot].set(gx)
+        lam = jnp.asarray(damping, jnp.float32)
+        coef = jnp.linalg.solve(m * lam * jnp.eye(m, dtype=jnp.float32) + gram, gx)
+
+        def apply(g, buf):
+            b32 = _tree.to_acc(buf).reshape(m, -1)
+            out = (_tree.to_acc(g).reshape(-1) - coef @ b32) / lam
+            return out.reshape(g.shape).astype(g.dtype)
+
+        new_updates = _tree.tree_map(apply, updates, grads)
+        new_state = ScaleByMFACState(
+            count=optax.safe_increment(state.count), grads=grads, gram=gram
+        )
+        return new_updates, new_state
+
+    return _base.public(name, optax.GradientTransformationExtraArgs(init_fn, update_fn))
+
+
+class ScaleByOASISState(NamedTuple):
+    """State for :func:`optlab.scale_by_oasis`.
+
+    Attributes:
+      count: number of steps taken (int32 scalar).
+      diag: the EMA :math:`D_k` of Hessian-diagonal estimates.
+      prev_params: :math:`w_{k-1}` (the params at the previous call).
+      prev_grad: :math:`\\nabla F(w_{k-1})`.
+      step_scale: :math:`\\eta_{k-1} / \\eta_0` (float32 scalar, 1 before the first step).
+      theta: :math:`\\theta_{k-1} = \\eta_{k-1} / \\eta_{k-2}` (float32, +inf at first).
+      hessian_state: the estimator's state (a :class:`HutchinsonState` by default).
+    """
+
+    count: jax.Array  # shape=(), dtype=int32
+    diag: optax.Updates  # D_k
+    prev_params: optax.Updates  # w_{k-1}
+    prev_grad: optax.Updates  # grad F(w_{k-1})
+    step_scale: jax.Array  # shape=(), float32: eta_{k-1} / eta_0
+    theta: jax.Array  # shape=(), float32
+    hessian_state: Any
+
+
+def scale_by_oasis(
+    learning_rate: jax.typing.ArrayLike = 1.0,
+    b2: jax.typing.ArrayLike = 0.99,
+    alpha: jax.typing.ArrayLike = 1e-5,
+    *,
+    adaptive: bool = True,
+    seed: int = 0,
+    hessian_diagonal_fn: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""OASIS: a Hutchinson diagonal preconditioner with a Malitsky-Mishchenko step size.
+
+    With :math:`D_k = b_2 D_{k-1} + (1-b_2)\, z \odot H z` (Hutchinson,
+    :func:`optlab.hutchinson_diag_hessian`; :math:`D_0` is the first estimate itself) and
+    :math:`\hat D_k = \max(|D_k|, \alpha)`, the step is
+    :math:`w_{k+1} = w_k - \eta_k \hat D_k^{-1} \nabla F(w_k)` with the adaptive rate
+
+    .. math::
+        \eta_k = \min\Big\{\sqrt{1 + \theta_{k-1}}\, \eta_{k-1},\;
+        \frac{\|w_k - w_{k-1}\|_{\hat D_k}}
+             {2\, \|\nabla F(w_k) - \nabla F(w_{k-1})\|^*_{\hat D_k}}\Big\}, \qquad
+        \theta_k = \frac{\eta_k}{\eta_{k-1}},
+
+    :math:`\|x\|_D^2 = x^\top D x`, :math:`\|x\|^{*2}_D = x^\top D^{-1} x` (norms over
+    all leaves), :math:`\theta_0 = +\infty` and :math:`\eta_0` = ``learning_rate``. The
+    rate is a local inverse-Lipschitz estimate in the metric of :math:`\hat D`, so no
+    schedule is needed. Where the second term is undefined (the params or the gradient
+    did not change, e.g. at an exact minimum) the rate stays :math:`\eta_{k-1}`: the
+    paper's rule would then grow it by :math:`\sqrt{1+\theta}` at every such step, without
+    bound (an overflow to inf, then NaN, in float32).
+
+    This transform returns :math:`(\eta_k/\eta_0)\, \hat D_k^{-1} \nabla F(w_k)`: chain
+    ``optax.scale_by_learning_rate(learning_rate)`` after it with the *same* rate
+    (:func:`optlab.oasis` does). ``adaptive=False`` is the fixed-rate variant
+    (:math:`\eta_k = \eta_0`; the output is :math:`\hat D_k^{-1} \nabla F(w_k)` and
+    ``learning_rate`` is unused here, so a schedule can be chained). ``update`` needs
+    ``params`` and ``hvp_fn(params, v) -> H v`` (module docstring), called once a step.
+
+    Args:
+      learning_rate: :math:`\eta_0 > 0`, the rate chained after (adaptive mode).
+      b2: decay of the Hessian-diagonal EMA, in ``[0, 1)``.
+      alpha: truncation :math:`\alpha > 0` of :math:`|D|` (guards against tiny or
+        negative curvature).
+      adaptive: use the adaptive rate (True) or a fixed one.
+      seed: seed of the Hutchinson probes (ignored with ``hessian_diagonal_fn``).
+      hessian_diagonal_fn: a transformation returning a Hessian-diagonal estimate;
+        default :func:`optlab.hutchinson_diag_hessian`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    State:
+      :class:`ScaleByOASISState`: :math:`D`, the previous params and gradient (three
+      copies of the params), two scalars and the estimator's PRNG key.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum(jnp.array([1.0, 100.0]) * p ** 2)
+      >>> hvp_fn = lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1]
+      >>> tx = optax.chain(optlab.scale_by_oasis(0.5), optax.scale_by_learning_rate(0.5))
+      >>> x = jnp.array([1.0, 1.0])
+      >>> state = tx.init(x)
+      >>> for _ in range(20):
+      ...     u, state = tx.update(jax.grad(loss)(x), state, x, hvp_fn=hvp_fn)
+      ...     x = optax.apply_updates(x, u)
+      >>> bool(loss(x) < 1e-6)
+      True
+
+    References:
+      Jahani, Rusakov, Shi, Richtarik, Mahoney and Takac, `Doubly Adaptive Scaled
+      Algorithm for Machine Learning Using Second-Order Information
+      <https://arxiv.org/abs/2109.05198>`_, 2021.
+    """
+    name = "scale_by_oasis"
+    _base.check_decay(name, b2=b2)
+    _base.check_positive(name, alpha=alpha)
+    if adaptive:
+        if callable(learning_rate):
+            raise TypeError(
+                f"`optlab.{name}`: with `adaptive=True`, `learning_rate` is the initial rate"
+                f" eta_0 (a number), got the schedule learning_rate={learning_rate!r}; use"
+                " `adaptive=False` to follow a schedule."
+            )
+        _base.check_positive(name, learning_rate=learning_rate)
+    if hessian_diagonal_fn is None:
+        _base.check_int_unless_traced(name, 0, seed=seed)
+    hessian_fn = _resolve_hessian_fn(hessian_diagonal_fn, seed)
+
+    def init_fn(params):
+        return ScaleByOASISState(
+            count=jnp.zeros([], jnp.int32),
+            diag=optax.tree.zeros_like(params),
+            prev_params=optax.tree.zeros_like(params),
+            prev_grad=optax.tree.zeros_like(params),
+            step_scale=jnp.ones([], jnp.float32),
+            theta=jnp.full([], jnp.inf, jnp.float32),
+            hessian_state=hessian_fn.init(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        _base.require_params(params)
+        est, hessian_state = hessian_fn.update(updates, state.hessian_state, params,
+                                               **extra_args)
+        first = state.count == 0
+        diag = _tree.tree_map(
+            lambda e, d: jnp.where(
+                first, _tree.to_acc(e), b2 * _tree.to_acc(d) + (1.0 - b2) * _tree.to_acc(e)
+            ),
+            est,
+            state.diag,
+        )
+        dhat = _tree.tree_map(lambda d: jnp.maximum(jnp.abs(d), alpha), diag)
+        if adaptive:
+            def sq(tree):
+                return sum((jnp.sum(x) for x in jax.tree.leaves(tree)), jnp.zeros([], jnp.float32))
+
+            dw = sq(_tree.tree_map(lambda p, q, d: d * jnp.square(_tree.to_acc(p) - _tree.to_acc(q)),
+                               params, state.prev_params, dhat))
+            dg = sq(_tree.tree_map(lambda g, h, d: jnp.square(_tree.to_acc(g) - _tree.to_acc(h)) / d,
+                               updates, state.prev_grad, dhat))
+            eta0 = jnp.asarray(learning_rate, jnp.float32)
+            # Both candidates relative to eta_0.
+            # Undefined where nothing moved (dw = 0) or the gradient did not change (dg = 0):
+            # then only the growth bound applies (the rate stays > 0).
+            valid = (dg > 0) & (dw > 0)
+            local = jnp.where(
+                valid, jnp.sqrt(dw) / (2.0 * jnp.sqrt(jnp.where(valid, dg, 1.0)) * eta0), jnp.inf
+            )
+            grow = jnp.sqrt(1.0 + state.theta) * state.step_scale
+            scale = jnp.where(valid, jnp.minimum(grow, local), state.step_scale)
+            scale = jnp.where(jnp.isfinite(scale), scale, state.step_scale)
+            scale = jnp.where(first, 1.0, scale).astype(jnp.float32)
+            theta = jnp.where(first, jnp.inf, scale / state.step_scale).astype(jnp.float32)
+        else:
+            scale, theta = state.step_scale, state.theta
+        new_updates = _tree.tree_map(
+            lambda g, d: (scale * _tree.to_acc(g) / d).astype(g.dtype), updates, dhat
+        )
+        new_state = ScaleByOASISState(
+            count=optax.safe_increment(state.count),
+            diag=_cast_tree_like(diag, state.diag),
+            prev_params=_cast_tree_like(params, state.prev_params),
+            prev_grad=_cast_tree_like(updates, state.prev_grad),
+            step_scale=scale,
+            theta=theta,
+            hessian_state=hessian_state,
+        )
+        return new_updates, new_state
+
+    return _base.public(
+        name,
+        optax.GradientTransformationExtraArgs(init_fn, update_fn),
+        **hessian_needs(hessian_diagonal_fn),
+    )

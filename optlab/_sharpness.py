@@ -1128,3 +1128,229 @@ def sharpness_diagnostics(
         "grad_norm": g_norm,
         "top_eigenvalue": eig,
     }
+
+
+# ---------------------------------------------------------------------------
+# Issue 12 (part B): more transformed-point methods on the one driver
+# ---------------------------------------------------------------------------
+
+__all__ += [
+    "awp_policy",
+    "awp_sam",
+    "extragradient",
+    "extragradient_policy",
+    "gradnorm_policy",
+    "gradnorm_sam",
+]
+
+
+def _awp(gamma):
+    def perturb(grads, params, state, step, **unused):
+        g = _at(gamma, step)
+        e = jax.tree.map(
+            lambda gl, wl: _tree.safe_div(g * jnp.linalg.norm(wl), jnp.linalg.norm(gl)) * gl,
+            grads,
+            params,
+        )
+        return optax.tree.add(params, e), state
+
+    return PerturbationPolicy(_no_state, perturb)
+
+
+def _gradnorm(gamma, eps):
+    def combine(grads, perturbed_grads, state, step):
+        c = _at(gamma, step) / eps
+        return optax.tree.add_scale(optax.tree.scale(1.0 - c, grads), c, perturbed_grads), state
+
+    return _unnormalized(eps)._replace(combine=combine)
+
+
+def _neg(value):
+    """``-value`` as a hyperparameter or schedule, for a look-ahead ``w - lr g``."""
+    if callable(value):
+        return lambda step: -_at(value, step)
+    return -value
+
+
+def awp_policy(gamma: optax.ScalarOrSchedule = 0.01) -> PerturbationPolicy:
+    """AWP's policy: per leaf ``e_l = gamma ||w_l|| g_l / ||g_l||``. See :func:`awp_sam`.
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.awp_policy(gamma=0.01))
+    """
+    _base.check_nonnegative("awp_policy", gamma=gamma)
+    return _awp(gamma)
+
+
+def awp_sam(
+    inner: optax.GradientTransformation,
+    gamma: optax.ScalarOrSchedule = 0.01,
+    *,
+    mask: Any = None,
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Adversarial weight perturbation: a layer-wise radius relative to the weight's norm.
+
+    Each leaf (layer) ``l`` is perturbed along its own gradient, by ``gamma`` times its
+    weight norm: ``e_l = gamma ||w_l|| g_l / ||g_l||`` (a leaf with zero gradient or zero
+    weights is not perturbed); the update is ``inner`` of ``grad_fn(w + e)``, taken at ``w``.
+    ``gamma = 0`` is exactly ``inner``. This is the one-step form of AWP (the paper's
+    adversarial *input* perturbation is outside the optimizer).
+
+    Args:
+      inner: the base optimizer.
+      gamma: relative radius (>= 0) or a schedule.
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
+      >>> tx = optlab.awp_sam(optax.sgd(0.1), gamma=0.01)
+      >>> params = jnp.zeros(3)
+      >>> state = tx.init(params)
+      >>> for _ in range(50):
+      ...     grads = jax.grad(loss)(params)
+      ...     updates, state = tx.update(grads, state, params, grad_fn=jax.grad(loss))
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(jnp.allclose(params, 1.0, atol=0.05))
+      True
+
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
+
+    References:
+      Wu, Xia and Wang, `Adversarial Weight Perturbation Helps Robust Generalization
+      <https://arxiv.org/abs/2004.05884>`_, 2020
+    """
+    _base.check_nonnegative("awp_sam", gamma=gamma)
+    return _sharpness_aware("awp_sam", inner, _awp(gamma), mask, axis_name)
+
+
+def gradnorm_policy(gamma: optax.ScalarOrSchedule = 0.01, eps: float = 0.01) -> PerturbationPolicy:
+    """Finite-difference gradient-norm penalty's policy. See :func:`gradnorm_sam`.
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.gradnorm_policy(0.01, eps=0.01))
+    """
+    _base.check_nonnegative("gradnorm_policy", gamma=gamma)
+    _base.check_positive("gradnorm_policy", eps=eps)
+    return _gradnorm(gamma, eps)
+
+
+def gradnorm_sam(
+    inner: optax.GradientTransformation,
+    gamma: optax.ScalarOrSchedule = 0.01,
+    eps: float = 0.01,
+    *,
+    mask: Any = None,
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Gradient-norm regularization by a forward finite difference.
+
+    The gradient of ``L(w) + (gamma / 2) ||grad L(w)||^2`` is ``g + gamma H g``; ``H g`` is
+    approximated by ``(grad L(w + eps g) - g) / eps``, so ``inner`` receives::
+
+        d = g + (gamma / eps) (grad L(w + eps g) - g)
+
+    (``gamma = eps`` is the unnormalized SAM gradient). ``gamma = 0`` is exactly ``inner``.
+
+    Args:
+      inner: the base optimizer.
+      gamma: penalty strength (>= 0) or a schedule.
+      eps: finite-difference step (> 0).
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
+      >>> tx = optlab.gradnorm_sam(optax.sgd(0.1), gamma=0.05, eps=0.01)
+      >>> params = jnp.zeros(3)
+      >>> state = tx.init(params)
+      >>> for _ in range(50):
+      ...     grads = jax.grad(loss)(params)
+      ...     updates, state = tx.update(grads, state, params, grad_fn=jax.grad(loss))
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(jnp.allclose(params, 1.0, atol=0.05))
+      True
+
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
+
+    References:
+      Karakida, Takase, Hayase and Osawa, `Understanding Gradient Regularization in Deep
+      Learning: Efficient Finite-Difference Computation and Implicit Bias
+      <https://arxiv.org/abs/2210.02720>`_, 2023
+    """
+    _base.check_nonnegative("gradnorm_sam", gamma=gamma)
+    _base.check_positive("gradnorm_sam", eps=eps)
+    return _sharpness_aware("gradnorm_sam", inner, _gradnorm(gamma, eps), mask, axis_name)
+
+
+def extragradient_policy(learning_rate: optax.ScalarOrSchedule = 0.1) -> PerturbationPolicy:
+    """Extragradient's policy: the look-ahead point ``w - lr g``. See :func:`extragradient`.
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.extragradient_policy(0.1))
+    """
+    _base.check_nonnegative("extragradient_policy", learning_rate=learning_rate)
+    return _unnormalized(_neg(learning_rate))
+
+
+def extragradient(
+    inner: optax.GradientTransformation,
+    learning_rate: optax.ScalarOrSchedule = 0.1,
+    *,
+    mask: Any = None,
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Extragradient: ``inner`` applied to the gradient at the look-ahead ``w - lr g``.
+
+    The extrapolation step ``w_half = w - lr g`` is taken with its own ``learning_rate``;
+    the update is ``inner`` of ``grad_fn(w_half)``, taken from ``w`` (with
+    ``inner = optax.sgd(lr)`` this is Korpelevich's method). ``learning_rate = 0`` is
+    exactly ``inner``.
+
+    Args:
+      inner: the base optimizer (the update step).
+      learning_rate: extrapolation step (>= 0) or a schedule.
+      mask: the extrapolated leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
+      >>> tx = optlab.extragradient(optax.sgd(0.1), learning_rate=0.1)
+      >>> params = jnp.zeros(3)
+      >>> state = tx.init(params)
+      >>> for _ in range(50):
+      ...     grads = jax.grad(loss)(params)
+      ...     updates, state = tx.update(grads, state, params, grad_fn=jax.grad(loss))
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(jnp.allclose(params, 1.0, atol=0.01))
+      True
+
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, ())``.
+
+    References:
+      Korpelevich, `The extragradient method for finding saddle points and other
+      problems <https://cs.uwaterloo.ca/~y328yu/classics/extragrad.pdf>`_, 1976
+    """
+    _base.check_nonnegative("extragradient", learning_rate=learning_rate)
+    return _sharpness_aware(
+        "extragradient", inner, _unnormalized(_neg(learning_rate)), mask, axis_name
+    )

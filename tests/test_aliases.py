@@ -35,6 +35,7 @@ OPTAX_EQUIVALENT = {
                      lambda: optax.sgd(0.1, momentum=0.9)),
     "sgd_nesterov": (lambda: optlab.sgd(0.1, momentum=0.9, nesterov=True),
                      lambda: optax.sgd(0.1, momentum=0.9, nesterov=True)),
+    "adam": (lambda: optlab.adam(1e-2, b1=0.8), lambda: optax.adam(1e-2, b1=0.8)),
     "adamw": (lambda: optlab.adamw(1e-2, weight_decay=1e-2, mask=_is_matrix),
               lambda: optax.adamw(1e-2, weight_decay=1e-2, mask=_is_matrix)),
     "adamw_nesterov_schedule": (
@@ -138,6 +139,10 @@ def test_drop_in_signatures():
     assert ours <= set(inspect.signature(contrib.muon).parameters)
     ours = list(inspect.signature(optlab.sophia).parameters)
     assert ours[:9] == list(inspect.signature(contrib.sophia).parameters)[:9]
+    assert list(inspect.signature(optlab.yogi).parameters) == list(
+        inspect.signature(optax.yogi).parameters)
+    ours = list(inspect.signature(optlab.adopt).parameters)
+    assert ours[:5] == list(inspect.signature(contrib.adopt).parameters)[:5]
 
 
 # ---------------------------------------------------------------------------
@@ -377,6 +382,7 @@ def _cos(lr, steps):
 # are ~10x the final losses measured with these settings.
 CONVERGENCE = {
     "sgd": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=1e-3, momentum=0.9), 1e-3),
+    "adam": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 1.0),
     "adamw": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05, weight_decay=0.0), 1.0),
     "amsgrad": (dict(learning_rate=0.05), 5e-3, dict(learning_rate=0.5), 0.25),
     "diffgrad": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.05), 0.5),
@@ -422,6 +428,24 @@ CONVERGENCE = {
                0.6, dict(learning_rate=0.05), 0.03),
     "badam": (dict(learning_rate=0.05, switch_every=20), 0.02, dict(learning_rate=0.05), 0.3),
     "adam_mini": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 0.05),
+    # Issue 12 (part A). SWAN's GradNorm removes each unit's mean gradient over its inputs,
+    # so it cannot move the column sums of the (4, 3) matrix towards the parabola's target.
+    "adopt": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.2), 2.5),
+    "yogi": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.05), 0.1),
+    "adamomentum": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.05), 1e-3),
+    "qhm": (dict(learning_rate=0.5, b1=0.9), 1e-6, dict(learning_rate=5e-3, b1=0.9), 3e-2),
+    "qhadam": (dict(learning_rate=0.1, b1=0.9), 1e-6, dict(learning_rate=0.05, b1=0.9), 6e-2),
+    "ano": (dict(learning_rate=_cos(0.1, 300)), 2e-6, dict(learning_rate=0.05, b1=0.95), 0.6),
+    "nag_gs": (dict(learning_rate=0.3), 1e-6, dict(learning_rate=0.01), 1e-2),
+    "lion_kappa": (dict(learning_rate=_cos(0.1, 300), weight_decay=0.0), 1e-6,
+                   dict(learning_rate=_cos(0.01, 1000), weight_decay=0.0), 2e-2),
+    "scion": (dict(learning_rate=_cos(0.2, 300), scale=5.0), 2.0,
+              dict(learning_rate=_cos(0.05, 1000), scale=5.0, constrained=False), 0.15),
+    "swan": (dict(learning_rate=_cos(0.1, 300)), 30.0, dict(learning_rate=_cos(0.05, 1000)),
+             1.2),
+    "m_fac": (dict(learning_rate=0.5, damping=1.0), 1e-6,
+              dict(learning_rate=0.05, damping=1.0, momentum=0.9), 3e-2),
+    "oasis": (dict(learning_rate=0.5), 1e-6, dict(learning_rate=0.5), 3e-2),
 }
 # Hyperparameters without defaults, merged into every `optlab.get` of this file.
 REQUIRED = {"dpsgd": dict(l2_norm_clip=1e3, noise_multiplier=0.0)}
@@ -463,7 +487,7 @@ NEEDS_VALUE = {"sps", "alr_smag"}  # Polyak-type steps read the loss
 
 
 def _extra(name, loss):
-    if name in ("sophia", "adahessian"):
+    if name in ("sophia", "adahessian", "oasis"):
         return _hvp_extra(loss)
     if name in NEEDS_VALUE:
         return lambda p: {"value": loss(p)}
@@ -500,7 +524,7 @@ _BAD = [
     (name, dict(learning_rate=-1.0), "learning_rate") for name in sorted(CONVERGENCE)
 ] + [
     (name, dict(learning_rate=1e-3, b1=1.0), "b1")
-    for name in ("adamw", "amsgrad", "diffgrad", "adamp", "ademamix", "mars_adamw", "grams",
+    for name in ("adam", "adamw", "amsgrad", "diffgrad", "adamp", "ademamix", "mars_adamw", "grams",
                  "cautious_adamw", "cautious_lion", "lion", "signum", "lamb", "sgd_sai",
                  "sophia", "adahessian")
 ] + [
@@ -537,13 +561,100 @@ def test_error_names_the_optimizer(name):
 def test_schedules_and_traced_hyperparameters_accepted():
     params = fixed_params()
     for name in sorted(CONVERGENCE):
-        if name in ("sophia", "adahessian"):
+        if name in ("sophia", "adahessian", "oasis"):
             continue
         factory = getattr(optlab, name)
         static = {"ns_steps", "num_iters", "min_dim_size_to_factor", "decay_offset",
-                  "channel_axis", "seed"} & set(inspect.signature(factory).parameters)
+                  "channel_axis", "seed", "num_grads"} & set(inspect.signature(factory).parameters)
         tx = _per_example(name, optax.inject_hyperparams(factory, static_args=static)(
             learning_rate=1e-2, **REQUIRED.get(name, {})))
         _, _, losses = run_optimizer(tx, quadratic_loss, params, 3,
                                      _extra(name, quadratic_loss))
         assert np.all(np.isfinite(losses)), name
+
+
+# ---------------------------------------------------------------------------
+# Muon's leaf selection: mask, conv/attention kernels as matrices
+# ---------------------------------------------------------------------------
+
+
+def _muon_step(tx, params, grads):
+    updates, state = tx.update(grads, tx.init(params), params)
+    return updates, state
+
+
+def test_muon_hidden_mask_keeps_embeddings_head_and_vectors_on_adamw():
+    k = jax.random.split(jax.random.key(0), 4)
+    params = {
+        "embed": {"embedding": jax.random.normal(k[0], (20, 8))},
+        "blocks": [{"mlp": {"up": jax.random.normal(k[1], (8, 16)), "bias": jnp.zeros(16)}}],
+        "lm_head": {"kernel": jax.random.normal(k[2], (8, 20))},
+    }
+    mask = optlab.muon_hidden_mask(params)
+    assert jax.tree.leaves(mask) == [False, True, False, False]  # bias, up, embedding, head
+    assert mask["blocks"][0]["mlp"]["up"] and not mask["embed"]["embedding"]
+    grads = jax.tree.map(lambda x: jnp.cos(3.0 * x) + 0.1, params)
+    upd, _ = _muon_step(optlab.muon(0.02, muon_mask=optlab.muon_hidden_mask), params, grads)
+    ref_adam, _ = _muon_step(optlab.adamw(0.02, weight_decay=0.0, nesterov=True), params, grads)
+    for path in (("embed", "embedding"), ("lm_head", "kernel")):
+        a, b = upd[path[0]][path[1]], ref_adam[path[0]][path[1]]
+        tree_allclose(a, b, rtol=1e-6, atol=1e-7)  # AdamW's first step, not orthogonalized
+    s = jnp.linalg.svd(upd["blocks"][0]["mlp"]["up"] / (-0.02 * 2**0.5), compute_uv=False)
+    assert 0.6 < float(s.min()) and float(s.max()) < 1.3  # orthogonalized, times sqrt(16/8)
+    default, _ = _muon_step(optlab.muon(0.02), params, grads)  # by shape: embedding is Muon's
+    assert not jnp.allclose(default["embed"]["embedding"], upd["embed"]["embedding"])
+
+
+def test_muon_conv_kernel_is_orthogonalized_as_a_flax_layout_matrix():
+    """A (kh, kw, in, out) kernel selected by the mask is the (kh*kw*in, out) matrix."""
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 6))
+    grad = jnp.sin(2.0 * kernel) + 0.05
+    tx = optlab.muon(0.02, muon_mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
+    params, grads = {"conv": kernel}, {"conv": grad}
+    tx_state = tx.init(params)
+    u1, s1 = tx.update(grads, tx_state, params)
+    u2, s2 = tx.update(grads, s1, params)
+    ref = optlab.muon(0.02)
+    flat_p, flat_g = {"conv": kernel.reshape(36, 6)}, {"conv": grad.reshape(36, 6)}
+    r1, rs = ref.update(flat_g, ref.init(flat_p), flat_p)
+    r2, _ = ref.update(flat_g, rs, flat_p)
+    tree_allclose(u2["conv"], r2["conv"].reshape(3, 3, 4, 6), rtol=1e-5, atol=1e-6)
+    assert u1["conv"].shape == kernel.shape
+    assert jax.tree.structure(s1) == jax.tree.structure(tx_state)
+    default, _ = optlab.muon(0.02).update(grads, optlab.muon(0.02).init(params), params)
+    adamw = optlab.adamw(0.02, weight_decay=0.0, nesterov=True)  # muon: nesterov on both parts
+    adam, _ = adamw.update(grads, adamw.init(params), params)
+    tree_allclose(default, adam, rtol=1e-6, atol=1e-7)  # by default a 4-D kernel is AdamW's
+
+
+def test_muon_attention_kernel_with_dimension_numbers():
+    """(embed, heads, head_dim) query kernel: reduce the embedding, output heads x head_dim."""
+    q = jax.random.normal(jax.random.key(2), (8, 2, 4))
+    o = jax.random.normal(jax.random.key(3), (2, 4, 8))
+    params = {"query": q, "out": o}
+    grads = jax.tree.map(lambda x: jnp.tanh(x) + 0.1, params)
+    dims = {"query": optax.contrib.MuonDimensionNumbers(0, (1, 2)), "out": None}
+    tx = optlab.muon(
+        0.02,
+        muon_mask=lambda p: jax.tree.map(lambda x: True, p),
+        muon_weight_dimension_numbers=dims,
+    )
+    upd, _ = _muon_step(tx, params, grads)
+    ref = optlab.muon(0.02)
+    flat_p = {"query": q.reshape(8, 8), "out": o.reshape(8, 8)}
+    flat_g = {"query": grads["query"].reshape(8, 8), "out": grads["out"].reshape(8, 8)}
+    r, _ = _muon_step(ref, flat_p, flat_g)
+    tree_allclose(upd["query"], r["query"].reshape(8, 2, 4), rtol=1e-5, atol=1e-6)
+    tree_allclose(upd["out"], r["out"].reshape(2, 4, 8), rtol=1e-5, atol=1e-6)
+
+
+def test_muon_refuses_batch_axes_clearly():
+    params = {"w": jnp.ones((2, 3, 4))}
+    dims = optax.contrib.MuonDimensionNumbers(1, 2)  # axis 0 would be a batch axis
+    tx = optlab.muon(
+        0.02,
+        muon_mask=lambda p: jax.tree.map(lambda x: True, p),
+        muon_weight_dimension_numbers=dims,
+    )
+    with pytest.raises(ValueError, match=r"`optlab\.muon`.*\(2, 3, 4\).*cover every axis"):
+        tx.init(params)

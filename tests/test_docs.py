@@ -53,3 +53,16 @@ def test_markdown_examples_run(doc):
     for i, block in enumerate(blocks):
         namespace: dict = {"__name__": f"{doc}_example_{i}"}
         exec(compile(block, f"{doc}[python block {i}]", "exec"), namespace)
+
+
+def test_readme_index_names_every_public_function():
+    """The README's "What is inside" table (or its text) names every public function."""
+    text = (ROOT / "README.md").read_text()
+    missing = [
+        n
+        for n in optlab.__all__
+        if callable(getattr(optlab, n))
+        and not isinstance(getattr(optlab, n), type)
+        and not re.search(rf"\b{n}\b", text)
+    ]
+    assert not missing, f"add to README.md's index: {missing}"

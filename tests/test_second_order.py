@@ -205,17 +205,33 @@ def test_adahessian_hand_derived_three_steps(hessian_power):
                                rtol=1e-6)
 
 
-def test_adahessian_spatial_average_on_conv_kernels():
-    # A (3, 2, 2) "conv kernel": the estimate is averaged over the leading (spatial) axis.
-    curv = jnp.arange(1.0, 13.0).reshape(3, 2, 2)
-    loss = _diag_loss({"k": curv})
-    params = {"k": jnp.ones((3, 2, 2))}
+def test_adahessian_spatial_average_only_on_marked_conv_kernels():
+    # A (3, 2, 2) "conv kernel" "k" and an attention-shaped (embed, heads, head_dim) kernel
+    # "attn": only the leaf marked as a conv kernel is averaged over its leading (spatial)
+    # axis; the attention kernel keeps its per-entry estimate (the default averages none).
+    curv = {"k": jnp.arange(1.0, 13.0).reshape(3, 2, 2),
+            "attn": jnp.arange(1.0, 25.0).reshape(4, 2, 3)}
+    loss = _diag_loss(curv)
+    params = jax.tree.map(jnp.ones_like, curv)
     grads = jax.grad(loss)(params)
-    for spatial, dbar in [(True, jnp.broadcast_to(curv.mean(0, keepdims=True), curv.shape)),
-                          (False, curv)]:
+    k_avg = jnp.broadcast_to(curv["k"].mean(0, keepdims=True), curv["k"].shape)
+    for spatial, dbar in [
+        ({"k": True, "attn": False}, {"k": k_avg, "attn": curv["attn"]}),
+        (lambda p: {"k": True, "attn": False}, {"k": k_avg, "attn": curv["attn"]}),
+        (False, curv),
+    ]:
         tx = optlab.scale_by_adahessian(eps=1e-4, spatial_average=spatial)
         u, _ = tx.update(grads, tx.init(params), params, hvp_fn=_hvp_fn(loss))
-        np.testing.assert_allclose(u["k"], grads["k"] / (dbar + 1e-4), rtol=2e-5)  # f32 debias
+        for k in curv:  # f32 debias
+            np.testing.assert_allclose(u[k], grads[k] / (dbar[k] + 1e-4), rtol=2e-5)
+    # The default is off, and `True` (which used to average every rank >= 3 leaf) is refused.
+    tx = optlab.scale_by_adahessian(eps=1e-4)
+    u, _ = tx.update(grads, tx.init(params), params, hvp_fn=_hvp_fn(loss))
+    np.testing.assert_allclose(u["attn"], grads["attn"] / (curv["attn"] + 1e-4), rtol=2e-5)
+    with pytest.raises(ValueError, match=r"optlab.scale_by_adahessian.*spatial_average=True"):
+        optlab.scale_by_adahessian(spatial_average=True)
+    with pytest.raises(ValueError, match=r"optlab.adahessian.*spatial_average=True"):
+        optlab.adahessian(0.1, spatial_average=True)
 
 
 def test_adahessian_power_zero_is_momentum():

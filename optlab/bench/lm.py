@@ -34,7 +34,7 @@ import optax
 import optlab
 from optlab.bench import common
 from optlab.bench.data import Corpus, load_corpus
-from optlab.bench.model import Config, Transformer, hidden_matrix_shape, param_kind
+from optlab.bench.model import Config, Transformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,52 +106,31 @@ def learning_rate_for(name: str, overrides: dict[str, float] | None = None) -> f
 # ---------------------------------------------------------------------------
 
 
-def _reshaped(
-    tx: optax.GradientTransformation, shape_fn: Callable[[tuple, tuple], tuple]
-) -> optax.GradientTransformationExtraArgs:
-    """``tx`` applied to a view of every leaf reshaped by ``shape_fn(path, shape)``."""
+def attention_dimension_numbers(params: Any) -> Any:
+    """Muon's axes per leaf: the ``(d, heads, head_dim)`` query/key/value kernels reduce
+    the model dimension and output ``heads * head_dim``; every other leaf (``out``:
+    ``(heads, head_dim, d)``, MLP matrices) takes Muon's default, all axes but the last
+    reduced."""
+    qkv = optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=(1, 2))
 
-    def view(tree):
-        return jax.tree.map_with_path(lambda p, x: x.reshape(shape_fn(p, x.shape)), tree)
+    def dims(path, x):
+        last = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+        return qkv if x.ndim == 3 and last in ("query", "key", "value") else None
 
-    def init_fn(params):
-        return tx.init(view(params))
-
-    def update_fn(updates, state, params=None, **extra_args):
-        new, state = tx.update(
-            view(updates), state, None if params is None else view(params), **extra_args
-        )
-        return jax.tree.map(lambda n, u: n.reshape(u.shape), new, updates), state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def embedding_labels(params: Any) -> Any:
-    """``"embedding"`` for the (tied) embedding, ``"hidden"`` for every other leaf."""
-    return jax.tree.map_with_path(
-        lambda p, _: "embedding" if param_kind(p) == "embedding" else "hidden", params
-    )
+    return jax.tree.map_with_path(dims, params)
 
 
 def transformer_muon(learning_rate, adam_learning_rate) -> optax.GradientTransformation:
-    """Muon on the transformer's hidden matrices only.
-
-    ``optlab.muon`` orthogonalizes every 2-D leaf (by shape) and gives the others AdamW.
-    Here the tied embedding (2-D, but an embedding and the output head) goes to
-    ``optlab.adamw(adam_learning_rate)``; the attention kernels, shaped per head, are
-    seen by Muon as ``(d, heads * head_dim)`` / ``(heads * head_dim, d)`` matrices;
-    norms go to Muon's own AdamW part (``adam_learning_rate``).
-
-    TODO(issue 14 item 6): use Muon's mask/label argument once it lands instead of
-    the partition and the reshaping here.
-    """
-    muon = optlab.muon(learning_rate, adam_learning_rate=adam_learning_rate)
-    return optax.partition(
-        {
-            "hidden": _reshaped(muon, hidden_matrix_shape),
-            "embedding": optlab.adamw(adam_learning_rate),
-        },
-        embedding_labels,
+    """Muon on the transformer's hidden matrices only: ``optlab.muon`` with
+    ``muon_mask=optlab.muon_hidden_mask`` (the tied embedding and the norm scales go to
+    Muon's AdamW part, at ``adam_learning_rate``) and the per-head attention kernels seen
+    as ``(d, heads * head_dim)`` / ``(heads * head_dim, d)`` matrices
+    (:func:`attention_dimension_numbers`)."""
+    return optlab.muon(
+        learning_rate,
+        adam_learning_rate=adam_learning_rate,
+        muon_mask=optlab.muon_hidden_mask,
+        muon_weight_dimension_numbers=attention_dimension_numbers,
     )
 
 

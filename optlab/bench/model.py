@@ -17,8 +17,9 @@ see (paths as in ``nnx.to_pure_dict(nnx.state(model, nnx.Param))``)::
     final_norm/scale              (d,)
 
 :func:`param_kind` classifies a path into ``"embedding"``, ``"attention"``, ``"mlp"``
-or ``"norm"``; :func:`hidden_matrix_shape` gives the 2-D view of a hidden matrix
-(``(d, heads * head_dim)`` for query/key/value, ``(heads * head_dim, d)`` for out).
+or ``"norm"``; ``optlab.muon_hidden_mask`` selects the hidden matrices by the same names, and
+``optlab.bench.lm.attention_dimension_numbers`` gives Muon their 2-D views (``(d, heads *
+head_dim)`` for query/key/value, ``(heads * head_dim, d)`` for out).
 """
 
 from __future__ import annotations
@@ -159,13 +160,3 @@ def param_kind(path: tuple[Any, ...]) -> str:
     if "mlp" in keys:
         return "mlp"
     raise ValueError(f"param_kind: unknown parameter path {keys!r}")
-
-
-def hidden_matrix_shape(path: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The 2-D (fan_in, fan_out) view of a hidden matrix; other leaves keep their shape."""
-    last = str(getattr(path[-1], "key", path[-1]))
-    if len(shape) == 3 and last in ("query", "key", "value"):
-        return (shape[0], shape[1] * shape[2])
-    if len(shape) == 3 and last == "out":
-        return (shape[0] * shape[1], shape[2])
-    return tuple(shape)

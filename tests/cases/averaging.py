@@ -12,7 +12,7 @@ import optax
 import optlab
 from helpers import Case, register_not_transform
 
-register_not_transform("averaged_params", "swa_schedule", "update_bn")
+register_not_transform("averaged_params", "swa_schedule", "update_bn", "sigma_rel_to_gamma")
 
 
 def _swa(learning_rate=0.1, start_step=2, every_k=1):
@@ -57,6 +57,10 @@ def _lookahead_adam(learning_rate=1e-2, slow_step_size=0.5, sync_period=2):
                             reset_state=True)
 
 
+def _power_ema(learning_rate=0.1, sigma_rel=0.1):
+    return optlab.power_ema(optax.sgd(learning_rate), sigma_rel=sigma_rel)
+
+
 CASES = [
     Case("swa", factory=_swa, static_args=("start_step", "every_k"),
          hparams=dict(every_k=st.integers(1, 2), learning_rate=st.floats(0.01, 0.5))),
@@ -76,4 +80,6 @@ CASES = [
          hparams=dict(slow_step_size=st.floats(0.0, 1.0), sync_period=st.integers(1, 3),
                       reset_state=st.booleans())),
     Case("lookahead", factory=_lookahead_adam, static_args=("sync_period",), id="adam-reset"),
+    Case("power_ema", factory=_power_ema, static_args=("sigma_rel",),
+         hparams=dict(sigma_rel=st.floats(0.02, 0.25), learning_rate=st.floats(0.01, 0.5))),
 ]

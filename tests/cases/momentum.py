@@ -111,4 +111,20 @@ CASES = [
         static_args=("min_dim_size_to_factor",),
     ),
     Case("scale_by_sgd_sai", hparams=dict(b1=_b1, eps=_eps)),
+    # Issue 12 (part A)
+    Case("scale_by_adopt", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),
+    Case("scale_by_adamomentum", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),
+    Case("scale_by_qhm", hparams=dict(b1=_b1, nu=st.floats(0.0, 1.0))),
+    Case(
+        "scale_by_qhadam",
+        hparams=dict(b1=_b1, b2=_b2, nu1=st.floats(0.0, 1.0), nu2=st.floats(0.0, 1.0)),
+    ),
+    Case("scale_by_ano", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),
+    Case(
+        "scale_by_nag_gs",
+        hparams=dict(
+            learning_rate=st.floats(1e-3, 0.5), mu=st.floats(0.1, 2.0), gamma=st.floats(0.5, 2.0)
+        ),
+    ),
+    Case("scale_by_lion_kappa", hparams=dict(b1=_b1, b2=_b2)),
 ]

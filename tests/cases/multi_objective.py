@@ -28,4 +28,10 @@ CASES = [
         **_STACKED,
     ),
     Case("mgda", kwargs=dict(max_iters=100), inject=False, **_STACKED),
+    Case(
+        "bloop",
+        kwargs=dict(decay=0.9, aux_weight=0.5),
+        hparams=dict(decay=st.floats(0.0, 0.99), aux_weight=st.floats(0.0, 2.0)),
+        **_STACKED,
+    ),
 ]

@@ -6,7 +6,9 @@ import hypothesis.strategies as st
 import optax
 
 import optlab
-from helpers import Case
+from helpers import Case, register_not_transform
+
+register_not_transform("muon_hidden_mask")
 
 _EPS = st.floats(0.0, 1e-4)
 _POS_EPS = st.floats(1e-10, 1e-4)
@@ -56,4 +58,11 @@ CASES = [
     Case("cautious_weight_decay",
          kwargs=dict(weight_decay=optax.linear_schedule(1e-2, 0.0, 10)),
          id="schedule"),
+    # Issue 12 (part A)
+    Case("scale_by_lmo", hparams=dict(eps=_POS_EPS), static_args=("ns_steps",)),
+    Case("scale_by_swan", hparams=dict(eps=_POS_EPS), static_args=("ns_steps",)),
+    Case("project_to_fixed_norm", kwargs=dict(target_norm=2.0, start_step=1),
+         hparams=dict(target_norm=st.floats(0.1, 10.0))),
+    Case("project_to_max_norm", kwargs=dict(max_norm=1.0), hparams=dict(max_norm=st.floats(0.1, 10.0))),
+    Case("add_norm_penalty", hparams=dict(weight_decay=_WD, target_norm=st.floats(0.0, 5.0))),
 ]

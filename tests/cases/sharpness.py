@@ -27,6 +27,9 @@ register_not_transform(
     "sharpness_diagnostics",
     "nnx_grad_fn",
     "apply_gradients",
+    "awp_policy",
+    "gradnorm_policy",
+    "extragradient_policy",
 )
 
 GRAD_FN = ("grad_fn",)
@@ -127,6 +130,27 @@ CASES = [
         factory=_wrap("unnormalized_sam"),
         kwargs=dict(rho=0.05),
         hparams=RHO,
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "awp_sam",
+        factory=_wrap("awp_sam"),
+        kwargs=dict(gamma=0.05),
+        hparams=dict(gamma=st.floats(0.0, 0.5)),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "gradnorm_sam",
+        factory=_wrap("gradnorm_sam"),
+        kwargs=dict(gamma=0.05, eps=0.01),
+        hparams=dict(gamma=st.floats(0.0, 0.5), eps=st.floats(0.001, 0.1)),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "extragradient",
+        factory=_wrap("extragradient"),
+        kwargs=dict(learning_rate=0.1),
+        hparams=dict(learning_rate=st.floats(0.0, 0.5)),
         extra_args=GRAD_FN,
     ),
 ]
