@@ -1692,7 +1692,7 @@ def adago(
         ("scale_by_learning_rate", _lr(adam_learning_rate)),
     )
     return _chain(
-        "adago", ("partition", optax.partition({"muon": matrices, "adam": others}, _label_2d))
+        "adago", ("partition", _muon_partition(matrices, others))
     )
 
 
