@@ -165,14 +165,16 @@ def main(argv=None) -> int:
             " replica sends over the run (`optlab.bytes_on_the_wire` / replicas)."
         ),
         "",
-        "| replicas | method | test accuracy | communication rounds | MB sent per replica | bytes vs DP AdamW |",
+        "| replicas | method | test accuracy | communication rounds | MB sent per replica"
+        " | bytes vs DP AdamW |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         dp = next(x for x in rows if x["replicas"] == row["replicas"] and x["method"] == "DP AdamW")
         ratio = row["bytes_per_replica"] / dp["bytes_per_replica"]
         lines.append(
-            f"| {row['replicas']} | {row['method']} | {row['accuracy']:.4f} ± {row['accuracy_std']:.4f} |"
+            f"| {row['replicas']} | {row['method']} |"
+            f" {row['accuracy']:.4f} ± {row['accuracy_std']:.4f} |"
             f" {row['all_reduces']} | {row['bytes_per_replica'] / 1e6:.3f} | {ratio:.4f} |"
         )
     table = "\n".join(lines)

@@ -47,8 +47,9 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -224,7 +225,7 @@ def time_candidates(cands: list[Candidate], repeats: int, target_s: float) -> di
         t = c.run(1)
         inner[c.label] = max(1, min(50, int(target_s / max(t, 1e-6))))
     for r in range(repeats):
-        order = cands[r % len(cands):] + cands[: r % len(cands)]
+        order = cands[r % len(cands) :] + cands[: r % len(cands)]
         for c in order:
             n = inner[c.label]
             c.times.append(c.run(n) / n)
@@ -480,18 +481,22 @@ def pool_floors(step_rows) -> None:
 
 
 def step_time_markdown(step_rows, env, target=(1.1, 1.5)) -> str:
-    lines = ["# Optimizer step time", ""] + env_lines(env) + [
-        "",
-        "One jitted step = update + `optax.apply_updates`, params and state donated,"
-        " ~50 float32 leaves (half 2-D). Best of interleaved repeats. `vs optax`:"
-        " optlab / optax's equivalent; `vs floor`: optlab / a bandwidth floor kernel that"
-        " reads params, grads and K state buffers and writes params and K buffers"
-        " (K = round(state bytes / param bytes)), timed interleaved with the optimizer"
-        " (`floor GB/s`: the bandwidth it implies); `vs best floor` divides by the best"
-        " floor time measured for that size and K anywhere in the run instead."
-        f" Target: <= {target[0]}x optax and <= {target[1]}x floor at 1e7 parameters.",
-        "",
-    ]
+    lines = (
+        ["# Optimizer step time", ""]
+        + env_lines(env)
+        + [
+            "",
+            "One jitted step = update + `optax.apply_updates`, params and state donated,"
+            " ~50 float32 leaves (half 2-D). Best of interleaved repeats. `vs optax`:"
+            " optlab / optax's equivalent; `vs floor`: optlab / a bandwidth floor kernel that"
+            " reads params, grads and K state buffers and writes params and K buffers"
+            " (K = round(state bytes / param bytes)), timed interleaved with the optimizer"
+            " (`floor GB/s`: the bandwidth it implies); `vs best floor` divides by the best"
+            " floor time measured for that size and K anywhere in the run instead."
+            f" Target: <= {target[0]}x optax and <= {target[1]}x floor at 1e7 parameters.",
+            "",
+        ]
+    )
     lines += [f"Not timed: {name} ({why})." for name, why in EXCLUDED.items()] + [""]
     sizes = sorted({r["size"] for r in step_rows})
     for size in sizes:
@@ -521,14 +526,18 @@ def step_time_markdown(step_rows, env, target=(1.1, 1.5)) -> str:
 
 def compile_markdown(rows, leaf_counts, size, env) -> str:
     head = " | ".join(f"optlab {n} leaves s | optax {n} leaves s" for n in leaf_counts)
-    lines = ["# Compile time", ""] + env_lines(env) + [
-        "",
-        f"`jax.jit(step).lower(...).compile()` of one optimizer step, {int(size):,} float32"
-        " parameters split into the given number of leaves.",
-        "",
-        f"| optimizer | {head} |",
-        "|---|" + "---:|" * (2 * len(leaf_counts)),
-    ]
+    lines = (
+        ["# Compile time", ""]
+        + env_lines(env)
+        + [
+            "",
+            f"`jax.jit(step).lower(...).compile()` of one optimizer step, {int(size):,} float32"
+            " parameters split into the given number of leaves.",
+            "",
+            f"| optimizer | {head} |",
+            "|---|" + "---:|" * (2 * len(leaf_counts)),
+        ]
+    )
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['name']} | error: {r['error']} |")
@@ -542,14 +551,18 @@ def compile_markdown(rows, leaf_counts, size, env) -> str:
 
 
 def flatten_markdown(rows, sizes, leaf_counts, env) -> str:
-    lines = ["# Flattening the parameter tree (`optax.flatten`)", ""] + env_lines(env) + [
-        "",
-        "`optax.flatten(tx)` ravels all leaves into one vector before the update and"
-        " splits the result back. Only optimizers whose result it leaves unchanged are"
-        " timed (per-leaf methods change meaning). Step times at 50 leaves; compile"
-        " times at each leaf count.",
-        "",
-    ]
+    lines = (
+        ["# Flattening the parameter tree (`optax.flatten`)", ""]
+        + env_lines(env)
+        + [
+            "",
+            "`optax.flatten(tx)` ravels all leaves into one vector before the update and"
+            " splits the result back. Only optimizers whose result it leaves unchanged are"
+            " timed (per-leaf methods change meaning). Step times at 50 leaves; compile"
+            " times at each leaf count.",
+            "",
+        ]
+    )
     cols = [f"compile tree/flat {n} leaves s" for n in leaf_counts] + [
         f"step tree/flat {s:g} ms" for s in sizes
     ]
@@ -565,8 +578,11 @@ def flatten_markdown(rows, sizes, leaf_counts, env) -> str:
         cells += [f"{r[f'tree_s_{s:g}'] * 1e3:.2f} / {r[f'flat_s_{s:g}'] * 1e3:.2f}" for s in sizes]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     if skipped:
-        lines += ["", "Not flattenable without changing the result (or needing tree-shaped"
-                  " extra arguments): " + ", ".join(skipped) + "."]
+        lines += [
+            "",
+            "Not flattenable without changing the result (or needing tree-shaped"
+            " extra arguments): " + ", ".join(skipped) + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -614,21 +630,33 @@ def main(argv=None) -> int:
     parser.add_argument("--optimizers", default="", help="comma list (default: all named)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats (best of)")
     parser.add_argument("--target-ms", type=float, default=60.0, help="time per repeat")
-    parser.add_argument("--slow-s", type=float, default=0.5,
-                        help="steps slower than this get repeats // 3 repeats")
-    parser.add_argument("--compile-leaves", default="50",
-                        help="leaf counts for the compile-time table ('' to skip)")
+    parser.add_argument(
+        "--slow-s", type=float, default=0.5, help="steps slower than this get repeats // 3 repeats"
+    )
+    parser.add_argument(
+        "--compile-leaves", default="50", help="leaf counts for the compile-time table ('' to skip)"
+    )
     parser.add_argument("--compile-size", type=float, default=1e6)
-    parser.add_argument("--compile-optimizers", default="",
-                        help="optimizers for the compile-time and flatten tables (default: all)")
+    parser.add_argument(
+        "--compile-optimizers",
+        default="",
+        help="optimizers for the compile-time and flatten tables (default: all)",
+    )
     parser.add_argument("--flatten", action="store_true", help="also measure optax.flatten")
-    parser.add_argument("--flatten-sizes", default="", help="sizes for the flatten step times"
-                        " (default: the --sizes up to 1e7)")
-    parser.add_argument("--skip-at", default="muon:5e7",
-                        help="name:size pairs to skip (compute-bound and very slow on CPU)")
+    parser.add_argument(
+        "--flatten-sizes",
+        default="",
+        help="sizes for the flatten step times (default: the --sizes up to 1e7)",
+    )
+    parser.add_argument(
+        "--skip-at",
+        default="muon:5e7",
+        help="name:size pairs to skip (compute-bound and very slow on CPU)",
+    )
     parser.add_argument("--out", default="", help="directory for the .md/.json/.png results")
-    parser.add_argument("--report", default="",
-                        help="rewrite the tables and plot from this step_time.json and exit")
+    parser.add_argument(
+        "--report", default="", help="rewrite the tables and plot from this step_time.json and exit"
+    )
     args = parser.parse_args(argv)
 
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -654,8 +682,9 @@ def main(argv=None) -> int:
     for size in sizes:
         log(f"step time at {size:g} parameters, {args.leaves} leaves")
         todo = [n for n in names if size not in skip.get(n, set())]
-        step_rows += bench_step_time(todo, size, args.leaves, args.repeats, args.target_ms / 1e3,
-                                     args.slow_s, log)
+        step_rows += bench_step_time(
+            todo, size, args.leaves, args.repeats, args.target_ms / 1e3, args.slow_s, log
+        )
     compile_rows = []
     if leaf_counts:
         log(f"compile time at {leaf_counts} leaves")
@@ -666,14 +695,25 @@ def main(argv=None) -> int:
     if args.flatten:
         log("optax.flatten")
         flatten_rows = bench_flatten(
-            compile_names, flatten_sizes, leaf_counts or [50], args.compile_size,
-            args.repeats, args.target_ms / 1e3, log,
+            compile_names,
+            flatten_sizes,
+            leaf_counts or [50],
+            args.compile_size,
+            args.repeats,
+            args.target_ms / 1e3,
+            log,
         )
 
     pool_floors(step_rows)
-    raw = dict(environment=env, step_time=step_rows, compile_time=compile_rows,
-               flatten=flatten_rows, leaf_counts=leaf_counts, compile_size=args.compile_size,
-               flatten_sizes=flatten_sizes)
+    raw = dict(
+        environment=env,
+        step_time=step_rows,
+        compile_time=compile_rows,
+        flatten=flatten_rows,
+        leaf_counts=leaf_counts,
+        compile_size=args.compile_size,
+        flatten_sizes=flatten_sizes,
+    )
     print("\n" + step_time_markdown(step_rows, env))
     if args.out:
         out = Path(args.out)
@@ -694,7 +734,7 @@ def write_reports(out: Path, raw: dict, log) -> None:
         (out / "compile_time.md").write_text(text)
     if raw.get("flatten"):
         keys = [k for r in raw["flatten"] for k in r if k.startswith("tree_s_")]
-        sizes = raw.get("flatten_sizes") or sorted({float(k[len("tree_s_"):]) for k in keys})
+        sizes = raw.get("flatten_sizes") or sorted({float(k[len("tree_s_") :]) for k in keys})
         text = flatten_markdown(raw["flatten"], sizes, leaf_counts, env)
         (out / "flatten.md").write_text(text)
     if step_rows:

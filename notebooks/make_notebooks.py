@@ -866,7 +866,6 @@ def schedules():
     ]
 
 
-
 # ---------------------------------------------------------------------------
 # diloco.ipynb
 # ---------------------------------------------------------------------------
@@ -884,7 +883,7 @@ def diloco():
             Nesterov step: `H` times fewer all-reduces. Here 4 replicas are simulated on one
             CPU with `jax.vmap(..., axis_name="replica")`; the same step function runs
             unchanged under `shard_map`, `pmap` or a multi-host mesh.
-            """
+            """,
         ),
         _install(),
         _code(
@@ -1042,7 +1041,9 @@ def build(name: str) -> nbformat.NotebookNode:
     """The notebook ``name`` (no outputs)."""
     nb = new_notebook(cells=NOTEBOOKS[name]())
     nb.metadata["kernelspec"] = {
-        "display_name": "Python 3", "language": "python", "name": "python3"
+        "display_name": "Python 3",
+        "language": "python",
+        "name": "python3",
     }
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata["colab"] = {"provenance": []}

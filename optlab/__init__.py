@@ -28,24 +28,26 @@ module                 concern
 =====================  ==================================================
 """
 
-from optlab import _aliases
-from optlab import _averaging
-from optlab import _clipping
-from optlab import _combinators
-from optlab import _communication
-from optlab import _flax_utils
-from optlab import _memory_efficient
-from optlab import _merging
-from optlab import _momentum
-from optlab import _multi_objective
-from optlab import _normalization
-from optlab import _privacy
-from optlab import _registry
-from optlab import _replicas
-from optlab import _schedules
-from optlab import _second_order
-from optlab import _sharpness
-from optlab import _step_sizes
+from optlab import (
+    _aliases,
+    _averaging,
+    _clipping,
+    _combinators,
+    _communication,
+    _flax_utils,
+    _memory_efficient,
+    _merging,
+    _momentum,
+    _multi_objective,
+    _normalization,
+    _privacy,
+    _registry,
+    _replicas,
+    _schedules,
+    _second_order,
+    _sharpness,
+    _step_sizes,
+)
 from optlab._aliases import *  # noqa: F401,F403
 from optlab._averaging import *  # noqa: F401,F403
 from optlab._clipping import *  # noqa: F401,F403
@@ -68,10 +70,24 @@ from optlab._step_sizes import *  # noqa: F401,F403
 __version__ = "0.1.0"
 
 _MODULES = (
-    _aliases, _averaging, _clipping, _combinators, _communication, _flax_utils,
-    _memory_efficient, _merging, _momentum, _multi_objective, _normalization, _privacy,
-    _registry, _replicas, _schedules,
-    _second_order, _sharpness, _step_sizes,
+    _aliases,
+    _averaging,
+    _clipping,
+    _combinators,
+    _communication,
+    _flax_utils,
+    _memory_efficient,
+    _merging,
+    _momentum,
+    _multi_objective,
+    _normalization,
+    _privacy,
+    _registry,
+    _replicas,
+    _schedules,
+    _second_order,
+    _sharpness,
+    _step_sizes,
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
 
@@ -81,7 +97,9 @@ def _check_unique_exports() -> None:
     for module in _MODULES:
         for name in module.__all__:
             if name in seen:
-                raise ImportError(f"optlab: `{name}` is exported by both {seen[name]} and {module.__name__}")
+                raise ImportError(
+                    f"optlab: `{name}` is exported by both {seen[name]} and {module.__name__}"
+                )
             seen[name] = module.__name__
 
 

@@ -29,9 +29,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optlab import _base
+from optlab import _base, _step_sizes
 from optlab import _memory_efficient as _me
-from optlab import _step_sizes
+from optlab import _momentum as _mom
+from optlab import _normalization as _norm
+from optlab import _second_order as _curv
 from optlab._combinators import _in_float32
 from optlab._momentum import (
     _cautious,
@@ -48,9 +50,9 @@ from optlab._momentum import (
     check_ademamix,
 )
 from optlab._normalization import (
+    _muon_partition,
     _orthogonalize,
     _radial_projection,
-    _muon_partition,
     _scale_by_muon_shape,
     _scale_by_trust_ratio,
     _sinkhorn_normalize,
@@ -93,6 +95,7 @@ __all__ = [
 ]
 
 MaskOrFn = optax.MaskOrFn
+_FLOAT32 = jnp.dtype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -100,13 +103,15 @@ MaskOrFn = optax.MaskOrFn
 # ---------------------------------------------------------------------------
 
 
-def _chain(name: str, *stages: tuple[str, Any] | None, needs: dict | None = None,
-           lead_axes: int = 0):
+def _chain(
+    name: str, *stages: tuple[str, Any] | None, needs: dict | None = None, lead_axes: int = 0
+):
     """The named optimizer ``optlab.<name>``: ``optax.named_chain`` of the stages that are
     not None (its state is a dict keyed by stage name, which ``optlab.describe`` prints),
     whose ``init`` refuses non-float params and ``update`` missing ``needs``, naming it."""
-    return _base.public(name, optax.named_chain(*(s for s in stages if s is not None)),
-                        lead_axes, **(needs or {}))
+    return _base.public(
+        name, optax.named_chain(*(s for s in stages if s is not None)), lead_axes, **(needs or {})
+    )
 
 
 def _lr(learning_rate: optax.ScalarOrSchedule, flip_sign: bool = True):
@@ -121,13 +126,20 @@ def _decay(weight_decay, mask):
     return _weight_decay(weight_decay, mask, cautious=False)
 
 
-def _check(name: str, learning_rate: Any, *, decays: dict | None = None,
-           nonnegative: dict | None = None, positive: dict | None = None) -> None:
+def _check(
+    name: str,
+    learning_rate: Any,
+    *,
+    decays: dict | None = None,
+    nonnegative: dict | None = None,
+    positive: dict | None = None,
+) -> None:
     """Validate the named optimizer's hyperparameters, once, under its own name."""
     _base.check_learning_rate(name, learning_rate)
     _base.check_decay(name, **(decays or {}))
-    _base.check_nonnegative(name, **{k: v for k, v in (nonnegative or {}).items()
-                                     if not callable(v)})
+    _base.check_nonnegative(
+        name, **{k: v for k, v in (nonnegative or {}).items() if not callable(v)}
+    )
     _base.check_positive(name, **{k: v for k, v in (positive or {}).items() if not callable(v)})
 
 
@@ -181,7 +193,8 @@ def sgd(
     _check("sgd", learning_rate, decays={} if momentum is None else {"momentum": momentum})
     return _chain(
         "sgd",
-        None if momentum is None
+        None
+        if momentum is None
         else ("trace", _scale_by_momentum(momentum, nesterov, accumulator_dtype)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -231,16 +244,24 @@ def lars(
       You, Gitman and Ginsburg, `Large Batch Training of Convolutional Networks
       <https://arxiv.org/abs/1708.03888>`_, 2017.
     """
-    _check("lars", learning_rate, decays={"momentum": momentum},
-           nonnegative={"weight_decay": weight_decay, "trust_coefficient": trust_coefficient,
-                        "eps": eps})
+    _check(
+        "lars",
+        learning_rate,
+        decays={"momentum": momentum},
+        nonnegative={
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+            "eps": eps,
+        },
+    )
     trust = _scale_by_trust_ratio(0.0, trust_coefficient, eps)
     trust_ratio_mask = _true_to_none(trust_ratio_mask)
     return _chain(
         "lars",
         # Coupled decay: before the trust ratio.
         ("add_decayed_weights", _decay(weight_decay, _true_to_none(weight_decay_mask))),
-        ("scale_by_trust_ratio", trust) if trust_ratio_mask is None
+        ("scale_by_trust_ratio", trust)
+        if trust_ratio_mask is None
         else ("masked(scale_by_trust_ratio)", optax.masked(trust, trust_ratio_mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
         # Momentum last: it accumulates the lr-scaled steps (paper, optax.lars).
@@ -285,8 +306,12 @@ def sgd_sai(
       Xu et al., `No More Adam: Learning Rate Scaling at Initialization is All You Need
       <https://arxiv.org/abs/2412.11768>`_, 2024.
     """
-    _check("sgd_sai", learning_rate, decays={"b1": b1},
-           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _check(
+        "sgd_sai",
+        learning_rate,
+        decays={"b1": b1},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+    )
     return _chain(
         "sgd_sai",
         ("scale_by_sgd_sai", _scale_by_sgd_sai(b1, eps)),
@@ -343,15 +368,24 @@ def sgdp(
       Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on
       Scale-invariant Weights <https://arxiv.org/abs/2006.08217>`_, 2021.
     """
-    _check("sgdp", learning_rate, decays={"momentum": momentum},
-           nonnegative={"weight_decay": weight_decay, "delta": delta, "wd_ratio": wd_ratio,
-                        "eps": eps})
+    _check(
+        "sgdp",
+        learning_rate,
+        decays={"momentum": momentum},
+        nonnegative={
+            "weight_decay": weight_decay,
+            "delta": delta,
+            "wd_ratio": wd_ratio,
+            "eps": eps,
+        },
+    )
     check_channel_axis("sgdp", channel_axis)
     # The projection wraps the momentum (it needs the raw gradient for the cosine) and
     # adds the (wd_ratio-scaled) decoupled decay itself.
     momentum_tx = _scale_by_momentum(momentum, nesterov, None)
-    project = _radial_projection(momentum_tx, delta, wd_ratio, weight_decay / (1.0 - momentum),
-                                 eps, channel_axis)
+    project = _radial_projection(
+        momentum_tx, delta, wd_ratio, weight_decay / (1.0 - momentum), eps, channel_axis
+    )
     return _chain(
         "sgdp",
         ("radial_projection(trace)", project),
@@ -494,8 +528,12 @@ def adam(
       Kingma and Ba, `Adam: A Method for Stochastic Optimization
       <https://arxiv.org/abs/1412.6980>`_, 2015.
     """
-    _check("adam", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "eps_root": eps_root})
+    _check(
+        "adam",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "eps_root": eps_root},
+    )
     return _chain(
         "adam",
         ("scale_by_adam", _adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov)),
@@ -549,8 +587,12 @@ def adamw(
       Loshchilov and Hutter, `Decoupled Weight Decay Regularization
       <https://arxiv.org/abs/1711.05101>`_, 2019.
     """
-    _check("adamw", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
+    _check(
+        "adamw",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay},
+    )
     return _chain(
         "adamw",
         ("scale_by_adam", _adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, nesterov=nesterov)),
@@ -602,8 +644,12 @@ def amsgrad(
       Reddi, Kale and Kumar, `On the Convergence of Adam and Beyond
       <https://openreview.net/forum?id=ryQu7f-RZ>`_, 2018.
     """
-    _check("amsgrad", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
+    _check(
+        "amsgrad",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay},
+    )
     return _chain(
         "amsgrad",
         ("scale_by_amsgrad", _adam(b1, b2, eps, eps_root, amsgrad=True, mu_dtype=mu_dtype)),
@@ -650,8 +696,12 @@ def diffgrad(
       Dubey et al., `diffGrad: An Optimization Method for Convolutional Neural Networks
       <https://arxiv.org/abs/1909.11015>`_, 2019.
     """
-    _check("diffgrad", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _check(
+        "diffgrad",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+    )
     return _chain(
         "diffgrad",
         ("scale_by_diffgrad", _scale_by_diffgrad(b1, b2, eps)),
@@ -710,17 +760,27 @@ def adamp(
       Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on
       Scale-invariant Weights <https://arxiv.org/abs/2006.08217>`_, 2021.
     """
-    _check("adamp", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay, "delta": delta,
-                        "wd_ratio": wd_ratio})
+    _check(
+        "adamp",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "delta": delta,
+            "wd_ratio": wd_ratio,
+        },
+    )
     check_channel_axis("adamp", channel_axis)
     # The projection wraps Adam (it needs the raw gradient for the cosine) and adds the
     # (wd_ratio-scaled) decoupled decay itself.
     adam = _adam(b1, b2, eps, nesterov=nesterov)
     return _chain(
         "adamp",
-        ("radial_projection(scale_by_adam)",
-         _radial_projection(adam, delta, wd_ratio, weight_decay, eps, channel_axis)),
+        (
+            "radial_projection(scale_by_adam)",
+            _radial_projection(adam, delta, wd_ratio, weight_decay, eps, channel_axis),
+        ),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
 
@@ -782,8 +842,10 @@ def ademamix(
     check_ademamix("ademamix", b1, b2, b3, alpha, b3_warmup, alpha_warmup, eps, eps_root)
     return _chain(
         "ademamix",
-        ("scale_by_ademamix", _scale_by_ademamix(b1, b2, b3, alpha, b3_warmup, alpha_warmup,
-                                                 eps, eps_root, mu_dtype)),
+        (
+            "scale_by_ademamix",
+            _scale_by_ademamix(b1, b2, b3, alpha, b3_warmup, alpha_warmup, eps, eps_root, mu_dtype),
+        ),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -835,9 +897,13 @@ def mars_adamw(
       Yuan et al., `MARS: Unleashing the Power of Variance Reduction for Training Large
       Models <https://arxiv.org/abs/2411.10438>`_, 2024.
     """
-    _check("mars_adamw", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "gamma": gamma, "weight_decay": weight_decay},
-           positive={} if max_norm is None else {"max_norm": max_norm})
+    _check(
+        "mars_adamw",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "gamma": gamma, "weight_decay": weight_decay},
+        positive={} if max_norm is None else {"max_norm": max_norm},
+    )
     return _chain(
         "mars_adamw",
         ("mars_correction", _mars_correction(gamma, b1, max_norm)),  # first: replaces the gradient
@@ -884,8 +950,12 @@ def grams(
       Cao et al., `Grams: Gradient Descent with Adaptive Momentum Scaling
       <https://arxiv.org/abs/2412.17107>`_, 2024.
     """
-    _check("grams", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _check(
+        "grams",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+    )
     return _chain(
         "grams",
         ("with_grad_sign(scale_by_adam)", _with_grad_sign(_adam(b1, b2, eps), True)),
@@ -932,8 +1002,12 @@ def cautious_adamw(
       Liang et al., `Cautious Optimizers: Improving Training with One Line of Code
       <https://arxiv.org/abs/2411.16085>`_, 2024.
     """
-    _check("cautious_adamw", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _check(
+        "cautious_adamw",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+    )
     return _chain(
         "cautious_adamw",
         ("cautious(scale_by_adam)", _cautious(_adam(b1, b2, eps), 1e-8, True)),
@@ -986,8 +1060,12 @@ def lion(
       Chen et al., `Symbolic Discovery of Optimization Algorithms
       <https://arxiv.org/abs/2302.06675>`_, 2023.
     """
-    _check("lion", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"weight_decay": weight_decay})
+    _check(
+        "lion",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"weight_decay": weight_decay},
+    )
     return _chain(
         "lion",
         ("scale_by_lion", _scale_by_lion(b1, b2, mu_dtype)),
@@ -1032,8 +1110,12 @@ def cautious_lion(
       Liang et al., `Cautious Optimizers: Improving Training with One Line of Code
       <https://arxiv.org/abs/2411.16085>`_, 2024.
     """
-    _check("cautious_lion", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"weight_decay": weight_decay})
+    _check(
+        "cautious_lion",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"weight_decay": weight_decay},
+    )
     return _chain(
         "cautious_lion",
         ("cautious(scale_by_lion)", _cautious(_scale_by_lion(b1, b2, None), 1e-8, True)),
@@ -1088,8 +1170,12 @@ def lamb(
       You et al., `Large Batch Optimization for Deep Learning: Training BERT in 76
       minutes <https://arxiv.org/abs/1904.00962>`_, 2020.
     """
-    _check("lamb", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay})
+    _check(
+        "lamb",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "eps_root": eps_root, "weight_decay": weight_decay},
+    )
     return _chain(
         "lamb",
         ("scale_by_adam", _adam(b1, b2, eps, eps_root)),
@@ -1188,9 +1274,16 @@ def muon(
       Bernstein and Newhouse, `Old Optimizer, New Norm: An Anthology
       <https://arxiv.org/abs/2409.20325>`_, 2024.
     """
-    _check("muon", learning_rate, decays={"beta": beta, "adam_b1": adam_b1, "adam_b2": adam_b2},
-           nonnegative={"weight_decay": weight_decay, "adam_eps_root": adam_eps_root,
-                        "adam_weight_decay": adam_weight_decay})
+    _check(
+        "muon",
+        learning_rate,
+        decays={"beta": beta, "adam_b1": adam_b1, "adam_b2": adam_b2},
+        nonnegative={
+            "weight_decay": weight_decay,
+            "adam_eps_root": adam_eps_root,
+            "adam_weight_decay": adam_weight_decay,
+        },
+    )
     check_newton_schulz("muon", ns_steps, ns_coeffs, eps)
     if adam_learning_rate is not None and not callable(adam_learning_rate):
         _base.check_nonnegative("muon", adam_learning_rate=adam_learning_rate)
@@ -1204,8 +1297,10 @@ def muon(
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
     others = optax.named_chain(
-        ("scale_by_adam", _adam(adam_b1, adam_b2, eps, adam_eps_root, mu_dtype=mu_dtype,
-                                nesterov=nesterov)),
+        (
+            "scale_by_adam",
+            _adam(adam_b1, adam_b2, eps, adam_eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
+        ),
         ("add_decayed_weights", _decay(adam_weight_decay, None)),
         ("scale_by_learning_rate", _lr(adam_learning_rate)),
     )
@@ -1221,7 +1316,7 @@ def adafactor(
     multiply_by_parameter_scale: bool = True,
     clipping_threshold: jax.typing.ArrayLike | None = 1.0,
     momentum: jax.typing.ArrayLike | None = None,
-    dtype_momentum: Any = jnp.dtype(jnp.float32),
+    dtype_momentum: Any = _FLOAT32,
     weight_decay_rate: optax.ScalarOrSchedule | None = None,
     eps: jax.typing.ArrayLike = 1e-30,
     factored: bool = True,
@@ -1273,9 +1368,14 @@ def adafactor(
       Shazeer and Stern, `Adafactor: Adaptive Learning Rates with Sublinear Memory Cost
       <https://arxiv.org/abs/1804.04235>`_, 2018.
     """
-    _check("adafactor", learning_rate, decays={} if momentum is None else {"momentum": momentum},
-           nonnegative={"eps": eps} if weight_decay_rate is None
-           else {"eps": eps, "weight_decay_rate": weight_decay_rate})
+    _check(
+        "adafactor",
+        learning_rate,
+        decays={} if momentum is None else {"momentum": momentum},
+        nonnegative={"eps": eps}
+        if weight_decay_rate is None
+        else {"eps": eps, "weight_decay_rate": weight_decay_rate},
+    )
     _base.check_positive("adafactor", decay_rate=decay_rate)
     if clipping_threshold is not None:
         _base.check_positive("adafactor", clipping_threshold=clipping_threshold)
@@ -1283,19 +1383,29 @@ def adafactor(
     _base.check_int_unless_traced("adafactor", 1, min_dim_size_to_factor=min_dim_size_to_factor)
     return _chain(
         "adafactor",
-        ("scale_by_adafactor", _scale_by_adafactor(factored, decay_rate, decay_offset,
-                                                   min_dim_size_to_factor, eps, None)),
-        None if clipping_threshold is None
+        (
+            "scale_by_adafactor",
+            _scale_by_adafactor(
+                factored, decay_rate, decay_offset, min_dim_size_to_factor, eps, None
+            ),
+        ),
+        None
+        if clipping_threshold is None
         else ("clip_by_block_rms", optax.clip_by_block_rms(clipping_threshold)),
         # The learning rate comes before the parameter scale and the momentum, and the
         # sign flip last (optax.adafactor's order: decay is not scaled by the rate).
         ("scale_by_learning_rate", _lr(learning_rate, flip_sign=False)),
         ("scale_by_param_block_rms", optax.scale_by_param_block_rms())
-        if multiply_by_parameter_scale else None,
-        None if momentum is None
-        else ("ema", _in_float32(
-            optax.ema(momentum, debias=False, accumulator_dtype=dtype_momentum))),
-        None if weight_decay_rate is None
+        if multiply_by_parameter_scale
+        else None,
+        None
+        if momentum is None
+        else (
+            "ema",
+            _in_float32(optax.ema(momentum, debias=False, accumulator_dtype=dtype_momentum)),
+        ),
+        None
+        if weight_decay_rate is None
         else ("add_decayed_weights", _decay(weight_decay_rate, weight_decay_mask)),
         ("flip_sign", optax.scale(-1.0)),
     )
@@ -1368,19 +1478,31 @@ def sophia(
       Liu et al., `Sophia: A Scalable Stochastic Second-order Optimizer for Language
       Model Pre-training <https://arxiv.org/abs/2305.14342>`_, 2023.
     """
-    _check("sophia", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"weight_decay": weight_decay},
-           positive={"eps": eps, "gamma": gamma,
-                     **({} if clip_threshold is None else {"clip_threshold": clip_threshold})})
+    _check(
+        "sophia",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"weight_decay": weight_decay},
+        positive={
+            "eps": eps,
+            "gamma": gamma,
+            **({} if clip_threshold is None else {"clip_threshold": clip_threshold}),
+        },
+    )
     _base.check_int_unless_traced("sophia", 1, update_interval=update_interval)
     if hessian_diagonal_fn is None:
         _base.check_int_unless_traced("sophia", 0, seed=seed)
-    sophia_tx = _scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval, seed,
-                                 hessian_diagonal_fn, mu_dtype)
+    sophia_tx = _scale_by_sophia(
+        b1, b2, eps, gamma, clip_threshold, update_interval, seed, hessian_diagonal_fn, mu_dtype
+    )
     return _chain(
         "sophia",
-        ("scale_by_sophia(hutchinson_diag_hessian)" if hessian_diagonal_fn is None
-         else "scale_by_sophia", sophia_tx),
+        (
+            "scale_by_sophia(hutchinson_diag_hessian)"
+            if hessian_diagonal_fn is None
+            else "scale_by_sophia",
+            sophia_tx,
+        ),
         ("add_decayed_weights", _decay(weight_decay, weight_decay_mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
         needs=hessian_needs(hessian_diagonal_fn),
@@ -1442,15 +1564,22 @@ def adahessian(
       Yao et al., `ADAHESSIAN: An Adaptive Second Order Optimizer for Machine Learning
       <https://arxiv.org/abs/2006.00719>`_, 2020.
     """
-    _check("adahessian", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"weight_decay": weight_decay}, positive={"eps": eps})
+    _check(
+        "adahessian",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"weight_decay": weight_decay},
+        positive={"eps": eps},
+    )
     _base.check_unit_interval("adahessian", hessian_power=hessian_power)
     _base.check_int_unless_traced("adahessian", 0, seed=seed)
     _check_spatial_average("adahessian", spatial_average)
     return _chain(
         "adahessian",
-        ("scale_by_adahessian(hutchinson_diag_hessian)",
-         _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed, None)),
+        (
+            "scale_by_adahessian(hutchinson_diag_hessian)",
+            _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed, None),
+        ),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
         needs=hessian_needs(None),
@@ -1543,9 +1672,11 @@ def _descend() -> optax.GradientTransformation:
     return optax.scale(-1.0)
 
 
-_VALUE_HOW = ("`tx.update(grads, state, params, value=loss)` with the loss at `params`"
-              " (`jax.value_and_grad`); with Flax NNX, `optimizer.update(model, grads,"
-              " value=loss)`.")
+_VALUE_HOW = (
+    "`tx.update(grads, state, params, value=loss)` with the loss at `params`"
+    " (`jax.value_and_grad`); with Flax NNX, `optimizer.update(model, grads,"
+    " value=loss)`."
+)
 
 
 def adagrad_norm(
@@ -1591,16 +1722,26 @@ def adagrad_norm(
       Stepsizes: Sharp Convergence Over Nonconvex Landscapes
       <https://arxiv.org/abs/1806.01811>`_, 2019.
     """
-    _check("adagrad_norm", learning_rate,
-           nonnegative={"initial_accumulator_value": initial_accumulator_value, "eps": eps,
-                        "weight_decay": weight_decay})
+    _check(
+        "adagrad_norm",
+        learning_rate,
+        nonnegative={
+            "initial_accumulator_value": initial_accumulator_value,
+            "eps": eps,
+            "weight_decay": weight_decay,
+        },
+    )
     if granularity not in _step_sizes.GRANULARITIES:
-        raise ValueError(f"`optlab.adagrad_norm`: `granularity` must be one of"
-                         f" {_step_sizes.GRANULARITIES}, got granularity={granularity!r}.")
+        raise ValueError(
+            f"`optlab.adagrad_norm`: `granularity` must be one of"
+            f" {_step_sizes.GRANULARITIES}, got granularity={granularity!r}."
+        )
     return _chain(
         "adagrad_norm",
-        ("scale_by_adagrad_norm",
-         _step_sizes._adagrad_norm(initial_accumulator_value, eps, granularity)),
+        (
+            "scale_by_adagrad_norm",
+            _step_sizes._adagrad_norm(initial_accumulator_value, eps, granularity),
+        ),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -1669,19 +1810,31 @@ def adago(
       Zhang, Liu and Schaeffer, `AdaGrad Meets Muon: Adaptive Stepsizes for Orthogonal
       Updates <https://arxiv.org/abs/2509.02981>`_, 2025.
     """
-    _check("adago", learning_rate, decays={"b1": b1, "adam_b1": adam_b1, "adam_b2": adam_b2},
-           nonnegative={"eps": eps, "initial_accumulator_value": initial_accumulator_value,
-                        "weight_decay": weight_decay, "adam_eps": adam_eps,
-                        "adam_weight_decay": adam_weight_decay},
-           positive={"gamma": gamma})
+    _check(
+        "adago",
+        learning_rate,
+        decays={"b1": b1, "adam_b1": adam_b1, "adam_b2": adam_b2},
+        nonnegative={
+            "eps": eps,
+            "initial_accumulator_value": initial_accumulator_value,
+            "weight_decay": weight_decay,
+            "adam_eps": adam_eps,
+            "adam_weight_decay": adam_weight_decay,
+        },
+        positive={"gamma": gamma},
+    )
     check_newton_schulz("adago", ns_steps, ns_coeffs, 1e-7)
     if adam_learning_rate is not None and not callable(adam_learning_rate):
         _base.check_nonnegative("adago", adam_learning_rate=adam_learning_rate)
     if adam_learning_rate is None:
         adam_learning_rate = learning_rate
     matrices = optax.named_chain(
-        ("scale_by_adago", _step_sizes._scale_by_adago(b1, gamma, eps, initial_accumulator_value,
-                                                       ns_steps, ns_coeffs, nesterov)),
+        (
+            "scale_by_adago",
+            _step_sizes._scale_by_adago(
+                b1, gamma, eps, initial_accumulator_value, ns_steps, ns_coeffs, nesterov
+            ),
+        ),
         ("scale_by_muon_shape", _scale_by_muon_shape()),
         ("add_decayed_weights", _decay(weight_decay, weight_decay_mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
@@ -1691,9 +1844,7 @@ def adago(
         ("add_decayed_weights", _decay(adam_weight_decay, None)),
         ("scale_by_learning_rate", _lr(adam_learning_rate)),
     )
-    return _chain(
-        "adago", ("partition", _muon_partition(matrices, others))
-    )
+    return _chain("adago", ("partition", _muon_partition(matrices, others)))
 
 
 def sps(
@@ -1786,14 +1937,18 @@ def alr_smag(
       Wang, Johansson and Zhang, `Generalized Polyak Step Size for First Order
       Optimization with Momentum <https://arxiv.org/abs/2305.12939>`_, ICML 2023.
     """
-    _check("alr_smag", learning_rate, decays={"momentum": momentum},
-           nonnegative={"eps": eps, "weight_decay": weight_decay}, positive={"c": c})
+    _check(
+        "alr_smag",
+        learning_rate,
+        decays={"momentum": momentum},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+        positive={"c": c},
+    )
     _base.check_finite("alr_smag", f_star=f_star)
     return _chain(
         "alr_smag",
         ("trace", _scale_by_momentum(momentum, False, None)),
-        ("scale_by_sps",
-         _step_sizes._sps("alr_smag", learning_rate, f_star, c, eps, weight_decay)),
+        ("scale_by_sps", _step_sizes._sps("alr_smag", learning_rate, f_star, c, eps, weight_decay)),
         ("flip_sign", _descend()),
         needs={"value": _VALUE_HOW},
     )
@@ -1810,7 +1965,8 @@ def dog(
 
     ``learning_rate`` is a multiplier (1 by default: no tuning). Weight decay (added to
     the gradient, as ``optax.contrib.dog``), then :func:`optlab.scale_by_dog`, then the
-    learning rate. Numerically the same as ``optax.contrib.dog``. The reference recommends evaluating an average of the
+    learning rate. Numerically the same as ``optax.contrib.dog``. The reference recommends
+    evaluating an average of the
     iterates (e.g. wrap it in :func:`optlab.ema_params`).
 
     Args:
@@ -1942,16 +2098,32 @@ def prodigy(
       Mishchenko and Defazio, `Prodigy: An Expeditiously Adaptive Parameter-Free
       Learner <https://arxiv.org/abs/2306.06101>`_, 2023.
     """
-    _check("prodigy", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay},
-           positive={"estim_lr0": estim_lr0, "estim_lr_coef": estim_lr_coef})
+    _check(
+        "prodigy",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+        positive={"estim_lr0": estim_lr0, "estim_lr_coef": estim_lr_coef},
+    )
     if beta3 is not None:
         _base.check_decay("prodigy", beta3=beta3)
     return _chain(
         "prodigy",
-        ("scale_by_prodigy",
-         _step_sizes._prodigy("prodigy", learning_rate, b1, b2, beta3, eps, estim_lr0,
-                              estim_lr_coef, weight_decay, safeguard_warmup)),
+        (
+            "scale_by_prodigy",
+            _step_sizes._prodigy(
+                "prodigy",
+                learning_rate,
+                b1,
+                b2,
+                beta3,
+                eps,
+                estim_lr0,
+                estim_lr_coef,
+                weight_decay,
+                safeguard_warmup,
+            ),
+        ),
         ("flip_sign", _descend()),
     )
 
@@ -2004,8 +2176,12 @@ def schedule_free_sgd(
       Defazio et al., `The Road Less Scheduled <https://arxiv.org/abs/2405.15682>`_,
       2024.
     """
-    _check("schedule_free_sgd", learning_rate, decays={"b1": b1},
-           nonnegative={"weight_decay": weight_decay, "weight_lr_power": weight_lr_power})
+    _check(
+        "schedule_free_sgd",
+        learning_rate,
+        decays={"b1": b1},
+        nonnegative={"weight_decay": weight_decay, "weight_lr_power": weight_lr_power},
+    )
     lr = _sf_learning_rate("schedule_free_sgd", learning_rate, warmup_steps)
     base = optax.named_chain(
         ("add_decayed_weights", _decay(weight_decay, None)),
@@ -2013,8 +2189,10 @@ def schedule_free_sgd(
     )
     return _chain(
         "schedule_free_sgd",
-        ("schedule_free",
-         _step_sizes._schedule_free("schedule_free_sgd", base, lr, b1, weight_lr_power)),
+        (
+            "schedule_free",
+            _step_sizes._schedule_free("schedule_free_sgd", base, lr, b1, weight_lr_power),
+        ),
     )
 
 
@@ -2062,20 +2240,29 @@ def schedule_free_adamw(
       Defazio et al., `The Road Less Scheduled <https://arxiv.org/abs/2405.15682>`_,
       2024.
     """
-    _check("schedule_free_adamw", learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay,
-                        "weight_lr_power": weight_lr_power})
+    _check(
+        "schedule_free_adamw",
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay, "weight_lr_power": weight_lr_power},
+    )
     lr = _sf_learning_rate("schedule_free_adamw", learning_rate, warmup_steps)
     base = optax.named_chain(
-        ("scale_by_rms", _in_float32(optax.scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False,
-                                                        bias_correction=True))),
+        (
+            "scale_by_rms",
+            _in_float32(
+                optax.scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True)
+            ),
+        ),
         ("add_decayed_weights", _decay(weight_decay, None)),
         ("scale_by_learning_rate", _lr(lr)),
     )
     return _chain(
         "schedule_free_adamw",
-        ("schedule_free",
-         _step_sizes._schedule_free("schedule_free_adamw", base, lr, b1, weight_lr_power)),
+        (
+            "schedule_free",
+            _step_sizes._schedule_free("schedule_free_adamw", base, lr, b1, weight_lr_power),
+        ),
     )
 
 
@@ -2083,16 +2270,29 @@ def schedule_free_adamw(
 # Memory-efficient state (optlab/_memory_efficient.py)
 # ---------------------------------------------------------------------------
 
-__all__ += ["adam_mini", "badam", "frugal", "galore", "online_subspace_descent",
-            "subset_norm_adam"]
+__all__ += ["adam_mini", "badam", "frugal", "galore", "online_subspace_descent", "subset_norm_adam"]
 
 
-def _check_projection(name, learning_rate, rank, update_every, b1, b2, eps, weight_decay,
-                      projector="svd", min_dim_size=2, every_name="update_every"):
-    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay})
-    _me.check_projection(name, rank, projector, update_every, min_dim_size,
-                         every_name=every_name)
+def _check_projection(
+    name,
+    learning_rate,
+    rank,
+    update_every,
+    b1,
+    b2,
+    eps,
+    weight_decay,
+    projector="svd",
+    min_dim_size=2,
+    every_name="update_every",
+):
+    _check(
+        name,
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+    )
+    _me.check_projection(name, rank, projector, update_every, min_dim_size, every_name=every_name)
 
 
 def subset_norm_adam(
@@ -2142,17 +2342,24 @@ def subset_norm_adam(
       Subspace-Momentum <https://arxiv.org/abs/2411.07120>`_, 2024.
     """
     name = "subset_norm_adam"
-    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _check(
+        name,
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+    )
     if subset_size is not None:
         _base.check_int(name, subset_size=subset_size)
     if momentum_rank is not None:
-        _me.check_projection(name, momentum_rank, "svd", update_every, 2,
-                             rank_name="momentum_rank")
+        _me.check_projection(name, momentum_rank, "svd", update_every, 2, rank_name="momentum_rank")
     return _chain(
         name,
-        ("scale_by_subset_norm", _me._subset_norm(name, b1, b2, eps, 0.0, subset_size,
-                                                  momentum_rank, "svd", update_every, 2)),
+        (
+            "scale_by_subset_norm",
+            _me._subset_norm(
+                name, b1, b2, eps, 0.0, subset_size, momentum_rank, "svd", update_every, 2
+            ),
+        ),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -2214,14 +2421,35 @@ def galore(
       <https://arxiv.org/abs/2403.03507>`_, 2024.
     """
     name = "galore"
-    _check_projection(name, learning_rate, rank, update_proj_gap, b1, b2, eps, weight_decay,
-                      projector, min_dim_size, every_name="update_proj_gap")
+    _check_projection(
+        name,
+        learning_rate,
+        rank,
+        update_proj_gap,
+        b1,
+        b2,
+        eps,
+        weight_decay,
+        projector,
+        min_dim_size,
+        every_name="update_proj_gap",
+    )
     _base.check_positive(name, scale=scale)
     return _chain(
         name,
-        ("scale_by_projected_adam", _me._projected(
-            name, _adam(b1, b2, eps), rank, projector, update_proj_gap,
-            mask=projection_mask, min_dim_size=min_dim_size, scale=scale)),
+        (
+            "scale_by_projected_adam",
+            _me._projected(
+                name,
+                _adam(b1, b2, eps),
+                rank,
+                projector,
+                update_proj_gap,
+                mask=projection_mask,
+                min_dim_size=min_dim_size,
+                scale=scale,
+            ),
+        ),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -2277,14 +2505,34 @@ def online_subspace_descent(
       <https://arxiv.org/abs/2408.12857>`_, 2024.
     """
     name = "online_subspace_descent"
-    _check_projection(name, learning_rate, rank, update_every, b1, b2, eps, weight_decay,
-                      "online_pca", min_dim_size)
+    _check_projection(
+        name,
+        learning_rate,
+        rank,
+        update_every,
+        b1,
+        b2,
+        eps,
+        weight_decay,
+        "online_pca",
+        min_dim_size,
+    )
     _base.check_positive(name, projector_lr=projector_lr)
     return _chain(
         name,
-        ("scale_by_projected_adam", _me._projected(
-            name, _adam(b1, b2, eps), rank, "online_pca", update_every,
-            mask=projection_mask, min_dim_size=min_dim_size, projector_lr=projector_lr)),
+        (
+            "scale_by_projected_adam",
+            _me._projected(
+                name,
+                _adam(b1, b2, eps),
+                rank,
+                "online_pca",
+                update_every,
+                mask=projection_mask,
+                min_dim_size=min_dim_size,
+                projector_lr=projector_lr,
+            ),
+        ),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -2345,18 +2593,30 @@ def frugal(
       for Scalable Training <https://arxiv.org/abs/2411.07837>`_, 2024.
     """
     name = "frugal"
-    _check_projection(name, learning_rate, rank, update_every, b1, b2, eps, weight_decay,
-                      projector, min_dim_size)
+    _check_projection(
+        name, learning_rate, rank, update_every, b1, b2, eps, weight_decay, projector, min_dim_size
+    )
     _base.check_nonnegative(name, residual_scale=residual_scale)
     if residual not in ("sign", "sgd"):
-        raise ValueError(f"`optlab.{name}`: `residual` must be 'sign' or 'sgd', got"
-                         f" residual={residual!r}.")
+        raise ValueError(
+            f"`optlab.{name}`: `residual` must be 'sign' or 'sgd', got residual={residual!r}."
+        )
     return _chain(
         name,
-        ("scale_by_frugal", _me._projected(
-            name, _adam(b1, b2, eps), rank, projector, update_every,
-            mask=projection_mask, min_dim_size=min_dim_size, residual=residual,
-            residual_scale=residual_scale)),
+        (
+            "scale_by_frugal",
+            _me._projected(
+                name,
+                _adam(b1, b2, eps),
+                rank,
+                projector,
+                update_every,
+                mask=projection_mask,
+                min_dim_size=min_dim_size,
+                residual=residual,
+                residual_scale=residual_scale,
+            ),
+        ),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -2460,8 +2720,12 @@ def adam_mini(
       <https://arxiv.org/abs/2406.16793>`_, 2024.
     """
     name = "adam_mini"
-    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _check(
+        name,
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+    )
     return _chain(
         name,
         ("scale_by_adam_mini", _me._adam_mini(name, b1, b2, eps, 0.0, reduce_axes)),
@@ -2474,10 +2738,6 @@ def adam_mini(
 # Issue 12 (part A): plain named optimizers (no decorator); each joins the registry
 # by one entry in the table of ``optlab/_registry.py``.
 # ===========================================================================
-
-from optlab import _momentum as _mom  # issue-12 block, kept separate
-from optlab import _normalization as _norm
-from optlab import _second_order as _curv
 
 __all__ += [
     "adamomentum",
@@ -2544,14 +2804,25 @@ def adopt(
       Rate <https://arxiv.org/abs/2411.02853>`_, 2024.
     """
     name = "adopt"
-    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay,
-                        "clip_exponent": clip_exponent})
+    _check(
+        name,
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay, "clip_exponent": clip_exponent},
+    )
     return _chain(
         name,
-        ("scale_by_adopt", _mom.scale_by_adopt(
-            b1, b2, eps, use_clipping=use_clipping, clip_exponent=clip_exponent,
-            mu_dtype=mu_dtype)),
+        (
+            "scale_by_adopt",
+            _mom.scale_by_adopt(
+                b1,
+                b2,
+                eps,
+                use_clipping=use_clipping,
+                clip_exponent=clip_exponent,
+                mu_dtype=mu_dtype,
+            ),
+        ),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -2639,8 +2910,12 @@ def adamomentum(
       <https://arxiv.org/abs/2106.11514>`_, 2021.
     """
     name = "adamomentum"
-    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _check(
+        name,
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+    )
     return _chain(
         name,
         ("scale_by_adamomentum", _mom.scale_by_adamomentum(b1, b2, eps)),
@@ -2738,8 +3013,12 @@ def qhadam(
       <https://arxiv.org/abs/1810.06801>`_, 2019.
     """
     name = "qhadam"
-    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _check(
+        name,
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+    )
     _base.check_unit_interval(name, nu1=nu1, nu2=nu2)
     return _chain(
         name,
@@ -2786,8 +3065,12 @@ def ano(
       <https://arxiv.org/abs/2508.18258>`_, 2025.
     """
     name = "ano"
-    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"eps": eps, "weight_decay": weight_decay})
+    _check(
+        name,
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+    )
     return _chain(
         name,
         ("scale_by_ano", _mom.scale_by_ano(b1, b2, eps)),
@@ -2880,8 +3163,9 @@ def lion_kappa(
       Lyapunov Predicts <https://arxiv.org/abs/2310.05898>`_, 2023.
     """
     name = "lion_kappa"
-    _check(name, learning_rate, decays={"b1": b1, "b2": b2},
-           nonnegative={"weight_decay": weight_decay})
+    _check(
+        name, learning_rate, decays={"b1": b1, "b2": b2}, nonnegative={"weight_decay": weight_decay}
+    )
     if not (callable(kappa_grad) or kappa_grad in ("l1", "l2")):
         raise ValueError(
             f"`optlab.{name}`: `kappa_grad` must be 'l1', 'l2' or a callable, got"
@@ -2958,8 +3242,13 @@ def scion(
       <https://arxiv.org/abs/2502.07529>`_, 2025.
     """
     name = "scion"
-    _check(name, learning_rate, decays={"momentum": momentum}, nonnegative={"eps": eps},
-           positive={"scale": scale})
+    _check(
+        name,
+        learning_rate,
+        decays={"momentum": momentum},
+        nonnegative={"eps": eps},
+        positive={"scale": scale},
+    )
     if constrained and _base.is_concrete_number(learning_rate) and learning_rate > 1:
         raise ValueError(
             f"`optlab.{name}`: the constrained step (1 - lr) x - lr * scale * s needs"
@@ -2970,8 +3259,7 @@ def scion(
     return _chain(
         name,
         ("ema", _in_float32(optax.ema(momentum, debias=False))),
-        ("scale_by_lmo", _norm.scale_by_lmo(norm, ns_steps=ns_steps, ns_coeffs=ns_coeffs,
-                                            eps=eps)),
+        ("scale_by_lmo", _norm.scale_by_lmo(norm, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps)),
         ("scale", _in_float32(optax.scale(scale))),
         ("add_decayed_weights", _decay(1.0, None) if constrained else optax.identity()),
         ("scale_by_learning_rate", _lr(learning_rate)),
@@ -3029,17 +3317,26 @@ def swan(
       Stateless LLM Training <https://arxiv.org/abs/2412.13148>`_, 2024.
     """
     name = "swan"
-    _check(name, learning_rate, decays={"adam_b1": adam_b1, "adam_b2": adam_b2},
-           nonnegative={"weight_decay": weight_decay, "adam_eps": adam_eps,
-                        "adam_weight_decay": adam_weight_decay})
+    _check(
+        name,
+        learning_rate,
+        decays={"adam_b1": adam_b1, "adam_b2": adam_b2},
+        nonnegative={
+            "weight_decay": weight_decay,
+            "adam_eps": adam_eps,
+            "adam_weight_decay": adam_weight_decay,
+        },
+    )
     _base.check_int(name, ns_steps=ns_steps)
     if adam_learning_rate is not None and not callable(adam_learning_rate):
         _base.check_nonnegative(name, adam_learning_rate=adam_learning_rate)
     if adam_learning_rate is None:
         adam_learning_rate = learning_rate
     matrices = optax.named_chain(
-        ("scale_by_swan", _norm.scale_by_swan(ns_steps=ns_steps, ns_coeffs=ns_coeffs,
-                                              rescale=rescale)),
+        (
+            "scale_by_swan",
+            _norm.scale_by_swan(ns_steps=ns_steps, ns_coeffs=ns_coeffs, rescale=rescale),
+        ),
         ("add_decayed_weights", _decay(weight_decay, None)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -3050,9 +3347,13 @@ def swan(
     )
     return _chain(
         name,
-        ("partition", optax.partition({"swan": matrices, "adam": others},
-                                      lambda p: jax.tree.map(
-                                          lambda x: "swan" if jnp.ndim(x) == 2 else "adam", p))),
+        (
+            "partition",
+            optax.partition(
+                {"swan": matrices, "adam": others},
+                lambda p: jax.tree.map(lambda x: "swan" if jnp.ndim(x) == 2 else "adam", p),
+            ),
+        ),
     )
 
 
@@ -3095,8 +3396,13 @@ def m_fac(
       Second-Order Information <https://arxiv.org/abs/2107.03356>`_, 2021.
     """
     name = "m_fac"
-    _check(name, learning_rate, decays={"momentum": momentum},
-           nonnegative={"weight_decay": weight_decay}, positive={"damping": damping})
+    _check(
+        name,
+        learning_rate,
+        decays={"momentum": momentum},
+        nonnegative={"weight_decay": weight_decay},
+        positive={"damping": damping},
+    )
     _base.check_int(name, num_grads=num_grads)
     return _chain(
         name,
@@ -3157,13 +3463,23 @@ def oasis(
             f"`optlab.{name}`: with `adaptive=True`, `learning_rate` is the initial rate"
             f" (a number), got the schedule learning_rate={learning_rate!r}."
         )
-    _check(name, learning_rate, decays={"b2": b2}, nonnegative={"weight_decay": weight_decay},
-           positive={"alpha": alpha} if not adaptive else {"alpha": alpha,
-                                                           "learning_rate": learning_rate})
+    _check(
+        name,
+        learning_rate,
+        decays={"b2": b2},
+        nonnegative={"weight_decay": weight_decay},
+        positive={"alpha": alpha}
+        if not adaptive
+        else {"alpha": alpha, "learning_rate": learning_rate},
+    )
     return _chain(
         name,
-        ("scale_by_oasis(hutchinson_diag_hessian)", _curv.scale_by_oasis(
-            learning_rate if adaptive else 1.0, b2, alpha, adaptive=adaptive, seed=seed)),
+        (
+            "scale_by_oasis(hutchinson_diag_hessian)",
+            _curv.scale_by_oasis(
+                learning_rate if adaptive else 1.0, b2, alpha, adaptive=adaptive, seed=seed
+            ),
+        ),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
         needs=hessian_needs(None),

@@ -37,8 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optlab import _base
-from optlab import _tree
+from optlab import _base, _tree
 from optlab._flax_utils import unwrap_variables
 
 __all__ = [

@@ -3,7 +3,8 @@
 Fixed thresholds (:func:`clip_by_leaf_norm`, :func:`clip_by_value`; for the global norm
 ``optax.clip_by_global_norm``, in float32 with :func:`optlab.in_float32`), thresholds
 relative to the parameters (:func:`adaptive_grad_clip`), thresholds learned from the
-history of gradient norms (:func:`clip_by_quantile`, :func:`clip_by_zscore`), the online median estimator
+history of gradient norms (:func:`clip_by_quantile`, :func:`clip_by_zscore`), the online
+median estimator
 :func:`centered_clip`, and clipped AdaGrad for heavy-tailed noise
 (:func:`scale_by_clipped_adagrad`).
 
@@ -19,15 +20,14 @@ Conventions shared by every transform here:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optlab import _base
-from optlab import _step_sizes
-from optlab import _tree
+from optlab import _base, _step_sizes, _tree
 
 __all__ = [
     "clip_by_leaf_norm",
@@ -492,7 +492,8 @@ def centered_clip(tau: jax.typing.ArrayLike) -> optax.GradientTransformationExtr
         factor = _clip_factor(_tree.global_norm(diff), tau)
         center = _tree.tree_cast_like(
             jax.tree.map(lambda m, d: _tree.to_acc(m) + factor * d, state.center, diff),
-            state.center)
+            state.center,
+        )
         new_updates = jax.tree.map(lambda m, g: m.astype(jnp.result_type(g)), center, updates)
         return new_updates, CenteredClipState(center=center)
 
@@ -683,6 +684,7 @@ def scale_by_clipped_adagrad(
     def clip(updates, state, params=None, **extra_args):
         return _clip_global(updates, max_norm), state
 
-    tx = optax.chain(optax.GradientTransformationExtraArgs(optax.init_empty_state, clip),
-                     precondition)
+    tx = optax.chain(
+        optax.GradientTransformationExtraArgs(optax.init_empty_state, clip), precondition
+    )
     return _base.public(name, tx)

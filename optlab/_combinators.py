@@ -208,4 +208,3 @@ def _in_float32(inner: optax.GradientTransformation) -> optax.GradientTransforma
         return _tree.tree_cast_like(new_updates, updates), _tree.tree_cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(inner.init, update_fn)
-

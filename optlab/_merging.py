@@ -21,7 +21,8 @@ Several published merging schemes are instances of :func:`weighted_average`:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -438,8 +439,9 @@ def model_stock(
     _check_all(fn, anchor, finetuned, "anchor", "finetuned")
     _base.check_nonnegative(fn, eps=eps)
     eps_arr = jnp.asarray(eps, jnp.float32)
-    ratios = _tree.tree_map(lambda w0, *ws: _stock_ratio_kernel(eps_arr, w0, *ws), anchor,
-                            *finetuned)
+    ratios = _tree.tree_map(
+        lambda w0, *ws: _stock_ratio_kernel(eps_arr, w0, *ws), anchor, *finetuned
+    )
     merged = _tree.tree_map(_stock_merge_kernel, anchor, ratios, *finetuned)
     return (merged, ratios) if return_ratios else merged
 

@@ -260,8 +260,7 @@ def scale_by_adam_family(
         )
     if adamax and _base.is_concrete_number(eps_root) and eps_root != 0:
         raise ValueError(f"`optlab.{name}`: AdaMax has no `eps_root`, got eps_root={eps_root!r}.")
-    tx = _scale_by_adam_family(b1, b2, eps, eps_root, amsgrad, adamax, nesterov, mu_dtype,
-                               nu_dtype)
+    tx = _scale_by_adam_family(b1, b2, eps, eps_root, amsgrad, adamax, nesterov, mu_dtype, nu_dtype)
     return _base.public(name, tx)
 
 
@@ -287,9 +286,7 @@ def _scale_by_adam_family(b1, b2, eps, eps_root, amsgrad, adamax, nesterov, mu_d
             fields["nu_max"] = optax.tree.cast(state.nu_max, nu_dtype)
         return state._replace(**fields)
 
-    return _wrap_optax(
-        inner, init_cast, ("mu", "nu", "nu_max") if amsgrad else ("mu", "nu")
-    )
+    return _wrap_optax(inner, init_cast, ("mu", "nu", "nu_max") if amsgrad else ("mu", "nu"))
 
 
 # ---------------------------------------------------------------------------
@@ -1159,8 +1156,9 @@ def scale_by_adafactor(
     _base.check_nonnegative(name, epsilon=epsilon)
     _base.check_int_unless_traced(name, 0, step_offset=step_offset)
     _base.check_int_unless_traced(name, 1, min_dim_size_to_factor=min_dim_size_to_factor)
-    tx = _scale_by_adafactor(factored, decay_rate, step_offset, min_dim_size_to_factor, epsilon,
-                             decay_rate_fn)
+    tx = _scale_by_adafactor(
+        factored, decay_rate, step_offset, min_dim_size_to_factor, epsilon, decay_rate_fn
+    )
     return _base.public(name, tx)
 
 
@@ -1297,8 +1295,9 @@ def _scale_by_sgd_sai(b1, eps):
             lambda: _tree.tree_map(lambda g: _gsnr(g, eps), updates),
             lambda: state.scale,
         )
-        mu = _tree.tree_map(lambda g, m: jnp.where(first, g, b1 * m + (1.0 - b1) * g), updates,
-                            state.mu)
+        mu = _tree.tree_map(
+            lambda g, m: jnp.where(first, g, b1 * m + (1.0 - b1) * g), updates, state.mu
+        )
         new_updates = _tree.tree_map(lambda g, m, s: (s * m).astype(g.dtype), updates, mu, scale)
         new_state = ScaleBySGDSaIState(count=optax.safe_increment(state.count), mu=mu, scale=scale)
         return new_updates, _tree.tree_cast_like(new_state, state)
@@ -1800,9 +1799,7 @@ def scale_by_nag_gs(
 
         def finish_v(g, v, x):  # the v-step of the previous iteration, at x_k = params
             g32, v32, x32 = _tree.to_acc(g), _tree.to_acc(v), _tree.to_acc(x)
-            new = (state.gamma * v32 + alpha * mu * x32 - alpha * g32) / (
-                alpha * mu + state.gamma
-            )
+            new = (state.gamma * v32 + alpha * mu * x32 - alpha * g32) / (alpha * mu + state.gamma)
             return jnp.where(first, v32, new).astype(v.dtype)
 
         v = _map(finish_v, updates, state.v, params)
@@ -1816,9 +1813,7 @@ def scale_by_nag_gs(
 
         new_updates = _map(x_step, updates, v, params)
         new_gamma = ((1.0 - a) * state.gamma + a * mu).astype(jnp.float32)
-        new_state = ScaleByNAGGSState(
-            count=optax.safe_increment(state.count), gamma=new_gamma, v=v
-        )
+        new_state = ScaleByNAGGSState(count=optax.safe_increment(state.count), gamma=new_gamma, v=v)
         return new_updates, _cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -14,18 +14,17 @@ PyTorch's ``(out, in, ...)`` layout is available through ``channel_axis=0``.
 
 from __future__ import annotations
 
-import re
-
 import math
-from typing import Any, NamedTuple, Sequence
+import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab import _base
-from optlab import _tree
+from optlab import _base, _tree
 
 __all__ = [
     "muon_hidden_mask",
@@ -417,7 +416,9 @@ def muon_hidden_mask(params: Any, exclude: str = _NOT_HIDDEN) -> Any:
       ...           "block": {"mlp": {"kernel": jnp.zeros((8, 32)), "bias": jnp.zeros(32)}},
       ...           "head": {"kernel": jnp.zeros((8, 50))}}
       >>> optlab.muon_hidden_mask(params)
-      {'block': {'mlp': {'bias': False, 'kernel': True}}, 'embed': {'embedding': False}, 'head': {'kernel': False}}
+      ... # doctest: +NORMALIZE_WHITESPACE
+      {'block': {'mlp': {'bias': False, 'kernel': True}}, 'embed': {'embedding': False},
+       'head': {'kernel': False}}
     """
     pattern = re.compile(exclude)
 
@@ -776,8 +777,7 @@ def radial_projection(
     check_channel_axis(fn, channel_axis)
     if not hasattr(inner, "init") or not hasattr(inner, "update"):
         raise TypeError(
-            f"`optlab.{fn}`: `inner` must be an optax.GradientTransformation, got"
-            f" inner={inner!r}."
+            f"`optlab.{fn}`: `inner` must be an optax.GradientTransformation, got inner={inner!r}."
         )
     tx = _radial_projection(inner, delta, wd_ratio, weight_decay, eps, channel_axis)
     return _base.public("radial_projection", tx)
@@ -1005,9 +1005,7 @@ __all__ += [
 _LMO_NORMS = ("auto", "spectral", "sign", "col", "row", "rms")
 
 
-def _lmo_leaf(
-    d: jax.Array, norm: str, coeffs, ns_steps: int, eps: float, fn: str
-) -> jax.Array:
+def _lmo_leaf(d: jax.Array, norm: str, coeffs, ns_steps: int, eps: float, fn: str) -> jax.Array:
     """The (positive) LMO direction of one leaf; an explicitly sharded leaf is gathered
     first (its matrix view reshapes sharded axes), then resharded like ``d``."""
     if d.ndim >= 2 and norm != "rms":
@@ -1127,16 +1125,12 @@ def scale_by_lmo(
         del params, extra_args
         spec = norm(updates) if callable(norm) else norm
         if isinstance(spec, str):
-            out = _tree.tree_map(
-                lambda d: _lmo_leaf(d, spec, coeffs, ns_steps, eps, fn), updates
-            )
+            out = _tree.tree_map(lambda d: _lmo_leaf(d, spec, coeffs, ns_steps, eps, fn), updates)
             return out, state
 
         def per_subtree(name, sub):
             _check_norm_spec(fn, name)
-            return _tree.tree_map(
-                lambda d: _lmo_leaf(d, name, coeffs, ns_steps, eps, fn), sub
-            )
+            return _tree.tree_map(lambda d: _lmo_leaf(d, name, coeffs, ns_steps, eps, fn), sub)
 
         return jax.tree.map(per_subtree, spec, updates, is_leaf=lambda x: x is None), state
 
@@ -1232,9 +1226,7 @@ def scale_by_swan(
         standardized = _tree.safe_div(centred, std)
         white = _newton_schulz(standardized, coeffs, ns_steps, eps)
         if rescale:
-            white = white * _tree.safe_div(
-                _tree.leaf_norm(standardized), _tree.leaf_norm(white)
-            )
+            white = white * _tree.safe_div(_tree.leaf_norm(standardized), _tree.leaf_norm(white))
         return white.reshape(g.shape).astype(g.dtype)
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -1346,9 +1338,7 @@ def project_to_fixed_norm(
             return _project_leaf(u, p, factor)
 
         new_updates = _tree.tree_map(leaf, updates, params, target)
-        return new_updates, FixedNormState(
-            count=optax.safe_increment(state.count), target=target
-        )
+        return new_updates, FixedNormState(count=optax.safe_increment(state.count), target=target)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -123,50 +123,91 @@ _TABLE: dict[str, tuple[Callable[..., optax.GradientTransformation], str]] = {
     ),
     "dpsgd": (A.dpsgd, "Deep Learning with Differential Privacy (2016)"),
     # step-size rules and parameter-free methods (optlab/_step_sizes.py)
-    "adagrad_norm": (A.adagrad_norm, ("SGD with AdaGrad Stepsizes (2023); AdaGrad-Norm: Ward, Wu"
-                                      " and Bottou (2019)")),
+    "adagrad_norm": (
+        A.adagrad_norm,
+        ("SGD with AdaGrad Stepsizes (2023); AdaGrad-Norm: Ward, Wu and Bottou (2019)"),
+    ),
     "adago": (A.adago, "AdaGrad Meets Muon: Adaptive Stepsizes for Orthogonal Updates (2025)"),
-    "sps": (A.sps, ("Stochastic Polyak Step-size for SGD: An Adaptive Learning Rate for Fast"
-                    " Convergence (2021)")),
-    "alr_smag": (A.alr_smag, ("Generalized Polyak Step Size for First Order Optimization with"
-                              " Momentum (2023)")),
+    "sps": (
+        A.sps,
+        (
+            "Stochastic Polyak Step-size for SGD: An Adaptive Learning Rate for Fast"
+            " Convergence (2021)"
+        ),
+    ),
+    "alr_smag": (
+        A.alr_smag,
+        ("Generalized Polyak Step Size for First Order Optimization with Momentum (2023)"),
+    ),
     "dog": (A.dog, "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size Schedule (2023)"),
-    "dowg": (A.dowg, ("DoWG Unleashed: An Efficient Universal Parameter-Free Gradient Descent"
-                      " Method (2023)")),
+    "dowg": (
+        A.dowg,
+        ("DoWG Unleashed: An Efficient Universal Parameter-Free Gradient Descent Method (2023)"),
+    ),
     "prodigy": (A.prodigy, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner (2023)"),
     "schedule_free_sgd": (A.schedule_free_sgd, "The Road Less Scheduled (2024)"),
     "schedule_free_adamw": (A.schedule_free_adamw, "The Road Less Scheduled (2024)"),
     # memory-efficient state (optlab/_memory_efficient.py)
-    "subset_norm_adam": (A.subset_norm_adam, "Efficient Adaptive Optimization via Subset-Norm"
-                         " and Subspace-Momentum (2024)"),
-    "galore": (A.galore, "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection"
-               " (2024)"),
-    "online_subspace_descent": (A.online_subspace_descent, "Memory-Efficient LLM Training with"
-                                " Online Subspace Descent (2024)"),
-    "frugal": (A.frugal, "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for"
-               " Scalable Training (2024)"),
-    "badam": (A.badam, "BAdam: A Memory Efficient Full Parameter Optimization Method for Large"
-              " Language Models (2024)"),
+    "subset_norm_adam": (
+        A.subset_norm_adam,
+        "Efficient Adaptive Optimization via Subset-Norm and Subspace-Momentum (2024)",
+    ),
+    "galore": (
+        A.galore,
+        "GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection (2024)",
+    ),
+    "online_subspace_descent": (
+        A.online_subspace_descent,
+        "Memory-Efficient LLM Training with Online Subspace Descent (2024)",
+    ),
+    "frugal": (
+        A.frugal,
+        "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for"
+        " Scalable Training (2024)",
+    ),
+    "badam": (
+        A.badam,
+        "BAdam: A Memory Efficient Full Parameter Optimization Method for Large"
+        " Language Models (2024)",
+    ),
     "adam_mini": (A.adam_mini, "Adam-mini: Use Fewer Learning Rates To Gain More (2024)"),
     # Issue 12 (part A)
-    "adopt": (A.adopt, "ADOPT: Modified Adam Can Converge with Any β2 with the Optimal Rate (2024)"),
+    "adopt": (
+        A.adopt,
+        "ADOPT: Modified Adam Can Converge with Any β2 with the Optimal Rate (2024)",
+    ),
     "yogi": (A.yogi, "Adaptive Methods for Nonconvex Optimization (2018)"),
-    "adamomentum": (A.adamomentum, ("Rethinking Adam: A Twofold Exponential Moving Average"
-                                    " Approach (2021)")),
+    "adamomentum": (
+        A.adamomentum,
+        ("Rethinking Adam: A Twofold Exponential Moving Average Approach (2021)"),
+    ),
     "qhm": (A.qhm, "Quasi-hyperbolic momentum and Adam for deep learning (2019)"),
     "qhadam": (A.qhadam, "Quasi-hyperbolic momentum and Adam for deep learning (2019)"),
     "ano": (A.ano, "Ano: Faster is Better in Noisy Landscapes (2025)"),
-    "nag_gs": (A.nag_gs, ("NAG-GS: Semi-Implicit, Accelerated and Robust Stochastic Optimizer"
-                          " (2022)")),
-    "lion_kappa": (A.lion_kappa, ("Lion Secretly Solves Constrained Optimization: As Lyapunov"
-                                  " Predicts (2023)")),
+    "nag_gs": (
+        A.nag_gs,
+        ("NAG-GS: Semi-Implicit, Accelerated and Robust Stochastic Optimizer (2022)"),
+    ),
+    "lion_kappa": (
+        A.lion_kappa,
+        ("Lion Secretly Solves Constrained Optimization: As Lyapunov Predicts (2023)"),
+    ),
     "scion": (A.scion, "Training Deep Learning Models with Norm-Constrained LMOs (2025)"),
-    "swan": (A.swan, ("SWAN: SGD with Normalization and Whitening Enables Stateless LLM Training"
-                      " (2024)")),
-    "m_fac": (A.m_fac, ("M-FAC: Efficient Matrix-Free Approximations of Second-Order Information"
-                        " (2021)")),
-    "oasis": (A.oasis, ("Doubly Adaptive Scaled Algorithm for Machine Learning Using Second-Order"
-                        " Information (2021)")),
+    "swan": (
+        A.swan,
+        ("SWAN: SGD with Normalization and Whitening Enables Stateless LLM Training (2024)"),
+    ),
+    "m_fac": (
+        A.m_fac,
+        ("M-FAC: Efficient Matrix-Free Approximations of Second-Order Information (2021)"),
+    ),
+    "oasis": (
+        A.oasis,
+        (
+            "Doubly Adaptive Scaled Algorithm for Machine Learning Using Second-Order"
+            " Information (2021)"
+        ),
+    ),
 }
 
 # Wrappers usable as "<wrapper>-<base>" (e.g. "sam-adamw"): name -> the wrapper, whose

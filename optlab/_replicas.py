@@ -182,7 +182,8 @@ def _check_runtime_weight(fn_name: str, weight: Any) -> None:
         return
     if isinstance(weight, (bool, str)):
         raise TypeError(
-            f"`optlab.{fn_name}`: the extra argument `weight` must be a number, got weight={weight!r}."
+            f"`optlab.{fn_name}`: the extra argument `weight` must be a number,"
+            f" got weight={weight!r}."
         )
     w = np.asarray(weight)
     if w.ndim != 0 or w.dtype.kind not in "iuf":
@@ -192,7 +193,8 @@ def _check_runtime_weight(fn_name: str, weight: Any) -> None:
         )
     if not (np.isfinite(w) and w >= 0):
         raise ValueError(
-            f"`optlab.{fn_name}`: the extra argument `weight` must be finite and >= 0, got weight={weight!r}."
+            f"`optlab.{fn_name}`: the extra argument `weight` must be finite and >= 0,"
+            f" got weight={weight!r}."
         )
 
 

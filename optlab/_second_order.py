@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab import _base
-from optlab import _tree
+from optlab import _base, _tree
 
 __all__ = [
     "HutchinsonState",
@@ -89,9 +88,9 @@ def _rademacher_like(key: jax.Array, tree: Any) -> Any:
     k1 = jnp.repeat(keys[:, 0], sizes_np, total_repeat_length=total)
     k2 = jnp.repeat(keys[:, 1], sizes_np, total_repeat_length=total)
     counts = jax.lax.iota(jnp.uint32, total) - jnp.repeat(
-        jnp.asarray(offsets), sizes_np, total_repeat_length=total)
-    bits1, bits2 = jax.extend.random.threefry2x32_p.bind(
-        k1, k2, jnp.zeros_like(counts), counts)
+        jnp.asarray(offsets), sizes_np, total_repeat_length=total
+    )
+    bits1, bits2 = jax.extend.random.threefry2x32_p.bind(k1, k2, jnp.zeros_like(counts), counts)
     x64 = jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64
     bits = bits1 if x64 else bits1 ^ bits2
     signs = jnp.where(bits < np.uint32(2**31), 1.0, -1.0).astype(jnp.float32)
@@ -302,8 +301,9 @@ def scale_by_sophia(
     _base.check_int_unless_traced(name, 1, update_interval=update_interval)
     if hessian_diagonal_fn is None:
         _base.check_int_unless_traced(name, 0, seed=seed)
-    tx = _scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval, seed,
-                          hessian_diagonal_fn, mu_dtype)
+    tx = _scale_by_sophia(
+        b1, b2, eps, gamma, clip_threshold, update_interval, seed, hessian_diagonal_fn, mu_dtype
+    )
     return _base.public(name, tx, **hessian_needs(hessian_diagonal_fn))
 
 
@@ -331,9 +331,12 @@ def _scale_by_sophia(
             # A non-finite momentum (from an inf/NaN gradient) stays visible instead of
             # being clipped to +-c forever.
             ratio = _tree.tree_map(
-                lambda r, m: jnp.where(jnp.isfinite(m), jnp.clip(r, -clip_threshold,
-                                                                  clip_threshold), m),
-                ratio, mu_hat)
+                lambda r, m: jnp.where(
+                    jnp.isfinite(m), jnp.clip(r, -clip_threshold, clip_threshold), m
+                ),
+                ratio,
+                mu_hat,
+            )
 
         def refresh(hessian_state, nu):
             diag, hessian_state = hessian_fn.update(grads, hessian_state, params, **extra_args)
@@ -392,9 +395,8 @@ def _check_spatial_average(fn_name: str, spatial_average: Any) -> None:
             " e.g. `spatial_average=lambda p: jax.tree.map(lambda x: x.ndim == 4, p)`, got"
             " spatial_average=True."
         )
-    if isinstance(spatial_average, (str, bytes, int, float, complex)) and not (
-        spatial_average is False
-    ):
+    scalar = (str, bytes, int, float, complex)
+    if isinstance(spatial_average, scalar) and spatial_average is not False:
         raise TypeError(
             f"`optlab.{fn_name}`: `spatial_average` must be False, a tree of booleans or a"
             f" function params -> tree of booleans, got spatial_average={spatial_average!r}."
@@ -501,8 +503,9 @@ def scale_by_adahessian(
     _check_spatial_average(name, spatial_average)
     if hessian_diagonal_fn is None:
         _base.check_int_unless_traced(name, 0, seed=seed)
-    tx = _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed,
-                              hessian_diagonal_fn)
+    tx = _scale_by_adahessian(
+        b1, b2, eps, hessian_power, spatial_average, seed, hessian_diagonal_fn
+    )
     return _base.public(name, tx, **hessian_needs(hessian_diagonal_fn))
 
 
@@ -519,8 +522,7 @@ def _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed, hess
 
     def update_fn(updates, state, params=None, **extra_args):
         _base.require_params(params)
-        diag, hessian_state = hessian_fn.update(updates, state.hessian_state, params,
-                                                **extra_args)
+        diag, hessian_state = hessian_fn.update(updates, state.hessian_state, params, **extra_args)
         if spatial_average is not False and spatial_average is not None:
             diag = _apply_spatial_average(spatial_average, diag, params)
         count_inc = optax.safe_increment(state.count)
@@ -531,8 +533,9 @@ def _scale_by_adahessian(b1, b2, eps, hessian_power, spatial_average, seed, hess
         new_updates = _tree.tree_map(
             lambda m, v: m / (jnp.sqrt(v) ** hessian_power + eps), mu_hat, nu_hat
         )
-        new_state = ScaleByAdaHessianState(count=count_inc, mu=mu, nu=nu,
-                                           hessian_state=hessian_state)
+        new_state = ScaleByAdaHessianState(
+            count=count_inc, mu=mu, nu=nu, hessian_state=hessian_state
+        )
         return _cast_tree_like(new_updates, updates), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -621,7 +624,9 @@ def scale_by_m_fac(
         _base.check_float_tree(name, params)
         return ScaleByMFACState(
             count=jnp.zeros([], jnp.int32),
-            grads=_tree.tree_map(lambda p: jnp.zeros((m,) + jnp.shape(p), jnp.result_type(p)), params),
+            grads=_tree.tree_map(
+                lambda p: jnp.zeros((m,) + jnp.shape(p), jnp.result_type(p)), params
+            ),
             gram=jnp.zeros((m, m), jnp.float32),
         )
 
@@ -780,8 +785,7 @@ def scale_by_oasis(
 
     def update_fn(updates, state, params=None, **extra_args):
         _base.require_params(params)
-        est, hessian_state = hessian_fn.update(updates, state.hessian_state, params,
-                                               **extra_args)
+        est, hessian_state = hessian_fn.update(updates, state.hessian_state, params, **extra_args)
         first = state.count == 0
         diag = _tree.tree_map(
             lambda e, d: jnp.where(
@@ -792,13 +796,26 @@ def scale_by_oasis(
         )
         dhat = _tree.tree_map(lambda d: jnp.maximum(jnp.abs(d), alpha), diag)
         if adaptive:
+
             def sq(tree):
                 return sum((jnp.sum(x) for x in jax.tree.leaves(tree)), jnp.zeros([], jnp.float32))
 
-            dw = sq(_tree.tree_map(lambda p, q, d: d * jnp.square(_tree.to_acc(p) - _tree.to_acc(q)),
-                               params, state.prev_params, dhat))
-            dg = sq(_tree.tree_map(lambda g, h, d: jnp.square(_tree.to_acc(g) - _tree.to_acc(h)) / d,
-                               updates, state.prev_grad, dhat))
+            dw = sq(
+                _tree.tree_map(
+                    lambda p, q, d: d * jnp.square(_tree.to_acc(p) - _tree.to_acc(q)),
+                    params,
+                    state.prev_params,
+                    dhat,
+                )
+            )
+            dg = sq(
+                _tree.tree_map(
+                    lambda g, h, d: jnp.square(_tree.to_acc(g) - _tree.to_acc(h)) / d,
+                    updates,
+                    state.prev_grad,
+                    dhat,
+                )
+            )
             eta0 = jnp.asarray(learning_rate, jnp.float32)
             # Both candidates relative to eta_0.
             # Undefined where nothing moved (dw = 0) or the gradient did not change (dg = 0):

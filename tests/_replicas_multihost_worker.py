@@ -71,7 +71,7 @@ def main():
     params, state = global_array(PARAMS), global_array(state0)
     target = global_array(TARGETS[PID])
     anchors, identical = [], []
-    for t in range(1, STEPS + 1):
+    for _ in range(1, STEPS + 1):
         params, state = f(params, state, target)
         local = jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], state.anchor)
         both = multihost_utils.process_allgather(local)  # (2, ...) per leaf

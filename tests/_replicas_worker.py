@@ -172,7 +172,7 @@ sm = jax.jit(
 params, state = put(optlab.replicate(PARAMS, R)), put(optlab.replicate(state0, R))
 targets = put(TARGETS)
 anchors_identical = []
-for t in range(1, STEPS + 1):
+for _ in range(1, STEPS + 1):
     params, state = sm(params, state, targets)
     anchors_identical.append(
         all_replicas_equal(state.anchor) and all_replicas_equal(state.outer_state)

@@ -31,37 +31,65 @@ _is_matrix = lambda p: jax.tree.map(lambda x: x.ndim == 2, p)  # noqa: E731
 
 OPTAX_EQUIVALENT = {
     "sgd": (lambda: optlab.sgd(0.1), lambda: optax.sgd(0.1)),
-    "sgd_momentum": (lambda: optlab.sgd(0.1, momentum=0.9),
-                     lambda: optax.sgd(0.1, momentum=0.9)),
-    "sgd_nesterov": (lambda: optlab.sgd(0.1, momentum=0.9, nesterov=True),
-                     lambda: optax.sgd(0.1, momentum=0.9, nesterov=True)),
+    "sgd_momentum": (lambda: optlab.sgd(0.1, momentum=0.9), lambda: optax.sgd(0.1, momentum=0.9)),
+    "sgd_nesterov": (
+        lambda: optlab.sgd(0.1, momentum=0.9, nesterov=True),
+        lambda: optax.sgd(0.1, momentum=0.9, nesterov=True),
+    ),
     "adam": (lambda: optlab.adam(1e-2, b1=0.8), lambda: optax.adam(1e-2, b1=0.8)),
-    "adamw": (lambda: optlab.adamw(1e-2, weight_decay=1e-2, mask=_is_matrix),
-              lambda: optax.adamw(1e-2, weight_decay=1e-2, mask=_is_matrix)),
+    "adamw": (
+        lambda: optlab.adamw(1e-2, weight_decay=1e-2, mask=_is_matrix),
+        lambda: optax.adamw(1e-2, weight_decay=1e-2, mask=_is_matrix),
+    ),
     "adamw_nesterov_schedule": (
         lambda: optlab.adamw(optax.cosine_decay_schedule(1e-2, 20), nesterov=True),
-        lambda: optax.adamw(optax.cosine_decay_schedule(1e-2, 20), nesterov=True)),
+        lambda: optax.adamw(optax.cosine_decay_schedule(1e-2, 20), nesterov=True),
+    ),
     "amsgrad": (lambda: optlab.amsgrad(1e-2), lambda: optax.amsgrad(1e-2)),
-    "lion": (lambda: optlab.lion(1e-3, weight_decay=1e-2),
-             lambda: optax.lion(1e-3, weight_decay=1e-2)),
-    "lamb": (lambda: optlab.lamb(1e-2, weight_decay=1e-2),
-             lambda: optax.lamb(1e-2, weight_decay=1e-2)),
-    "lars": (lambda: optlab.lars(0.1, weight_decay=1e-3),
-             lambda: optax.lars(0.1, weight_decay=1e-3)),
+    "lion": (
+        lambda: optlab.lion(1e-3, weight_decay=1e-2),
+        lambda: optax.lion(1e-3, weight_decay=1e-2),
+    ),
+    "lamb": (
+        lambda: optlab.lamb(1e-2, weight_decay=1e-2),
+        lambda: optax.lamb(1e-2, weight_decay=1e-2),
+    ),
+    "lars": (
+        lambda: optlab.lars(0.1, weight_decay=1e-3),
+        lambda: optax.lars(0.1, weight_decay=1e-3),
+    ),
     "lars_masked_nesterov": (
         lambda: optlab.lars(0.1, weight_decay=1e-3, trust_ratio_mask=_is_matrix, nesterov=True),
-        lambda: optax.lars(0.1, weight_decay=1e-3, trust_ratio_mask=_is_matrix, nesterov=True)),
-    "adafactor": (lambda: optlab.adafactor(1e-2, min_dim_size_to_factor=2),
-                  lambda: optax.adafactor(1e-2, min_dim_size_to_factor=2)),
+        lambda: optax.lars(0.1, weight_decay=1e-3, trust_ratio_mask=_is_matrix, nesterov=True),
+    ),
+    "adafactor": (
+        lambda: optlab.adafactor(1e-2, min_dim_size_to_factor=2),
+        lambda: optax.adafactor(1e-2, min_dim_size_to_factor=2),
+    ),
     "adafactor_momentum_decay": (
-        lambda: optlab.adafactor(1e-2, min_dim_size_to_factor=2, momentum=0.9,
-                                 weight_decay_rate=1e-3, clipping_threshold=None),
-        lambda: optax.adafactor(1e-2, min_dim_size_to_factor=2, momentum=0.9,
-                                weight_decay_rate=1e-3, clipping_threshold=None)),
-    "ademamix": (lambda: optlab.ademamix(1e-2, weight_decay=1e-2),
-                 lambda: contrib.ademamix(1e-2, weight_decay=1e-2)),
-    "muon": (lambda: optlab.muon(1e-2, nesterov=False, weight_decay=1e-2),
-             lambda: contrib.muon(1e-2, nesterov=False, weight_decay=1e-2)),
+        lambda: optlab.adafactor(
+            1e-2,
+            min_dim_size_to_factor=2,
+            momentum=0.9,
+            weight_decay_rate=1e-3,
+            clipping_threshold=None,
+        ),
+        lambda: optax.adafactor(
+            1e-2,
+            min_dim_size_to_factor=2,
+            momentum=0.9,
+            weight_decay_rate=1e-3,
+            clipping_threshold=None,
+        ),
+    ),
+    "ademamix": (
+        lambda: optlab.ademamix(1e-2, weight_decay=1e-2),
+        lambda: contrib.ademamix(1e-2, weight_decay=1e-2),
+    ),
+    "muon": (
+        lambda: optlab.muon(1e-2, nesterov=False, weight_decay=1e-2),
+        lambda: contrib.muon(1e-2, nesterov=False, weight_decay=1e-2),
+    ),
 }
 
 
@@ -79,8 +107,13 @@ def test_sophia_matches_optax_contrib():
     params = fixed_params()
     kw = dict(b1=0.9, b2=0.95, weight_decay=1e-2, gamma=0.05, update_interval=3)
     ours = optlab.sophia(1e-2, **kw, seed=3)
-    ref = contrib.sophia(1e-2, **kw, hessian_diagonal_fn=(
-        optax.contrib._sophia.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(3))))
+    ref = contrib.sophia(
+        1e-2,
+        **kw,
+        hessian_diagonal_fn=(
+            optax.contrib._sophia.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(3))
+        ),
+    )
     p1, _, l1 = run_optimizer(ours, quadratic_loss, params, 20, _hvp_extra(quadratic_loss))
     p2, _, l2 = run_optimizer(ref, quadratic_loss, params, 20, lambda p: {"obj_fn": quadratic_loss})
     np.testing.assert_allclose(l1, l2, rtol=1e-6, atol=1e-6)
@@ -127,9 +160,15 @@ def test_muon_nesterov_follows_reference_code():
 
 def test_drop_in_signatures():
     """Optimizers that optax also has take optax's arguments, in optax's order."""
-    pairs = [(optlab.sgd, optax.sgd), (optlab.adamw, optax.adamw), (optlab.lion, optax.lion),
-             (optlab.lamb, optax.lamb), (optlab.lars, optax.lars),
-             (optlab.adafactor, optax.adafactor), (optlab.ademamix, contrib.ademamix)]
+    pairs = [
+        (optlab.sgd, optax.sgd),
+        (optlab.adamw, optax.adamw),
+        (optlab.lion, optax.lion),
+        (optlab.lamb, optax.lamb),
+        (optlab.lars, optax.lars),
+        (optlab.adafactor, optax.adafactor),
+        (optlab.ademamix, contrib.ademamix),
+    ]
     for ours, theirs in pairs:
         ref = list(inspect.signature(theirs).parameters)
         assert list(inspect.signature(ours).parameters)[: len(ref)] == ref, ours.__name__
@@ -140,7 +179,8 @@ def test_drop_in_signatures():
     ours = list(inspect.signature(optlab.sophia).parameters)
     assert ours[:9] == list(inspect.signature(contrib.sophia).parameters)[:9]
     assert list(inspect.signature(optlab.yogi).parameters) == list(
-        inspect.signature(optax.yogi).parameters)
+        inspect.signature(optax.yogi).parameters
+    )
     ours = list(inspect.signature(optlab.adopt).parameters)
     assert ours[:5] == list(inspect.signature(contrib.adopt).parameters)[:5]
 
@@ -151,20 +191,30 @@ def test_drop_in_signatures():
 
 # Leaf "c" starts just beside its minimum at several distances, so that steps overshoot
 # and the gradient changes sign: momentum (b1, b2) then shows even in sign-based steps.
-P0 = {"w": np.array([[0.8, -1.2], [0.4, 0.9], [-0.7, 0.3]]), "b": np.array([0.5, -1.5]),
-      "c": np.array([0.004, 0.011, 0.019, 0.027, 0.035, 0.043, 0.047, 0.06])
-      * np.array([1, -1] * 4)}
-CURV = {"w": np.array([[1.0, 2.0], [0.5, 3.0], [1.5, 1.0]]), "b": np.array([2.0, 0.7]),
-        "c": np.full(8, 2.0)}
+P0 = {
+    "w": np.array([[0.8, -1.2], [0.4, 0.9], [-0.7, 0.3]]),
+    "b": np.array([0.5, -1.5]),
+    "c": np.array([0.004, 0.011, 0.019, 0.027, 0.035, 0.043, 0.047, 0.06]) * np.array([1, -1] * 4),
+}
+CURV = {
+    "w": np.array([[1.0, 2.0], [0.5, 3.0], [1.5, 1.0]]),
+    "b": np.array([2.0, 0.7]),
+    "c": np.full(8, 2.0),
+}
 TARGET = {"w": np.full((3, 2), 0.2), "b": np.array([-0.3, 0.4]), "c": np.zeros(8)}
 LEAVES = ("w", "b", "c")
 A_INV = np.array([[1.0, -2.0], [0.5, 0.3], [-1.0, 0.8]])  # direction of the scale-invariant loss
 
 
 def _quad_loss(params):
-    return sum(0.5 * jnp.sum(jnp.asarray(CURV[k], jnp.float32)
-                             * (params[k] - jnp.asarray(TARGET[k], jnp.float32)) ** 2)
-               for k in LEAVES)
+    return sum(
+        0.5
+        * jnp.sum(
+            jnp.asarray(CURV[k], jnp.float32)
+            * (params[k] - jnp.asarray(TARGET[k], jnp.float32)) ** 2
+        )
+        for k in LEAVES
+    )
 
 
 def _quad_grad(p):
@@ -330,8 +380,11 @@ REFERENCES = {
     "signum": (dict(weight_decay=WD), ref_signum, "quad"),
     "sinkgd": (dict(weight_decay=WD), ref_sinkgd, "quad"),
     "sgd_sai": (dict(weight_decay=WD), ref_sgd_sai, "quad"),
-    "sophia": (dict(weight_decay=WD, b1=0.9, b2=0.9, gamma=0.5, update_interval=2), ref_sophia,
-               "quad"),
+    "sophia": (
+        dict(weight_decay=WD, b1=0.9, b2=0.9, gamma=0.5, update_interval=2),
+        ref_sophia,
+        "quad",
+    ),
     "adahessian": (dict(weight_decay=WD), ref_adahessian, "quad"),
 }
 
@@ -352,8 +405,9 @@ def test_three_step_reference(name):
         g = grad(p_ref)
         want = {k: ref_step(g[k], p_ref[k], st, t, k) for k in LEAVES}
         for k in LEAVES:
-            np.testing.assert_allclose(updates[k], want[k], rtol=2e-5, atol=1e-6,
-                                       err_msg=f"{name} step {t} leaf {k}")
+            np.testing.assert_allclose(
+                updates[k], want[k], rtol=2e-5, atol=1e-6, err_msg=f"{name} step {t} leaf {k}"
+            )
         params = optax.apply_updates(params, updates)
         p_ref = {k: p_ref[k] + want[k] for k in p_ref}
 
@@ -388,44 +442,90 @@ CONVERGENCE = {
     "diffgrad": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.05), 0.5),
     "adamp": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 1.0),
     "sgdp": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=1e-3), 2e-2),
-    "ademamix": (dict(learning_rate=_cos(0.05, 300)), 0.1,
-                 dict(learning_rate=_cos(0.05, 1000)), 0.6),
+    "ademamix": (
+        dict(learning_rate=_cos(0.05, 300)),
+        0.1,
+        dict(learning_rate=_cos(0.05, 1000)),
+        0.6,
+    ),
     "mars_adamw": (dict(learning_rate=0.05), 1e-5, dict(learning_rate=0.05), 1e-3),
     "grams": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 0.6),
-    "cautious_adamw": (dict(learning_rate=0.05), 1e-6,
-                       dict(learning_rate=0.05, weight_decay=0.0), 0.5),
-    "cautious_lion": (dict(learning_rate=_cos(0.05, 300), weight_decay=0.0), 2e-2,
-                      dict(learning_rate=_cos(0.05, 1000), weight_decay=0.0), 1e-3),
-    "lion": (dict(learning_rate=_cos(0.1, 300), weight_decay=0.0), 1e-5,
-             dict(learning_rate=_cos(0.1, 1000), weight_decay=0.0), 4e-3),
-    "signum": (dict(learning_rate=_cos(0.05, 300)), 1e-4, dict(learning_rate=_cos(0.05, 1000)),
-               2e-2),
-    "lamb": (dict(learning_rate=_cos(0.05, 300)), 1e-5, dict(learning_rate=_cos(0.05, 1000)),
-             1e-3),
-    "lars": (dict(learning_rate=_cos(0.1, 300), trust_coefficient=0.1), 1e-5,
-             dict(learning_rate=_cos(0.1, 1000), trust_coefficient=0.1), 1e-5),
+    "cautious_adamw": (
+        dict(learning_rate=0.05),
+        1e-6,
+        dict(learning_rate=0.05, weight_decay=0.0),
+        0.5,
+    ),
+    "cautious_lion": (
+        dict(learning_rate=_cos(0.05, 300), weight_decay=0.0),
+        2e-2,
+        dict(learning_rate=_cos(0.05, 1000), weight_decay=0.0),
+        1e-3,
+    ),
+    "lion": (
+        dict(learning_rate=_cos(0.1, 300), weight_decay=0.0),
+        1e-5,
+        dict(learning_rate=_cos(0.1, 1000), weight_decay=0.0),
+        4e-3,
+    ),
+    "signum": (
+        dict(learning_rate=_cos(0.05, 300)),
+        1e-4,
+        dict(learning_rate=_cos(0.05, 1000)),
+        2e-2,
+    ),
+    "lamb": (dict(learning_rate=_cos(0.05, 300)), 1e-5, dict(learning_rate=_cos(0.05, 1000)), 1e-3),
+    "lars": (
+        dict(learning_rate=_cos(0.1, 300), trust_coefficient=0.1),
+        1e-5,
+        dict(learning_rate=_cos(0.1, 1000), trust_coefficient=0.1),
+        1e-5,
+    ),
     "muon": (dict(learning_rate=_cos(0.05, 300)), 2e-2, dict(learning_rate=0.05), 3e-3),
-    "sinkgd": (dict(learning_rate=_cos(0.05, 300)), 1e-6, dict(learning_rate=_cos(0.05, 1000)),
-               0.2),
-    "adafactor": (dict(learning_rate=_cos(0.1, 300)), 1e-6,
-                  dict(learning_rate=_cos(0.05, 1000), multiply_by_parameter_scale=False), 0.3),
+    "sinkgd": (
+        dict(learning_rate=_cos(0.05, 300)),
+        1e-6,
+        dict(learning_rate=_cos(0.05, 1000)),
+        0.2,
+    ),
+    "adafactor": (
+        dict(learning_rate=_cos(0.1, 300)),
+        1e-6,
+        dict(learning_rate=_cos(0.05, 1000), multiply_by_parameter_scale=False),
+        0.3,
+    ),
     "sgd_sai": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=1e-3), 0.6),
-    "sophia": (dict(learning_rate=0.02, b1=0.9, weight_decay=0.0), 1e-5,
-               dict(learning_rate=0.02, b1=0.9, weight_decay=0.0), 1e-5),
-    "adahessian": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.1, hessian_power=0.5),
-                   2e-3),
+    "sophia": (
+        dict(learning_rate=0.02, b1=0.9, weight_decay=0.0),
+        1e-5,
+        dict(learning_rate=0.02, b1=0.9, weight_decay=0.0),
+        1e-5,
+    ),
+    "adahessian": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=0.1, hessian_power=0.5), 2e-3),
     # Noise-free, never-clipping DP-SGD is SGD (on a batch of one example, see _per_example).
     "dpsgd": (dict(learning_rate=0.1), 1e-6, dict(learning_rate=1e-3, momentum=0.9), 1e-3),
     # Memory-efficient state: rank 2 < 3 on the (4, 3) matrix, so the projected ones really
     # project; Rosenbrock's (2,) vector takes their full-Adam path. FRUGAL's sign residual
     # has a fixed step size: a cosine-decayed rate. BAdam moves one block at a time.
     "subset_norm_adam": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 0.05),
-    "galore": (dict(learning_rate=0.05, rank=2, update_proj_gap=10), 2e-6,
-               dict(learning_rate=0.05), 0.03),
-    "online_subspace_descent": (dict(learning_rate=0.05, rank=2), 3e-7,
-                                dict(learning_rate=0.05), 0.03),
-    "frugal": (dict(learning_rate=_cos(0.05, 300), rank=2, update_every=10, residual_scale=0.3),
-               0.6, dict(learning_rate=0.05), 0.03),
+    "galore": (
+        dict(learning_rate=0.05, rank=2, update_proj_gap=10),
+        2e-6,
+        dict(learning_rate=0.05),
+        0.03,
+    ),
+    "online_subspace_descent": (
+        dict(learning_rate=0.05, rank=2),
+        3e-7,
+        dict(learning_rate=0.05),
+        0.03,
+    ),
+    "frugal": (
+        dict(learning_rate=_cos(0.05, 300), rank=2, update_every=10, residual_scale=0.3),
+        0.6,
+        dict(learning_rate=0.05),
+        0.03,
+    ),
     "badam": (dict(learning_rate=0.05, switch_every=20), 0.02, dict(learning_rate=0.05), 0.3),
     "adam_mini": (dict(learning_rate=0.05), 1e-6, dict(learning_rate=0.05), 0.05),
     # Issue 12 (part A). SWAN's GradNorm removes each unit's mean gradient over its inputs,
@@ -437,14 +537,25 @@ CONVERGENCE = {
     "qhadam": (dict(learning_rate=0.1, b1=0.9), 1e-6, dict(learning_rate=0.05, b1=0.9), 6e-2),
     "ano": (dict(learning_rate=_cos(0.1, 300)), 2e-6, dict(learning_rate=0.05, b1=0.95), 0.6),
     "nag_gs": (dict(learning_rate=0.3), 1e-6, dict(learning_rate=0.01), 1e-2),
-    "lion_kappa": (dict(learning_rate=_cos(0.1, 300), weight_decay=0.0), 1e-6,
-                   dict(learning_rate=_cos(0.01, 1000), weight_decay=0.0), 2e-2),
-    "scion": (dict(learning_rate=_cos(0.2, 300), scale=5.0), 2.0,
-              dict(learning_rate=_cos(0.05, 1000), scale=5.0, constrained=False), 0.15),
-    "swan": (dict(learning_rate=_cos(0.1, 300)), 30.0, dict(learning_rate=_cos(0.05, 1000)),
-             1.2),
-    "m_fac": (dict(learning_rate=0.5, damping=1.0), 1e-6,
-              dict(learning_rate=0.05, damping=1.0, momentum=0.9), 3e-2),
+    "lion_kappa": (
+        dict(learning_rate=_cos(0.1, 300), weight_decay=0.0),
+        1e-6,
+        dict(learning_rate=_cos(0.01, 1000), weight_decay=0.0),
+        2e-2,
+    ),
+    "scion": (
+        dict(learning_rate=_cos(0.2, 300), scale=5.0),
+        2.0,
+        dict(learning_rate=_cos(0.05, 1000), scale=5.0, constrained=False),
+        0.15,
+    ),
+    "swan": (dict(learning_rate=_cos(0.1, 300)), 30.0, dict(learning_rate=_cos(0.05, 1000)), 1.2),
+    "m_fac": (
+        dict(learning_rate=0.5, damping=1.0),
+        1e-6,
+        dict(learning_rate=0.05, damping=1.0, momentum=0.9),
+        3e-2,
+    ),
     "oasis": (dict(learning_rate=0.5), 1e-6, dict(learning_rate=0.5), 3e-2),
 }
 # Hyperparameters without defaults, merged into every `optlab.get` of this file.
@@ -468,21 +579,32 @@ def _per_example(name, tx):
 
 # Step-size rules and parameter-free methods (optlab/_step_sizes.py): a learning rate of 1
 # is a multiplier (DoG, DoWG, Prodigy) or the cap of the Polyak step (SPS, ALR-SMAG).
-CONVERGENCE.update({
-    "adagrad_norm": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=0.5), 1.5),
-    # the matrix leaf takes AdaGO's decaying scalar step; Rosenbrock's vector goes to AdamW
-    "adago": (dict(learning_rate=0.5, adam_learning_rate=_cos(0.05, 300)), 5e-3,
-              dict(learning_rate=0.05), 3e-3),
-    "sps": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-2), 0.3),
-    "alr_smag": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-3), 4e-4),
-    # untuned defaults; DoG's step stays small in Rosenbrock's curved valley (3.7 at 1000)
-    "dog": (dict(), 1e-6, dict(), 6.0),
-    "dowg": (dict(), 1e-6, dict(), 3.0),
-    "prodigy": (dict(), 1e-6, dict(), 1e-6),
-    # the train point y is scored here, not the average x
-    "schedule_free_sgd": (dict(learning_rate=0.1), 1e-3, dict(learning_rate=3e-3, b1=0.95), 0.2),
-    "schedule_free_adamw": (dict(learning_rate=0.1), 0.1, dict(learning_rate=0.05), 0.06),
-})
+CONVERGENCE.update(
+    {
+        "adagrad_norm": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=0.5), 1.5),
+        # the matrix leaf takes AdaGO's decaying scalar step; Rosenbrock's vector goes to AdamW
+        "adago": (
+            dict(learning_rate=0.5, adam_learning_rate=_cos(0.05, 300)),
+            5e-3,
+            dict(learning_rate=0.05),
+            3e-3,
+        ),
+        "sps": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-2), 0.3),
+        "alr_smag": (dict(learning_rate=1.0), 1e-6, dict(learning_rate=1e-3), 4e-4),
+        # untuned defaults; DoG's step stays small in Rosenbrock's curved valley (3.7 at 1000)
+        "dog": (dict(), 1e-6, dict(), 6.0),
+        "dowg": (dict(), 1e-6, dict(), 3.0),
+        "prodigy": (dict(), 1e-6, dict(), 1e-6),
+        # the train point y is scored here, not the average x
+        "schedule_free_sgd": (
+            dict(learning_rate=0.1),
+            1e-3,
+            dict(learning_rate=3e-3, b1=0.95),
+            0.2,
+        ),
+        "schedule_free_adamw": (dict(learning_rate=0.1), 0.1, dict(learning_rate=0.05), 0.06),
+    }
+)
 NEEDS_VALUE = {"sps", "alr_smag"}  # Polyak-type steps read the loss
 
 
@@ -506,12 +628,12 @@ def test_convergence_table_covers_every_optimizer():
 def test_converges_on_parabola_and_rosenbrock(name):
     kw_p, tol_p, kw_r, tol_r = CONVERGENCE[name]
     params = fixed_params()
-    _, _, losses = run_optimizer(_get(name, **kw_p), parabola, params, 300,
-                                 _extra(name, parabola))
+    _, _, losses = run_optimizer(_get(name, **kw_p), parabola, params, 300, _extra(name, parabola))
     assert losses[-1] < tol_p, f"{name}: parabola {losses[0]:.3g} -> {losses[-1]:.3g}"
     start = {"x": jnp.array([-1.2, 1.0])}
-    p_end, _, losses = run_optimizer(_get(name, **kw_r), rosenbrock, start, 1000,
-                                     _extra(name, rosenbrock))
+    p_end, _, losses = run_optimizer(
+        _get(name, **kw_r), rosenbrock, start, 1000, _extra(name, rosenbrock)
+    )
     final = float(rosenbrock(p_end))
     assert final < tol_r, f"{name}: rosenbrock {losses[0]:.3g} -> {final:.3g}"
 
@@ -520,30 +642,63 @@ def test_converges_on_parabola_and_rosenbrock(name):
 # Validation
 # ---------------------------------------------------------------------------
 
-_BAD = [
-    (name, dict(learning_rate=-1.0), "learning_rate") for name in sorted(CONVERGENCE)
-] + [
-    (name, dict(learning_rate=1e-3, b1=1.0), "b1")
-    for name in ("adam", "adamw", "amsgrad", "diffgrad", "adamp", "ademamix", "mars_adamw", "grams",
-                 "cautious_adamw", "cautious_lion", "lion", "signum", "lamb", "sgd_sai",
-                 "sophia", "adahessian")
-] + [
-    (name, dict(learning_rate=1e-3, eps=-1.0), "eps")
-    for name in ("adamw", "amsgrad", "diffgrad", "adamp", "ademamix", "mars_adamw", "grams",
-                 "cautious_adamw", "lamb", "lars", "muon", "sinkgd", "adafactor", "sgd_sai",
-                 "sophia", "adahessian")
-] + [
-    ("sgd", dict(learning_rate=0.1, momentum=1.0), "momentum"),
-    ("sgdp", dict(learning_rate=0.1, momentum=1.5), "momentum"),
-    ("lars", dict(learning_rate=0.1, momentum=-0.1), "momentum"),
-    ("muon", dict(learning_rate=0.1, beta=1.0), "beta"),
-    ("adamw", dict(learning_rate=0.1, weight_decay=-1e-4), "weight_decay"),
-    ("sophia", dict(learning_rate=0.1, gamma=0.0), "gamma"),
-    ("sophia", dict(learning_rate=0.1, update_interval=0), "update_interval"),
-    ("adahessian", dict(learning_rate=0.1, hessian_power=2.0), "hessian_power"),
-    ("adafactor", dict(learning_rate=0.1, clipping_threshold=0.0), "clipping_threshold"),
-    ("sinkgd", dict(learning_rate=0.1, num_iters=0), "num_iters"),
-]
+_BAD = (
+    [(name, dict(learning_rate=-1.0), "learning_rate") for name in sorted(CONVERGENCE)]
+    + [
+        (name, dict(learning_rate=1e-3, b1=1.0), "b1")
+        for name in (
+            "adam",
+            "adamw",
+            "amsgrad",
+            "diffgrad",
+            "adamp",
+            "ademamix",
+            "mars_adamw",
+            "grams",
+            "cautious_adamw",
+            "cautious_lion",
+            "lion",
+            "signum",
+            "lamb",
+            "sgd_sai",
+            "sophia",
+            "adahessian",
+        )
+    ]
+    + [
+        (name, dict(learning_rate=1e-3, eps=-1.0), "eps")
+        for name in (
+            "adamw",
+            "amsgrad",
+            "diffgrad",
+            "adamp",
+            "ademamix",
+            "mars_adamw",
+            "grams",
+            "cautious_adamw",
+            "lamb",
+            "lars",
+            "muon",
+            "sinkgd",
+            "adafactor",
+            "sgd_sai",
+            "sophia",
+            "adahessian",
+        )
+    ]
+    + [
+        ("sgd", dict(learning_rate=0.1, momentum=1.0), "momentum"),
+        ("sgdp", dict(learning_rate=0.1, momentum=1.5), "momentum"),
+        ("lars", dict(learning_rate=0.1, momentum=-0.1), "momentum"),
+        ("muon", dict(learning_rate=0.1, beta=1.0), "beta"),
+        ("adamw", dict(learning_rate=0.1, weight_decay=-1e-4), "weight_decay"),
+        ("sophia", dict(learning_rate=0.1, gamma=0.0), "gamma"),
+        ("sophia", dict(learning_rate=0.1, update_interval=0), "update_interval"),
+        ("adahessian", dict(learning_rate=0.1, hessian_power=2.0), "hessian_power"),
+        ("adafactor", dict(learning_rate=0.1, clipping_threshold=0.0), "clipping_threshold"),
+        ("sinkgd", dict(learning_rate=0.1, num_iters=0), "num_iters"),
+    ]
+)
 
 
 @pytest.mark.parametrize("name,kwargs,param", _BAD, ids=[f"{n}-{p}" for n, _, p in _BAD])
@@ -564,12 +719,22 @@ def test_schedules_and_traced_hyperparameters_accepted():
         if name in ("sophia", "adahessian", "oasis"):
             continue
         factory = getattr(optlab, name)
-        static = {"ns_steps", "num_iters", "min_dim_size_to_factor", "decay_offset",
-                  "channel_axis", "seed", "num_grads"} & set(inspect.signature(factory).parameters)
-        tx = _per_example(name, optax.inject_hyperparams(factory, static_args=static)(
-            learning_rate=1e-2, **REQUIRED.get(name, {})))
-        _, _, losses = run_optimizer(tx, quadratic_loss, params, 3,
-                                     _extra(name, quadratic_loss))
+        static = {
+            "ns_steps",
+            "num_iters",
+            "min_dim_size_to_factor",
+            "decay_offset",
+            "channel_axis",
+            "seed",
+            "num_grads",
+        } & set(inspect.signature(factory).parameters)
+        tx = _per_example(
+            name,
+            optax.inject_hyperparams(factory, static_args=static)(
+                learning_rate=1e-2, **REQUIRED.get(name, {})
+            ),
+        )
+        _, _, losses = run_optimizer(tx, quadratic_loss, params, 3, _extra(name, quadratic_loss))
         assert np.all(np.isfinite(losses)), name
 
 

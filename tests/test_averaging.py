@@ -101,25 +101,30 @@ def test_swa_reduces_noise_on_a_noisy_quadratic():
 
 
 def test_swa_schedule_phases():
-    sched = optlab.swa_schedule(0.1, swa_lr=0.02, start_step=10, anneal_steps=4,
-                                anneal_strategy="linear")
+    sched = optlab.swa_schedule(
+        0.1, swa_lr=0.02, start_step=10, anneal_steps=4, anneal_strategy="linear"
+    )
     np.testing.assert_allclose([sched(i) for i in (0, 9)], [0.1, 0.1], rtol=1e-6)
-    np.testing.assert_allclose([sched(10), sched(12), sched(14), sched(100)],
-                               [0.1, 0.06, 0.02, 0.02], rtol=1e-6)
-    cos = optlab.swa_schedule(optax.linear_schedule(0.2, 0.1, 10), swa_lr=0.0, start_step=10,
-                              anneal_steps=4)
+    np.testing.assert_allclose(
+        [sched(10), sched(12), sched(14), sched(100)], [0.1, 0.06, 0.02, 0.02], rtol=1e-6
+    )
+    cos = optlab.swa_schedule(
+        optax.linear_schedule(0.2, 0.1, 10), swa_lr=0.0, start_step=10, anneal_steps=4
+    )
     np.testing.assert_allclose([cos(10), cos(12), cos(14)], [0.1, 0.05, 0.0], atol=1e-7)
     cyc = optlab.swa_schedule(0.1, swa_lr=0.01, start_step=2, cycle_length=3, cycle_max_lr=0.04)
-    np.testing.assert_allclose([cyc(i) for i in range(2, 8)],
-                               [0.03, 0.02, 0.01, 0.03, 0.02, 0.01], rtol=1e-6)
+    np.testing.assert_allclose(
+        [cyc(i) for i in range(2, 8)], [0.03, 0.02, 0.01, 0.03, 0.02, 0.01], rtol=1e-6
+    )
 
 
 def test_swa_schedule_cycle_ends_are_the_sampled_iterates():
     # With the cyclic schedule, swa(start_step=start + c, every_k=c) samples the
     # iterates produced by the minimum-learning-rate steps.
     start, c = 3, 4
-    sched = optlab.swa_schedule(0.1, swa_lr=0.01, start_step=start, cycle_length=c,
-                                cycle_max_lr=0.05)
+    sched = optlab.swa_schedule(
+        0.1, swa_lr=0.01, start_step=start, cycle_length=c, cycle_max_lr=0.05
+    )
     for t in range(1, 30):  # iterate x_t is produced with the learning rate sched(t - 1)
         if _sampled(t, start + c, c):
             assert abs(float(sched(t - 1)) - 0.01) < 1e-7
@@ -162,8 +167,9 @@ def _ema_reference(params, iterates, decays, debias):
 def test_ema_params_matches_reference(x64, debias, warmup):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), fixed_params())
     decay, inv_gamma, power = 0.8, 2.0, 0.75
-    tx = optlab.ema_params(optax.sgd(0.05), decay=decay, debias=debias, warmup=warmup,
-                           inv_gamma=inv_gamma, power=power)
+    tx = optlab.ema_params(
+        optax.sgd(0.05), decay=decay, debias=debias, warmup=warmup, inv_gamma=inv_gamma, power=power
+    )
     iterates, states = _trajectory(tx, params)
     decays = []
     for t in range(N_STEPS):
@@ -202,8 +208,9 @@ def test_ema_params_is_not_optax_ema_of_updates():
 # ---------------------------------------------------------------------------
 
 
-def _bema_reference(params, iterates, ema_power, bias_power, lag, multiplier, burn_in,
-                    every_k, min_ema):
+def _bema_reference(
+    params, iterates, ema_power, bias_power, lag, multiplier, burn_in, every_k, min_ema
+):
     """Algorithm 1 of Block and Zhang (2025), written as a plain loop."""
     theta0 = ema = out = jax.tree.map(np.asarray, params)
     outs = []
@@ -223,18 +230,31 @@ def _bema_reference(params, iterates, ema_power, bias_power, lag, multiplier, bu
 
 @pytest.mark.parametrize(
     "ema_power,bias_power,lag,multiplier,burn_in,every_k,min_ema",
-    [(0.5, 0.2, 10.0, 1.0, 0, 1, 0.0), (0.6, 0.4, 3.0, 2.0, 2, 2, 0.0),
-     (0.5, None, 10.0, 1.0, 1, 1, 0.0), (1.0, 0.2, 10.0, 1.0, 0, 1, 0.2)],
+    [
+        (0.5, 0.2, 10.0, 1.0, 0, 1, 0.0),
+        (0.6, 0.4, 3.0, 2.0, 2, 2, 0.0),
+        (0.5, None, 10.0, 1.0, 1, 1, 0.0),
+        (1.0, 0.2, 10.0, 1.0, 0, 1, 0.2),
+    ],
 )
-def test_bema_matches_algorithm_1(x64, ema_power, bias_power, lag, multiplier, burn_in,
-                                  every_k, min_ema):
+def test_bema_matches_algorithm_1(
+    x64, ema_power, bias_power, lag, multiplier, burn_in, every_k, min_ema
+):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), fixed_params())
-    tx = optlab.bema(optax.sgd(0.05), ema_power=ema_power, bias_power=bias_power, lag=lag,
-                     multiplier=multiplier, burn_in=burn_in, every_k=every_k,
-                     min_ema_multiplier=min_ema)
+    tx = optlab.bema(
+        optax.sgd(0.05),
+        ema_power=ema_power,
+        bias_power=bias_power,
+        lag=lag,
+        multiplier=multiplier,
+        burn_in=burn_in,
+        every_k=every_k,
+        min_ema_multiplier=min_ema,
+    )
     iterates, states = _trajectory(tx, params)
-    expected = _bema_reference(params, iterates, ema_power, bias_power, lag, multiplier,
-                               burn_in, every_k, min_ema)
+    expected = _bema_reference(
+        params, iterates, ema_power, bias_power, lag, multiplier, burn_in, every_k, min_ema
+    )
     for state, exp in zip(states, expected):  # alpha_t, beta_t are float32 scalars
         tree_allclose(optlab.averaged_params(state), exp, rtol=1e-6, atol=1e-7)
 
@@ -302,8 +322,10 @@ def test_switch_ema_params_equal_ema_after_a_switch(dtype):
         if t % period == 0:
             chex.assert_trees_all_equal(x, optlab.averaged_params(state))
     # Between switches the live params differ from the EMA.
-    assert not np.allclose(iterates[3]["w"].astype(jnp.float32),
-                           optlab.averaged_params(states[3])["w"].astype(jnp.float32))
+    assert not np.allclose(
+        iterates[3]["w"].astype(jnp.float32),
+        optlab.averaged_params(states[3])["w"].astype(jnp.float32),
+    )
 
 
 def test_switch_ema_matches_reference(x64):
@@ -330,9 +352,9 @@ def test_switch_ema_matches_reference(x64):
 def test_lookahead_slow_step_size_one_equals_inner(sync_period):
     params = fixed_params()
     ref, _ = _trajectory(optax.adam(0.05), params)
-    got, _ = _trajectory(optlab.lookahead(optax.adam(0.05), sync_period=sync_period,
-                                         slow_step_size=1.0),
-                         params)
+    got, _ = _trajectory(
+        optlab.lookahead(optax.adam(0.05), sync_period=sync_period, slow_step_size=1.0), params
+    )
     chex.assert_trees_all_equal(ref, got)
 
 
@@ -411,8 +433,9 @@ def test_averaged_params_through_inject_hyperparams_and_multisteps_accumulation(
         lambda learning_rate: optlab.ema_params(optax.sgd(learning_rate), decay=0.5)
     )(learning_rate=0.1)
     plain = optlab.ema_params(optax.sgd(0.1), decay=0.5)
-    tree_allclose(optlab.averaged_params(_run(injected, params)),
-                  optlab.averaged_params(_run(plain, params)))
+    tree_allclose(
+        optlab.averaged_params(_run(injected, params)), optlab.averaged_params(_run(plain, params))
+    )
     # MultiSteps(k=2): the wrapper only sees every second (accumulated) step.
     multi = optax.MultiSteps(optlab.swa(optax.sgd(0.1)), every_k_schedule=2)
     state = _run(multi, params, steps=4)
@@ -442,8 +465,9 @@ def test_averaged_params_nested_and_ambiguous():
     state = _run(tx, params)
     with pytest.raises(ValueError, match="averaged_params.*2 averaging states.*which="):
         optlab.averaged_params(state)
-    chex.assert_trees_all_equal(optlab.averaged_params(state, which="lookahead"),
-                                state.inner_state.slow)
+    chex.assert_trees_all_equal(
+        optlab.averaged_params(state, which="lookahead"), state.inner_state.slow
+    )
     chex.assert_trees_all_equal(optlab.averaged_params(state, which=0), state.ema)
     chex.assert_trees_all_equal(optlab.averaged_params(state, which="ema_params"), state.ema)
     with pytest.raises(ValueError, match="no `swa` state"):
@@ -480,8 +504,9 @@ def _polyak(inner):  # keeps the sum of the iterates; enough to find and read it
 
 def test_averaged_params_finds_any_state_with_the_protocol():
     params = fixed_params()
-    tx = optax.named_chain(("clip", optax.clip(1.0)),
-                           ("avg", optlab.ema_params(_polyak(optax.sgd(0.1)), decay=0.5)))
+    tx = optax.named_chain(
+        ("clip", optax.clip(1.0)), ("avg", optlab.ema_params(_polyak(optax.sgd(0.1)), decay=0.5))
+    )
     state = _run(optax.MultiSteps(tx, every_k_schedule=1), params)
     inner = state.inner_opt_state["avg"].inner_state
     chex.assert_trees_all_equal(optlab.averaged_params(state, which="polyak_test"), inner.total)
@@ -513,29 +538,53 @@ def test_averaged_params_is_jittable():
         (lambda: optlab.swa(optax.sgd(0.1), start_step=-1), ValueError, "swa.*start_step"),
         (lambda: optlab.swa(optax.sgd(0.1), every_k=1.5), TypeError, "swa.*every_k"),
         (lambda: optlab.ema_params(optax.sgd(0.1), decay=1.0), ValueError, "ema_params.*decay"),
-        (lambda: optlab.ema_params(optax.sgd(0.1), warmup="linear"), ValueError,
-         "ema_params.*warmup"),
+        (
+            lambda: optlab.ema_params(optax.sgd(0.1), warmup="linear"),
+            ValueError,
+            "ema_params.*warmup",
+        ),
         (lambda: optlab.ema_params(optax.sgd(0.1), power=0.0), ValueError, "ema_params.*power"),
         (lambda: optlab.bema(optax.sgd(0.1), ema_power=-1.0), ValueError, "bema.*ema_power"),
         (lambda: optlab.bema(optax.sgd(0.1), multiplier=0.0), ValueError, "bema.*multiplier"),
         (lambda: optlab.bema(optax.sgd(0.1), every_k=0), ValueError, "bema.*every_k"),
-        (lambda: optlab.bema(optax.sgd(0.1), min_ema_multiplier=2.0), ValueError,
-         "bema.*min_ema_multiplier"),
+        (
+            lambda: optlab.bema(optax.sgd(0.1), min_ema_multiplier=2.0),
+            ValueError,
+            "bema.*min_ema_multiplier",
+        ),
         (lambda: optlab.lawa(optax.sgd(0.1), k=0), ValueError, "lawa.*k"),
         (lambda: optlab.lawa(optax.sgd(0.1), k=2.0), TypeError, "lawa.*k"),
         (lambda: optlab.switch_ema(optax.sgd(0.1), decay=-0.1), ValueError, "switch_ema.*decay"),
-        (lambda: optlab.switch_ema(optax.sgd(0.1), sync_period=0), ValueError,
-         "switch_ema.*sync_period"),
-        (lambda: optlab.lookahead(optax.sgd(0.1), slow_step_size=1.5), ValueError,
-         "lookahead.*slow_step_size"),
-        (lambda: optlab.lookahead(optax.sgd(0.1), sync_period=0), ValueError,
-         "lookahead.*sync_period"),
-        (lambda: optlab.swa_schedule(0.1, swa_lr=-1.0, start_step=5), ValueError,
-         "swa_schedule.*swa_lr"),
-        (lambda: optlab.swa_schedule(0.1, 0.01, 5, anneal_strategy="exp"), ValueError,
-         "swa_schedule.*anneal_strategy"),
-        (lambda: optlab.swa_schedule(0.1, 0.01, 5, cycle_length=3), ValueError,
-         "swa_schedule.*cycle_max_lr"),
+        (
+            lambda: optlab.switch_ema(optax.sgd(0.1), sync_period=0),
+            ValueError,
+            "switch_ema.*sync_period",
+        ),
+        (
+            lambda: optlab.lookahead(optax.sgd(0.1), slow_step_size=1.5),
+            ValueError,
+            "lookahead.*slow_step_size",
+        ),
+        (
+            lambda: optlab.lookahead(optax.sgd(0.1), sync_period=0),
+            ValueError,
+            "lookahead.*sync_period",
+        ),
+        (
+            lambda: optlab.swa_schedule(0.1, swa_lr=-1.0, start_step=5),
+            ValueError,
+            "swa_schedule.*swa_lr",
+        ),
+        (
+            lambda: optlab.swa_schedule(0.1, 0.01, 5, anneal_strategy="exp"),
+            ValueError,
+            "swa_schedule.*anneal_strategy",
+        ),
+        (
+            lambda: optlab.swa_schedule(0.1, 0.01, 5, cycle_length=3),
+            ValueError,
+            "swa_schedule.*cycle_max_lr",
+        ),
     ],
 )
 def test_bad_hyperparameters_raise(build, exc, match):

@@ -10,8 +10,8 @@ Hyperparameters
   from the factory (or at the latest from ``init``/``update``) whose message names the
   public function the user called (``optlab.<name>``) and the parameter as the user
   spelled it. EMA-like decays (``b1``, ``b2``, ``b3``, ``beta``, ``decay``, ``momentum``,
-  with any prefix such as ``adam_b1``; not ``weight_decay``) must also reject 1.0 and 1.5. A value that is
-  legitimately valid is listed in ``ALLOWED_HPARAMS`` with the reason (empty today).
+  with any prefix such as ``adam_b1``; not ``weight_decay``) must also reject 1.0 and 1.5. A
+  value that is legitimately valid is listed in ``ALLOWED_HPARAMS`` with the reason (empty today).
 
 Trees
   * Gradients whose structure differs from the params' (a missing leaf, renamed keys):
@@ -184,8 +184,10 @@ def test_bad_hyperparameter_raises_naming_function_and_parameter(case, name):
         except (ValueError, TypeError) as e:
             msg = str(e)
             if f"optlab.{case.name}`" not in msg or f"`{name}`" not in msg:
-                problems.append(f"{name}={value}: message does not name `optlab.{case.name}` and"
-                                f" `{name}`: {type(e).__name__}: {msg[:200]}")
+                problems.append(
+                    f"{name}={value}: message does not name `optlab.{case.name}` and"
+                    f" `{name}`: {type(e).__name__}: {msg[:200]}"
+                )
         else:
             problems.append(f"{name}={value}: accepted (no error from the factory, init or update)")
     assert not problems, f"optlab.{case.name}:\n  " + "\n  ".join(problems)
@@ -266,8 +268,10 @@ def test_integer_param_leaf_raises_type_error(case):
     params = {**fixed_params(case.tree), "i": jnp.arange(3, dtype=jnp.int32)}
     if case.tree == "matrix":
         params["i"] = jnp.arange(6, dtype=jnp.int32).reshape(3, 2)
-    grads = {**make_grads(case, fixed_params(case.tree), 0),
-             "i": jnp.zeros(_lead(case) + params["i"].shape, jnp.int32)}
+    grads = {
+        **make_grads(case, fixed_params(case.tree), 0),
+        "i": jnp.zeros(_lead(case) + params["i"].shape, jnp.int32),
+    }
     tx = case.build()
     with pytest.raises(TypeError) as info:
         state = tx.init(params)
@@ -341,8 +345,10 @@ def test_nonfinite_gradient_stays_visible(case, bad):
         chex.assert_trees_all_equal(updates[1], jax.tree.map(jnp.zeros_like, updates[1]))
         assert int(states[2].total_skips) == 1
         return
-    exempt = case.name in IGNORES_GRADIENT or case.test_id in IGNORES_GRADIENT or (
-        bad == np.inf and case.name in SATURATES_INF
+    exempt = (
+        case.name in IGNORES_GRADIENT
+        or case.test_id in IGNORES_GRADIENT
+        or (bad == np.inf and case.name in SATURATES_INF)
     )
     if not exempt:
         assert not _finite(updates[1]), (
@@ -428,14 +434,18 @@ def test_ill_typed_hyperparameter(case):
         except (ValueError, TypeError) as e:
             msg = str(e)
             if f"optlab.{case.name}`" not in msg or f"`{name}`" not in msg:
-                problems.append(f"{kind}: message does not name `optlab.{case.name}` and `{name}`:"
-                                f" {type(e).__name__}: {msg[:200]}")
+                problems.append(
+                    f"{kind}: message does not name `optlab.{case.name}` and `{name}`:"
+                    f" {type(e).__name__}: {msg[:200]}"
+                )
             continue
         if kind in ("jax_nan", "jax_negative", "none", "string"):
             problems.append(f"{kind}: {name}={value!r} accepted")
-        elif not _finite(updates) or jax.tree.map(jnp.shape, updates) != jax.tree.map(
-            jnp.shape, fixed_params(case.tree)
-        ) and not _lead(case):
+        elif (
+            not _finite(updates)
+            or jax.tree.map(jnp.shape, updates) != jax.tree.map(jnp.shape, fixed_params(case.tree))
+            and not _lead(case)
+        ):
             problems.append(f"{kind}: accepted and gave non-finite or mis-shaped updates")
     assert not problems, f"optlab.{case.name}:\n  " + "\n  ".join(problems)
 
@@ -480,8 +490,15 @@ BIG = [1e30, 1e-30]
 _NOT_SAFE = "issue 16 leftover: squares/norms not yet on the overflow-safe _tree helpers"
 OVERFLOW_GAPS: dict[str, str] = {
     n: _NOT_SAFE
-    for n in ("adafactor", "scale_by_adafactor", "sgd_sai", "scale_by_sgd_sai",
-              "scale_by_aegd", "scale_by_dog", "dog")
+    for n in (
+        "adafactor",
+        "scale_by_adafactor",
+        "sgd_sai",
+        "scale_by_sgd_sai",
+        "scale_by_aegd",
+        "scale_by_dog",
+        "dog",
+    )
 }
 # Cases whose updates are not yet checked against params' shapes (not built with _base.public
 # or with their own per-leaf state buffers); issue 16 leftovers.
@@ -496,6 +513,7 @@ def test_huge_and_tiny_finite_input_gives_finite_updates(case):
     (eager, like the skip_nonfinite test)."""
     tx = case.build()
     base = fixed_params(case.tree)
+
     def step(g, s, p):  # eager: cheaper than one compile per case
         return tx.update(g, s, p, **step_extra_args(case, p))[0]
 

@@ -87,8 +87,10 @@ def test_bf16_dtype_kept_with_float32_injected_hyperparams(factory):
 
 
 def _leaf_norms(tree):
-    return {jax.tree_util.keystr(p): float(jnp.linalg.norm(jnp.ravel(x))) for p, x in
-            jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        jax.tree_util.keystr(p): float(jnp.linalg.norm(jnp.ravel(x)))
+        for p, x in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 @hyp
@@ -204,8 +206,13 @@ def _unit_norm(x):
 
 
 @hyp
-@given(params=pytrees(), seed=st.integers(0, 1000), clipping=st.floats(0.01, 1.0),
-       eps=st.floats(1e-4, 1e-1), gscale=st.sampled_from([1e-3, 1.0, 1e3]))
+@given(
+    params=pytrees(),
+    seed=st.integers(0, 1000),
+    clipping=st.floats(0.01, 1.0),
+    eps=st.floats(1e-4, 1e-1),
+    gscale=st.sampled_from([1e-3, 1.0, 1e3]),
+)
 def test_agc_unitwise_ratio_bounded(params, seed, clipping, eps, gscale):
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
@@ -267,7 +274,7 @@ def test_quantile_threshold_is_quantile_of_recent_norms(quantile, window, warmup
         if t < warmup:
             np.testing.assert_allclose(o, n, rtol=1e-6)
         else:
-            past = norms[max(0, t - window):t]
+            past = norms[max(0, t - window) : t]
             np.testing.assert_allclose(o, min(n, np.quantile(past, quantile)), rtol=1e-5)
 
 
@@ -565,8 +572,12 @@ BAD_HPARAMS = [
     (optlab.clip_by_zscore, dict(warmup_steps=0), "warmup_steps", ValueError),
     (optlab.clip_by_zscore, dict(warmup_steps=2.5), "warmup_steps", TypeError),
     (optlab.scale_by_clipped_adagrad, dict(max_norm=0.0), "max_norm", ValueError),
-    (optlab.scale_by_clipped_adagrad, dict(initial_accumulator_value=-0.1),
-     "initial_accumulator_value", ValueError),
+    (
+        optlab.scale_by_clipped_adagrad,
+        dict(initial_accumulator_value=-0.1),
+        "initial_accumulator_value",
+        ValueError,
+    ),
     (optlab.scale_by_clipped_adagrad, dict(eps=-1.0), "eps", ValueError),
 ]
 
@@ -585,8 +596,15 @@ def test_bad_hyperparameters_raise(factory, kwargs, param, exc):
 
 @pytest.mark.parametrize(
     "name",
-    ["centered_clip", "scale_by_clipped_adagrad", "in_float32", "clip_by_leaf_norm",
-     "clip_by_value", "clip_by_quantile", "clip_by_zscore"],
+    [
+        "centered_clip",
+        "scale_by_clipped_adagrad",
+        "in_float32",
+        "clip_by_leaf_norm",
+        "clip_by_value",
+        "clip_by_quantile",
+        "clip_by_zscore",
+    ],
 )
 def test_param_shaped_state_needs_float_params(name):
     with pytest.raises(TypeError, match=f"{name}.*floating"):

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import optlab
-from helpers import fixed_params, parabola, run_optimizer, tree_allclose
+from helpers import fixed_params, parabola, tree_allclose
 
 
 def _grads(params, seed):

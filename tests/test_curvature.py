@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import run_optimizer
 
 import optlab
+from helpers import run_optimizer
 
 
 def _flat(tree):

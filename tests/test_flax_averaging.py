@@ -11,8 +11,8 @@ import pytest
 import optlab
 
 pytest.importorskip("flax")
-from flax import nnx  # noqa: E402
 import flax.linen as nn  # noqa: E402
+from flax import nnx  # noqa: E402
 
 N_CLASSES, DIM, BATCH = 3, 8, 50
 
@@ -97,9 +97,10 @@ def test_swa_in_an_nnx_training_loop_with_update_bn():
 
 
 def test_update_bn_nnx_restores_modes_and_handles_input_fn():
-    model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
-                           nnx.BatchNorm(4, momentum=0.5, use_running_average=True,
-                                         rngs=nnx.Rngs(0)))
+    model = nnx.Sequential(
+        nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+        nnx.BatchNorm(4, momentum=0.5, use_running_average=True, rngs=nnx.Rngs(0)),
+    )
     data = [{"image": jax.random.normal(jax.random.key(i), (16, 3)) + i} for i in range(3)]
     with pytest.raises(TypeError, match="update_bn.*input_fn"):
         optlab.update_bn(model, data)
@@ -107,8 +108,9 @@ def test_update_bn_nnx_restores_modes_and_handles_input_fn():
     bn, lin = model.layers[1], model.layers[0]
     assert bn.momentum == 0.5 and bn.use_running_average is True
     hidden = [lin(b["image"]) for b in data]
-    np.testing.assert_allclose(bn.mean[...], np.mean([h.mean(0) for h in hidden], 0),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        bn.mean[...], np.mean([h.mean(0) for h in hidden], 0), rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(ValueError, match="update_bn.*no batch"):
         optlab.update_bn(model, [])
     assert bn.momentum == 0.5 and bn.use_running_average is True
@@ -135,21 +137,24 @@ def test_update_bn_linen_matches_manual_average(use_apply):
     dense = variables["params"]["Dense_0"]
     hidden = [x @ dense["kernel"] + dense["bias"][None] for x in xs]
     stats = new["batch_stats"]["BatchNorm_0"]
-    np.testing.assert_allclose(stats["mean"], np.mean([h.mean(0) for h in hidden], 0),
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(stats["var"], np.mean([h.var(0) for h in hidden], 0),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        stats["mean"], np.mean([h.mean(0) for h in hidden], 0), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        stats["var"], np.mean([h.var(0) for h in hidden], 0), rtol=1e-5, atol=1e-5
+    )
     # Parameters untouched, the input variables not modified, the module's momentum kept.
     assert new["params"] is variables["params"]
     np.testing.assert_array_equal(variables["batch_stats"]["BatchNorm_0"]["mean"], np.zeros(6))
     again = optlab.update_bn(first, variables, [(x, None) for x in xs], train=True)
-    np.testing.assert_allclose(again["batch_stats"]["BatchNorm_0"]["mean"], stats["mean"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        again["batch_stats"]["BatchNorm_0"]["mean"], stats["mean"], rtol=1e-6
+    )
 
 
 def test_update_bn_linen_wrong_call_raises():
     module = _LinenNet()
-    variables = module.init(jax.random.key(0), jnp.ones((2, 4)), train=False)
+    module.init(jax.random.key(0), jnp.ones((2, 4)), train=False)  # a valid module
     with pytest.raises(TypeError, match="update_bn.*variables, data"):
         optlab.update_bn(module.apply, [jnp.ones((2, 4))])
 

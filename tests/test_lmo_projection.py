@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import run_optimizer
 
 import optlab
+from helpers import run_optimizer
 
 _CUBIC = (1.5, -0.5, 0.0)  # classical Newton-Schulz: singular values never exceed 1
 

@@ -51,8 +51,9 @@ def test_uniform_soup_is_the_mean(dtype):
     soup = optlab.uniform_soup(models)
     chex.assert_trees_all_equal_shapes_and_dtypes(soup, models[0])
     tol = 1e-6 if dtype == jnp.float32 else 1e-2
-    tree_allclose(jax.tree.map(lambda x: x.astype(jnp.float32), soup),
-                  _np_mean(models), rtol=tol, atol=tol)
+    tree_allclose(
+        jax.tree.map(lambda x: x.astype(jnp.float32), soup), _np_mean(models), rtol=tol, atol=tol
+    )
 
 
 def test_weighted_average():
@@ -88,8 +89,9 @@ def test_greedy_soup_never_lowers_the_best_single_score(seed, n):
     target = jax.tree.map(lambda x: x + 0.3, fixed_params())
 
     def score(p):  # held-out score: closeness to an unknown target
-        return -float(sum(jnp.sum((a - b) ** 2) for a, b in
-                          zip(jax.tree.leaves(p), jax.tree.leaves(target))))
+        return -float(
+            sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
+        )
 
     soup, chosen = optlab.greedy_soup(models, score)
     singles = [score(m) for m in models]
@@ -106,8 +108,9 @@ def test_greedy_soup_adds_helpful_models_and_skips_harmful_ones():
     assert sorted(chosen) == [0, 1]
     assert float(soup["w"]) == 0.0
     # Precomputed scores skip the individual evaluations.
-    _, chosen2 = optlab.greedy_soup(good + [bad], lambda p: -abs(float(p["w"])),
-                                    scores=[-1.0, -1.0, -10.0])
+    _, chosen2 = optlab.greedy_soup(
+        good + [bad], lambda p: -abs(float(p["w"])), scores=[-1.0, -1.0, -10.0]
+    )
     assert chosen2 == chosen
 
 
@@ -135,8 +138,10 @@ def test_slerp_endpoints_and_norm_preservation(data):
     keys = jax.random.split(jax.random.key(seed), len(jax.tree.leaves(a)))
     b_leaves = [jax.random.normal(k, x.shape) for k, x in zip(keys, jax.tree.leaves(a))]
     # Rescale b to the norm of a, leaf by leaf.
-    b_leaves = [y * jnp.linalg.norm(x) / jnp.maximum(jnp.linalg.norm(y), 1e-30)
-                for x, y in zip(jax.tree.leaves(a), b_leaves)]
+    b_leaves = [
+        y * jnp.linalg.norm(x) / jnp.maximum(jnp.linalg.norm(y), 1e-30)
+        for x, y in zip(jax.tree.leaves(a), b_leaves)
+    ]
     b = jax.tree.unflatten(jax.tree.structure(a), b_leaves)
     chex.assert_trees_all_equal(optlab.slerp(a, b, 0.0), a)
     chex.assert_trees_all_equal(optlab.slerp(a, b, 1.0), b)
@@ -161,8 +166,9 @@ def test_slerp_orthogonal_unit_vectors():
     a, b = {"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([0.0, 1.0])}
     for t in (0.25, 0.5, 0.9):
         out = optlab.slerp(a, b, t)["w"]
-        np.testing.assert_allclose(out, [np.cos(t * np.pi / 2), np.sin(t * np.pi / 2)],
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            out, [np.cos(t * np.pi / 2), np.sin(t * np.pi / 2)], rtol=1e-6, atol=1e-6
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -176,8 +182,12 @@ def test_model_stock_ratio_in_unit_interval(seed, k, spread):
     anchor = fixed_params()
     shared = jax.tree.map(lambda x: jnp.ones_like(x), anchor)
     keys = jax.random.split(jax.random.key(seed), k)
-    fts = [jax.tree.map(lambda x, s, kk=kk: x + s + spread * jax.random.normal(kk, x.shape),
-                        anchor, shared) for kk in keys]
+    fts = [
+        jax.tree.map(
+            lambda x, s, kk=kk: x + s + spread * jax.random.normal(kk, x.shape), anchor, shared
+        )
+        for kk in keys
+    ]
     merged, ratios = optlab.model_stock(anchor, fts, return_ratios=True)
     for r in jax.tree.leaves(ratios):
         assert 0.0 <= float(r) <= 1.0
@@ -217,8 +227,9 @@ def test_task_arithmetic():
     expected = jax.tree.map(lambda b, w1, w2, w3: b + (w1 - b) - 0.5 * (w3 - b), base, *fts)
     tree_allclose(per_task, expected, rtol=1e-5, atol=1e-5)
     # Scaling 1/n is the uniform soup of the fine-tuned models.
-    tree_allclose(optlab.task_arithmetic(base, fts, 1 / 3), optlab.uniform_soup(fts),
-                  rtol=1e-5, atol=1e-5)
+    tree_allclose(
+        optlab.task_arithmetic(base, fts, 1 / 3), optlab.uniform_soup(fts), rtol=1e-5, atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -230,8 +241,9 @@ _SHAPE = {"w": jnp.ones((3, 2)), "b": jnp.ones(3)}
 _STRUCT = {"w": jnp.ones((2, 3))}
 
 
-@pytest.mark.parametrize("other,match", [(_SHAPE, "different shapes at \\['w'\\]"),
-                                         (_STRUCT, "same tree structure")])
+@pytest.mark.parametrize(
+    "other,match", [(_SHAPE, "different shapes at \\['w'\\]"), (_STRUCT, "same tree structure")]
+)
 @pytest.mark.parametrize(
     "call",
     [
@@ -243,8 +255,15 @@ _STRUCT = {"w": jnp.ones((2, 3))}
         lambda a, o: optlab.model_stock(a, [a, o]),
         lambda a, o: optlab.task_arithmetic(a, [o]),
     ],
-    ids=["uniform_soup", "weighted_average", "greedy_soup", "interpolate", "slerp",
-         "model_stock", "task_arithmetic"],
+    ids=[
+        "uniform_soup",
+        "weighted_average",
+        "greedy_soup",
+        "interpolate",
+        "slerp",
+        "model_stock",
+        "task_arithmetic",
+    ],
 )
 def test_mismatched_trees_raise(call, other, match):
     with pytest.raises(ValueError, match=match):
@@ -257,16 +276,28 @@ def test_mismatched_trees_raise(call, other, match):
         (lambda: optlab.uniform_soup([]), ValueError, "uniform_soup.*models"),
         (lambda: optlab.uniform_soup(_A), TypeError, "uniform_soup.*list or tuple"),
         (lambda: optlab.weighted_average([_A, _A], [1.0]), ValueError, "weighted_average.*weights"),
-        (lambda: optlab.weighted_average([_A, _A], [1.0, -1.0]), ValueError,
-         "weighted_average.*nonzero sum"),
+        (
+            lambda: optlab.weighted_average([_A, _A], [1.0, -1.0]),
+            ValueError,
+            "weighted_average.*nonzero sum",
+        ),
         (lambda: optlab.model_stock(_A, [_A]), ValueError, "model_stock.*at least 2"),
-        (lambda: optlab.task_arithmetic(_A, [_A], [1.0, 2.0]), ValueError,
-         "task_arithmetic.*scaling"),
+        (
+            lambda: optlab.task_arithmetic(_A, [_A], [1.0, 2.0]),
+            ValueError,
+            "task_arithmetic.*scaling",
+        ),
         (lambda: optlab.interpolate(_A, _A, float("nan")), ValueError, "interpolate.*t"),
-        (lambda: optlab.slerp(_A, _A, 0.5, colinear_threshold=2.0), ValueError,
-         "slerp.*colinear_threshold"),
-        (lambda: optlab.greedy_soup([_A, _A], lambda p: 0.0, scores=[1.0]), ValueError,
-         "greedy_soup.*scores"),
+        (
+            lambda: optlab.slerp(_A, _A, 0.5, colinear_threshold=2.0),
+            ValueError,
+            "slerp.*colinear_threshold",
+        ),
+        (
+            lambda: optlab.greedy_soup([_A, _A], lambda p: 0.0, scores=[1.0]),
+            ValueError,
+            "greedy_soup.*scores",
+        ),
     ],
 )
 def test_bad_arguments_raise(call, exc, match):

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import fixed_params, parabola, pytrees, run_optimizer, tree_allclose
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import optlab
+from helpers import fixed_params, parabola, pytrees, run_optimizer, tree_allclose
 from optlab import _momentum
 
 # Few examples and no shrinking: every example compiles a new scan.
@@ -238,8 +238,9 @@ def test_amsgrad_v_hat_is_non_decreasing():
 def test_low_precision_state_halves_state_bytes(amsgrad):
     params = {"w": jnp.zeros((64, 32), jnp.float32), "b": jnp.zeros((32,), jnp.float32)}
     full = optlab.scale_by_adam_family(amsgrad=amsgrad).init(params)
-    half = optlab.scale_by_adam_family(amsgrad=amsgrad, mu_dtype=jnp.bfloat16,
-                                       nu_dtype=jnp.bfloat16).init(params)
+    half = optlab.scale_by_adam_family(
+        amsgrad=amsgrad, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16
+    ).init(params)
     assert _state_bytes(half) * 2 == _state_bytes(full)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves((half.mu, half.nu)))
     # The state stays bf16 after updates, and the updates stay float32 and close to Adam's.
@@ -580,7 +581,8 @@ def test_cautious_direction_in_chain_equals_cautious_full_optimizer():
         optax.scale_by_learning_rate(lr),
     )
     outside = optlab.cautious(
-        optax.chain(optlab.scale_by_adam_family(), optax.scale_by_learning_rate(lr)))
+        optax.chain(optlab.scale_by_adam_family(), optax.scale_by_learning_rate(lr))
+    )
     a, _ = _trajectory(inside, gs)
     b, _ = _trajectory(outside, gs)
     tree_allclose(a, b, rtol=1e-6, atol=0)
@@ -746,8 +748,9 @@ CONVERGENCE = {  # name: (direction factory, peak learning rate of a linear deca
         0.1,
     ),
     "mars_adamw": (
-        lambda: optax.chain(optlab.mars_correction(0.025, 0.95),
-                            optlab.scale_by_adam_family(0.95, 0.99)),
+        lambda: optax.chain(
+            optlab.mars_correction(0.025, 0.95), optlab.scale_by_adam_family(0.95, 0.99)
+        ),
         0.1,
     ),
     "grams": (lambda: optlab.with_grad_sign(optlab.scale_by_adam_family()), 0.1),

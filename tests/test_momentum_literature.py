@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import fixed_params, quadratic_loss, run_optimizer, tree_allclose
 from optax import contrib
 
 import optlab
+from helpers import fixed_params, quadratic_loss, run_optimizer, tree_allclose
 
 
 def _grads(n, shape=(3, 2), seed=0, scale=1.0):

@@ -147,8 +147,9 @@ def test_pcgrad_two_objectives_removes_the_conflict():
     # Without a conflict nothing is projected: the sum.
     ok = jnp.array([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0]])
     np.testing.assert_allclose(combine(optlab.pcgrad(), ok)[0], ok.sum(axis=0), rtol=1e-6)
-    np.testing.assert_allclose(combine(optlab.pcgrad(reduction="mean"), ok)[0], ok.mean(axis=0),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        combine(optlab.pcgrad(reduction="mean"), ok)[0], ok.mean(axis=0), rtol=1e-6
+    )
 
 
 @settings(max_examples=25, deadline=None)
@@ -207,8 +208,9 @@ def test_pytree_combination_matches_flattened():
         tree, _ = combine(tx, {"a": a, "b": b, "frozen": None})
         assert tree["frozen"] is None and tree["a"].shape == (2, 3) and tree["b"].shape == (4,)
         whole, _ = combine(tx, flat)
-        np.testing.assert_allclose(jnp.concatenate([tree["a"].ravel(), tree["b"]]), whole,
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            jnp.concatenate([tree["a"].ravel(), tree["b"]]), whole, rtol=1e-4, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("name", ["upgrad", "mgda"])

@@ -13,8 +13,8 @@ import pytest
 from optax.contrib import _muon
 
 import optlab
-from optlab._normalization import _weight_decay
 from helpers import fixed_params, parabola, run_optimizer, tree_allclose
+from optlab._normalization import _weight_decay
 
 MUON_COEFFS = (3.4445, -4.7750, 2.0315)
 
@@ -322,6 +322,7 @@ def _radial_params():
 
 def _run_radial(tx, params, steps):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+
     @jax.jit
     def step(params, state):
         updates, state = tx.update(jax.grad(_scale_invariant_loss)(params), state, params)
@@ -336,30 +337,59 @@ def _run_radial(tx, params, steps):
 def test_radial_projection_adamp_matches_official_reference(x64):
     lr, wd, delta, wd_ratio = 0.05, 0.1, 0.1, 0.1
     tx = optax.chain(
-        optlab.radial_projection(optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8), delta=delta,
-                                 wd_ratio=wd_ratio, weight_decay=wd, channel_axis=0),
+        optlab.radial_projection(
+            optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+            delta=delta,
+            wd_ratio=wd_ratio,
+            weight_decay=wd,
+            channel_axis=0,
+        ),
         optax.scale_by_learning_rate(lr),
     )
     params = _radial_params()
     got = _run_radial(tx, params, steps=6)
     grad_fn = jax.jit(jax.grad(_scale_invariant_loss))
-    ref = _reference_adamp(params, lambda p: grad_fn(jax.tree.map(jnp.asarray, p)), 6, lr, 0.9,
-                           0.999, 1e-8, wd, delta, wd_ratio)
+    ref = _reference_adamp(
+        params,
+        lambda p: grad_fn(jax.tree.map(jnp.asarray, p)),
+        6,
+        lr,
+        0.9,
+        0.999,
+        1e-8,
+        wd,
+        delta,
+        wd_ratio,
+    )
     tree_allclose(got, ref, rtol=1e-9, atol=1e-10)
 
 
 def test_radial_projection_sgdp_matches_official_reference(x64):
     lr, wd, momentum, delta, wd_ratio = 0.05, 0.1, 0.9, 0.1, 0.1
     tx = optax.chain(
-        optlab.radial_projection(optax.trace(momentum), delta=delta, wd_ratio=wd_ratio,
-                                 weight_decay=wd / (1 - momentum), channel_axis=0),
+        optlab.radial_projection(
+            optax.trace(momentum),
+            delta=delta,
+            wd_ratio=wd_ratio,
+            weight_decay=wd / (1 - momentum),
+            channel_axis=0,
+        ),
         optax.scale_by_learning_rate(lr),
     )
     params = _radial_params()
     got = _run_radial(tx, params, steps=6)
     grad_fn = jax.jit(jax.grad(_scale_invariant_loss))
-    ref = _reference_sgdp(params, lambda p: grad_fn(jax.tree.map(jnp.asarray, p)), 6, lr, momentum,
-                          wd, delta, wd_ratio, 1e-8)
+    ref = _reference_sgdp(
+        params,
+        lambda p: grad_fn(jax.tree.map(jnp.asarray, p)),
+        6,
+        lr,
+        momentum,
+        wd,
+        delta,
+        wd_ratio,
+        1e-8,
+    )
     tree_allclose(got, ref, rtol=1e-9, atol=1e-10)
 
 
@@ -492,8 +522,11 @@ def test_named_optimizers_weight_decay_stage_matches_optax(kwargs):
 def test_weight_decay_bf16_schedule_keeps_dtype(in_float32):
     params = fixed_params(dtype=jnp.bfloat16)
     schedule = optax.linear_schedule(0.1, 0.0, 3)
-    tx = (optlab.in_float32(optax.add_decayed_weights(schedule)) if in_float32
-          else _weight_decay(schedule, None, cautious=False))
+    tx = (
+        optlab.in_float32(optax.add_decayed_weights(schedule))
+        if in_float32
+        else _weight_decay(schedule, None, cautious=False)
+    )
     out, _ = tx.update(params, tx.init(params), params)
     chex.assert_trees_all_equal_shapes_and_dtypes(out, params)
 
@@ -547,32 +580,62 @@ def _matrix_params():
 @pytest.mark.parametrize(
     "make_tx",
     [
-        lambda: optax.chain(optlab.normalize_by_global_norm(), optax.scale_by_learning_rate(
-            optax.cosine_decay_schedule(0.3, 200))),
-        lambda: optax.chain(optlab.normalize_by_leaf_norm(), optax.scale_by_learning_rate(
-            optax.cosine_decay_schedule(0.3, 200))),
-        lambda: optax.chain(optax.trace(0.9), optlab.scale_by_sign(), optax.scale_by_learning_rate(
-            optax.cosine_decay_schedule(0.05, 200))),
+        lambda: optax.chain(
+            optlab.normalize_by_global_norm(),
+            optax.scale_by_learning_rate(optax.cosine_decay_schedule(0.3, 200)),
+        ),
+        lambda: optax.chain(
+            optlab.normalize_by_leaf_norm(),
+            optax.scale_by_learning_rate(optax.cosine_decay_schedule(0.3, 200)),
+        ),
+        lambda: optax.chain(
+            optax.trace(0.9),
+            optlab.scale_by_sign(),
+            optax.scale_by_learning_rate(optax.cosine_decay_schedule(0.05, 200)),
+        ),
         lambda: optax.chain(
             optax.trace(0.9, nesterov=True),
             optlab.orthogonalize(other_ranks="reshape"),
             optax.scale_by_learning_rate(optax.cosine_decay_schedule(0.1, 200)),
         ),
-        lambda: optax.chain(optlab.sinkhorn_normalize(), optax.scale_by_learning_rate(
-            optax.cosine_decay_schedule(0.05, 200))),
-        lambda: optax.chain(optax.scale_by_adam(), optlab.scale_by_trust_ratio(),
-                            optax.scale_by_learning_rate(0.02)),
-        lambda: optax.chain(optlab.radial_projection(optax.scale_by_adam(), weight_decay=1e-4),
-                            optax.scale_by_learning_rate(0.05)),
-        lambda: optax.chain(optlab.radial_projection(optax.trace(0.9), weight_decay=1e-4),
-                            optax.scale_by_learning_rate(0.02)),
-        lambda: optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(1e-4),
-                            optax.scale_by_learning_rate(0.05)),
-        lambda: optax.chain(optax.scale_by_adam(), optlab.cautious_weight_decay(1e-2),
-                            optax.scale_by_learning_rate(0.05)),
+        lambda: optax.chain(
+            optlab.sinkhorn_normalize(),
+            optax.scale_by_learning_rate(optax.cosine_decay_schedule(0.05, 200)),
+        ),
+        lambda: optax.chain(
+            optax.scale_by_adam(), optlab.scale_by_trust_ratio(), optax.scale_by_learning_rate(0.02)
+        ),
+        lambda: optax.chain(
+            optlab.radial_projection(optax.scale_by_adam(), weight_decay=1e-4),
+            optax.scale_by_learning_rate(0.05),
+        ),
+        lambda: optax.chain(
+            optlab.radial_projection(optax.trace(0.9), weight_decay=1e-4),
+            optax.scale_by_learning_rate(0.02),
+        ),
+        lambda: optax.chain(
+            optax.scale_by_adam(),
+            optax.add_decayed_weights(1e-4),
+            optax.scale_by_learning_rate(0.05),
+        ),
+        lambda: optax.chain(
+            optax.scale_by_adam(),
+            optlab.cautious_weight_decay(1e-2),
+            optax.scale_by_learning_rate(0.05),
+        ),
     ],
-    ids=["global_norm", "leaf_norm", "signum", "muon", "sinkgd", "lamb", "adamp", "sgdp",
-         "adamw", "adam_cwd"],
+    ids=[
+        "global_norm",
+        "leaf_norm",
+        "signum",
+        "muon",
+        "sinkgd",
+        "lamb",
+        "adamp",
+        "sgdp",
+        "adamw",
+        "adam_cwd",
+    ],
 )
 def test_converges_on_parabola(make_tx):
     params = _matrix_params()
@@ -648,8 +711,13 @@ def test_channel_axis_out_of_range_raises(tx):
 
 @pytest.mark.parametrize(
     "tx",
-    [optlab.normalize_by_leaf_norm(), optlab.orthogonalize(), optlab.scale_by_trust_ratio(),
-     optlab.cautious_weight_decay(0.1), optlab.scale_by_sign()],
+    [
+        optlab.normalize_by_leaf_norm(),
+        optlab.orthogonalize(),
+        optlab.scale_by_trust_ratio(),
+        optlab.cautious_weight_decay(0.1),
+        optlab.scale_by_sign(),
+    ],
     ids=["leaf_norm", "orthogonalize", "trust_ratio", "cautious_weight_decay", "sign"],
 )
 def test_integer_params_raise(tx):
@@ -659,8 +727,11 @@ def test_integer_params_raise(tx):
 
 @pytest.mark.parametrize(
     "tx",
-    [optlab.orthogonalize(), optlab.orthogonalize(other_ranks="reshape"),
-     optlab.sinkhorn_normalize(other_ranks="reshape")],
+    [
+        optlab.orthogonalize(),
+        optlab.orthogonalize(other_ranks="reshape"),
+        optlab.sinkhorn_normalize(other_ranks="reshape"),
+    ],
     ids=["orthogonalize", "orthogonalize-reshape", "sinkhorn-reshape"],
 )
 def test_explicit_sharding_traces_and_keeps_shardings(tx):
@@ -670,11 +741,14 @@ def test_explicit_sharding_traces_and_keeps_shardings(tx):
     from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    mesh = jax.make_mesh((1, 1), ("x", "y"), axis_types=(AxisType.Explicit,) * 2,
-                         devices=jax.devices()[:1])
+    mesh = jax.make_mesh(
+        (1, 1), ("x", "y"), axis_types=(AxisType.Explicit,) * 2, devices=jax.devices()[:1]
+    )
     specs = {"w": P("x", "y"), "k": P(None, "y", "x")}
-    g = {"w": jax.random.normal(jax.random.key(0), (4, 3)),
-         "k": jax.random.normal(jax.random.key(1), (2, 4, 3))}
+    g = {
+        "w": jax.random.normal(jax.random.key(0), (4, 3)),
+        "k": jax.random.normal(jax.random.key(1), (2, 4, 3)),
+    }
     want, _ = jax.jit(tx.update)(g, tx.init(g))
     with jax.sharding.set_mesh(mesh):
         sharded = {n: jax.device_put(x, NamedSharding(mesh, specs[n])) for n, x in g.items()}

@@ -31,8 +31,13 @@ NAMES = sorted(GEN.NOTEBOOKS)
 
 
 def test_the_notebooks_exist():
-    assert {"averaging_digits.ipynb", "diloco.ipynb", "optimizer_zoo.ipynb", "sam_vs_sgd.ipynb",
-            "schedules.ipynb"} <= set(NAMES)
+    assert {
+        "averaging_digits.ipynb",
+        "diloco.ipynb",
+        "optimizer_zoo.ipynb",
+        "sam_vs_sgd.ipynb",
+        "schedules.ipynb",
+    } <= set(NAMES)
 
 
 def _cells(nb):

@@ -296,7 +296,7 @@ def test_overlap_merges_tau_steps_late_with_mixing():
     local3 = jax.vmap(lambda p, t: jax.tree.map(lambda a, g: a - 0.1 * g, p, jax.grad(loss)(p, t)))(
         p2, TARGETS
     )
-    expected = jax.tree.map(lambda l, a: alpha * l + (1 - alpha) * a[None], local3, new_anchor)
+    expected = jax.tree.map(lambda x, a: alpha * x + (1 - alpha) * a[None], local3, new_anchor)
     chex.assert_trees_all_close(params, expected, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], state.anchor), new_anchor, rtol=1e-6)
 

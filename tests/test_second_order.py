@@ -22,8 +22,10 @@ def _diag_loss(curv, target=0.0):
     """0.5 * sum(curv * (x - target)^2) per leaf: Hessian exactly diag(curv)."""
 
     def loss(params):
-        return sum(0.5 * jnp.sum(c * (p - target) ** 2)
-                   for c, p in zip(jax.tree.leaves(curv), jax.tree.leaves(params)))
+        return sum(
+            0.5 * jnp.sum(c * (p - target) ** 2)
+            for c, p in zip(jax.tree.leaves(curv), jax.tree.leaves(params))
+        )
 
     return loss
 
@@ -33,10 +35,9 @@ def _dense_loss(a):
     return lambda params: 0.5 * params["x"] @ a @ params["x"]
 
 
-_A = jnp.array([[3.0, 1.0, -0.5, 0.2],
-                [1.0, 2.0, 0.3, 0.0],
-                [-0.5, 0.3, 4.0, 1.0],
-                [0.2, 0.0, 1.0, 1.5]])
+_A = jnp.array(
+    [[3.0, 1.0, -0.5, 0.2], [1.0, 2.0, 0.3, 0.0], [-0.5, 0.3, 4.0, 1.0], [0.2, 0.0, 1.0, 1.5]]
+)
 
 
 # ---------------------------------------------------------------------------
@@ -68,8 +69,11 @@ def test_hutchinson_key_split_every_call_and_unbiased():
 
     # The mean over many probes converges to diag(A): std of one entry's mean <= 0.03.
     keys = jax.random.split(jax.random.PRNGKey(0), 4000)
-    est = jax.vmap(lambda k: tx.update(params, optlab.HutchinsonState(key=k), params,
-                                       hvp_fn=_hvp_fn(loss))[0]["x"])(keys)
+    est = jax.vmap(
+        lambda k: tx.update(params, optlab.HutchinsonState(key=k), params, hvp_fn=_hvp_fn(loss))[0][
+            "x"
+        ]
+    )(keys)
     np.testing.assert_allclose(est.mean(0), jnp.diag(_A), atol=0.15)
 
 
@@ -100,8 +104,9 @@ def test_sophia_hand_derived_three_steps():
     #  t=2: g=1.7626667, m=1.5813333, m_hat=1.5813333/0.875=1.8072381, u=1.8072381;
     #  refresh h = 0.5*1 + 0.5*2 = 1.5
     loss = lambda p: jnp.sum(p["x"] ** 2)
-    tx = optlab.scale_by_sophia(b1=0.5, b2=0.5, eps=1e-8, gamma=1.0, clip_threshold=10.0,
-                                update_interval=2)
+    tx = optlab.scale_by_sophia(
+        b1=0.5, b2=0.5, eps=1e-8, gamma=1.0, clip_threshold=10.0, update_interval=2
+    )
     params = {"x": jnp.array(1.0)}
     state = tx.init(params)
     got_u, got_h = [], []
@@ -122,9 +127,11 @@ def test_sophia_matches_optax_contrib():
     ours = optax.chain(optlab.scale_by_sophia(**kw, seed=4), optax.scale_by_learning_rate(0.05))
     ref = optax.chain(
         optax_sophia.scale_by_sophia(
-            **kw, hessian_diagonal_fn=contrib.hutchinson_estimator_diag_hessian(
-                jax.random.PRNGKey(4))),
-        optax.scale_by_learning_rate(0.05))
+            **kw,
+            hessian_diagonal_fn=contrib.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(4)),
+        ),
+        optax.scale_by_learning_rate(0.05),
+    )
     p1, _, l1 = run_optimizer(ours, loss, params, 20, lambda p: {"hvp_fn": _hvp_fn(loss)})
     p2, _, l2 = run_optimizer(ref, loss, params, 20, lambda p: {"obj_fn": loss})
     np.testing.assert_allclose(l1, l2, rtol=1e-6, atol=1e-6)
@@ -197,20 +204,24 @@ def test_adahessian_hand_derived_three_steps(hessian_power):
         u, state = tx.update(jax.grad(loss)(params), state, params, hvp_fn=_hvp_fn(loss))
         got.append(np.asarray(u["x"]))
         params = {"x": params["x"] - lr * u["x"]}
-    want = _adahessian_reference(lambda x: curv * x, lambda x: curv, [1.0, -2.0, 0.5], 3,
-                                 b1, b2, eps, hessian_power, lr)
+    want = _adahessian_reference(
+        lambda x: curv * x, lambda x: curv, [1.0, -2.0, 0.5], 3, b1, b2, eps, hessian_power, lr
+    )
     np.testing.assert_allclose(np.stack(got), np.stack(want), rtol=1e-5)
     # First step by hand: m_hat = g, sqrt(v_hat) = |D| = curv.
-    np.testing.assert_allclose(got[0], curv * [1.0, -2.0, 0.5] / (curv**hessian_power + eps),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        got[0], curv * [1.0, -2.0, 0.5] / (curv**hessian_power + eps), rtol=1e-6
+    )
 
 
 def test_adahessian_spatial_average_only_on_marked_conv_kernels():
     # A (3, 2, 2) "conv kernel" "k" and an attention-shaped (embed, heads, head_dim) kernel
     # "attn": only the leaf marked as a conv kernel is averaged over its leading (spatial)
     # axis; the attention kernel keeps its per-entry estimate (the default averages none).
-    curv = {"k": jnp.arange(1.0, 13.0).reshape(3, 2, 2),
-            "attn": jnp.arange(1.0, 25.0).reshape(4, 2, 3)}
+    curv = {
+        "k": jnp.arange(1.0, 13.0).reshape(3, 2, 2),
+        "attn": jnp.arange(1.0, 25.0).reshape(4, 2, 3),
+    }
     loss = _diag_loss(curv)
     params = jax.tree.map(jnp.ones_like, curv)
     grads = jax.grad(loss)(params)
@@ -237,8 +248,10 @@ def test_adahessian_spatial_average_only_on_marked_conv_kernels():
 def test_adahessian_power_zero_is_momentum():
     loss = _dense_loss(_A)
     params = {"x": jnp.array([1.0, -1.0, 0.5, 2.0])}
-    ada = optax.chain(optlab.scale_by_adahessian(b1=0.9, eps=1e-4, hessian_power=0.0),
-                      optax.scale_by_learning_rate(0.01 * (1 + 1e-4)))  # denominator 1 + eps
+    ada = optax.chain(
+        optlab.scale_by_adahessian(b1=0.9, eps=1e-4, hessian_power=0.0),
+        optax.scale_by_learning_rate(0.01 * (1 + 1e-4)),
+    )  # denominator 1 + eps
     ema = optax.chain(optax.ema(0.9, debias=True), optax.scale_by_learning_rate(0.01))
     p1, _, _ = run_optimizer(ada, loss, params, 20, lambda p: {"hvp_fn": _hvp_fn(loss)})
     p2, _, _ = run_optimizer(ema, loss, params, 20)
@@ -277,20 +290,23 @@ def test_missing_hvp_fn_raises(name):
         tx.update(params, state, None, hvp_fn=lambda p, v: v)
 
 
-@pytest.mark.parametrize("name,kwargs,match,err", [
-    ("scale_by_sophia", dict(b1=1.0), "b1", ValueError),
-    ("scale_by_sophia", dict(b2=-0.1), "b2", ValueError),
-    ("scale_by_sophia", dict(eps=0.0), "eps", ValueError),
-    ("scale_by_sophia", dict(gamma=-1.0), "gamma", ValueError),
-    ("scale_by_sophia", dict(clip_threshold=0.0), "clip_threshold", ValueError),
-    ("scale_by_sophia", dict(update_interval=0), "update_interval", ValueError),
-    ("scale_by_sophia", dict(update_interval=2.5), "update_interval", TypeError),
-    ("scale_by_sophia", dict(seed=-1), "seed", ValueError),
-    ("scale_by_adahessian", dict(b1=1.5), "b1", ValueError),
-    ("scale_by_adahessian", dict(eps=-1e-4), "eps", ValueError),
-    ("scale_by_adahessian", dict(hessian_power=1.5), "hessian_power", ValueError),
-    ("hutchinson_diag_hessian", dict(seed=0.5), "seed", TypeError),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,match,err",
+    [
+        ("scale_by_sophia", dict(b1=1.0), "b1", ValueError),
+        ("scale_by_sophia", dict(b2=-0.1), "b2", ValueError),
+        ("scale_by_sophia", dict(eps=0.0), "eps", ValueError),
+        ("scale_by_sophia", dict(gamma=-1.0), "gamma", ValueError),
+        ("scale_by_sophia", dict(clip_threshold=0.0), "clip_threshold", ValueError),
+        ("scale_by_sophia", dict(update_interval=0), "update_interval", ValueError),
+        ("scale_by_sophia", dict(update_interval=2.5), "update_interval", TypeError),
+        ("scale_by_sophia", dict(seed=-1), "seed", ValueError),
+        ("scale_by_adahessian", dict(b1=1.5), "b1", ValueError),
+        ("scale_by_adahessian", dict(eps=-1e-4), "eps", ValueError),
+        ("scale_by_adahessian", dict(hessian_power=1.5), "hessian_power", ValueError),
+        ("hutchinson_diag_hessian", dict(seed=0.5), "seed", TypeError),
+    ],
+)
 def test_bad_hyperparameters_raise(name, kwargs, match, err):
     with pytest.raises(err, match=rf"{name}.*{match}"):
         _FACTORIES[name](**kwargs)
@@ -313,8 +329,9 @@ def test_flax_nnx_forwards_hvp_fn():
         m = nnx.merge(graphdef, param_state, rest)
         return jnp.mean((m(x) - y) ** 2)
 
-    tx = optax.chain(optlab.scale_by_sophia(b1=0.9, update_interval=1),
-                     optax.scale_by_learning_rate(0.05))
+    tx = optax.chain(
+        optlab.scale_by_sophia(b1=0.9, update_interval=1), optax.scale_by_learning_rate(0.05)
+    )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     l0 = float(loss_on_state(nnx.state(model, nnx.Param)))
     for _ in range(20):
@@ -327,9 +344,12 @@ def test_rademacher_probes_match_optax_random_like():
     # One batched Threefry call (for compile time) draws exactly optax's per-leaf probes.
     from optlab._second_order import _rademacher_like
 
-    tree = {"a": jnp.ones((4, 3)), "b": [jnp.ones(()), jnp.ones((0,)),
-                                        jnp.ones((7,), jnp.bfloat16)],
-            "c": None, "d": jnp.ones((2, 3, 5))}
+    tree = {
+        "a": jnp.ones((4, 3)),
+        "b": [jnp.ones(()), jnp.ones((0,)), jnp.ones((7,), jnp.bfloat16)],
+        "c": None,
+        "d": jnp.ones((2, 3, 5)),
+    }
     for seed in range(5):
         key = jax.random.PRNGKey(seed)
         ours = jax.jit(_rademacher_like)(key, tree)

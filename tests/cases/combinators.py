@@ -31,7 +31,7 @@ CASES = [
     ),
     Case(
         "in_float32",
-        factory=lambda weight_decay=optax.linear_schedule(1e-2, 0.0, 10): optlab.in_float32(
+        factory=lambda weight_decay=optax.linear_schedule(1e-2, 0.0, 10): optlab.in_float32(  # noqa: B008
             optax.add_decayed_weights(weight_decay)
         ),
         inject=False,

@@ -3,9 +3,9 @@
 import hypothesis.strategies as st
 import jax.numpy as jnp
 import optax
-from helpers import Case
 
 import optlab
+from helpers import Case
 
 _b1 = st.floats(0.0, 0.99)
 _b2 = st.floats(0.9, 0.9999)
@@ -23,12 +23,21 @@ CASES = [
         static_args=("accumulator_dtype",),
     ),
     Case("scale_by_adam_family", hparams=dict(b1=_b1, b2=_b2, eps=_eps)),
-    Case("scale_by_adam_family", id="amsgrad", kwargs=dict(amsgrad=True),
-         hparams=dict(b1=_b1, b2=_b2)),
-    Case("scale_by_adam_family", id="adamax", kwargs=dict(adamax=True),
-         hparams=dict(b1=_b1, b2=_b2)),
-    Case("scale_by_adam_family", id="nesterov", kwargs=dict(nesterov=True),
-         hparams=dict(b1=_b1, b2=_b2)),
+    Case(
+        "scale_by_adam_family",
+        id="amsgrad",
+        kwargs=dict(amsgrad=True),
+        hparams=dict(b1=_b1, b2=_b2),
+    ),
+    Case(
+        "scale_by_adam_family", id="adamax", kwargs=dict(adamax=True), hparams=dict(b1=_b1, b2=_b2)
+    ),
+    Case(
+        "scale_by_adam_family",
+        id="nesterov",
+        kwargs=dict(nesterov=True),
+        hparams=dict(b1=_b1, b2=_b2),
+    ),
     Case(
         "scale_by_adam_family",
         id="bf16_state",

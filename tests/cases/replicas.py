@@ -4,14 +4,15 @@ The shared suites call ``tx.update`` with no mapped axis, so every case runs wit
 ``axis_name=None``: one replica, no communication (a valid configuration: the outer step
 acts on the replica's own pseudo-gradient). Syncs happen within the suites' 3-4 steps
 (``sync_period=2``). Inner optimizers are plain SGD and compressors deterministic to keep
-compile times low (each case is compiled by several suites). The multi-replica behaviour (vmap, shard_map, pmap, two processes)
-is tested in tests/test_replicas.py and tests/test_replicas_multidevice.py.
+compile times low (each case is compiled by several suites). The multi-replica behaviour
+(vmap, shard_map, pmap, two processes) is tested in tests/test_replicas.py and
+tests/test_replicas_multidevice.py.
 """
 
 import optax
-from helpers import Case, register_not_transform
 
 import optlab
+from helpers import Case, register_not_transform
 
 register_not_transform(
     "top_k",
