@@ -479,8 +479,8 @@ def sam_vs_sgd():
 
             * SAM costs a second gradient evaluation per step (`grad_fn` at the perturbed
               point). `optlab.looksam` reuses the perturbation direction for several steps
-              and `optlab.sam(..., mode="two_call")` splits the two gradients over two
-              `update` calls.
+              and, for loops that make two `update` calls per step, `optax.contrib.sam` is
+              SAM in that style.
             * `rho` sets the scale of the flatness SAM can see; `rho=0` is exactly the base
               optimizer (checked above). Variants: `optlab.asam` (scale-invariant radius),
               `optlab.gsam`, `optlab.fisher_sam`, `optlab.masked_sam`.
@@ -512,7 +512,7 @@ def averaging_digits():
             small Flax NNX MLP on scikit-learn's bundled digits data (no download).
             """,
         ),
-        _install('optlab "flax>=0.11" scikit-learn'),
+        _install(),
         _code(
             """
             import time
@@ -690,7 +690,7 @@ def schedules():
             schedule-free AdamW), against AdamW at its tuned learning rate.
             """,
         ),
-        _install('optlab "flax>=0.11" scikit-learn'),
+        _install(),
         _code(
             """
             import time
