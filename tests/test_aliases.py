@@ -174,7 +174,7 @@ def test_drop_in_signatures():
         assert list(inspect.signature(ours).parameters)[: len(ref)] == ref, ours.__name__
     ours = list(inspect.signature(optlab.amsgrad).parameters)
     assert ours[:6] == list(inspect.signature(optax.amsgrad).parameters)[:6]
-    ours = set(inspect.signature(optlab.muon).parameters)
+    ours = set(inspect.signature(optlab.muon).parameters) - {"muon_mask"}  # optlab's addition
     assert ours <= set(inspect.signature(contrib.muon).parameters)
     ours = list(inspect.signature(optlab.sophia).parameters)
     assert ours[:9] == list(inspect.signature(contrib.sophia).parameters)[:9]
@@ -479,7 +479,7 @@ CONVERGENCE = {
         dict(learning_rate=_cos(0.1, 300), trust_coefficient=0.1),
         1e-5,
         dict(learning_rate=_cos(0.1, 1000), trust_coefficient=0.1),
-        1e-5,
+        3e-5,  # 2.0e-5 with the overflow-safe norms (1e-5 before; float32 rounding of the norms)
     ),
     "muon": (dict(learning_rate=_cos(0.05, 300)), 2e-2, dict(learning_rate=0.05), 3e-3),
     "sinkgd": (
@@ -719,15 +719,13 @@ def test_schedules_and_traced_hyperparameters_accepted():
         if name in ("sophia", "adahessian", "oasis"):
             continue
         factory = getattr(optlab, name)
+        # Integer hyperparameters (periods, ranks, sizes, seeds) fix shapes or loop counts:
+        # static, as in optax; every other numeric hyperparameter is traced.
         static = {
-            "ns_steps",
-            "num_iters",
-            "min_dim_size_to_factor",
-            "decay_offset",
-            "channel_axis",
-            "seed",
-            "num_grads",
-        } & set(inspect.signature(factory).parameters)
+            k
+            for k, p in inspect.signature(factory).parameters.items()
+            if isinstance(p.default, int) and not isinstance(p.default, bool)
+        } | ({"channel_axis"} & set(inspect.signature(factory).parameters))
         tx = _per_example(
             name,
             optax.inject_hyperparams(factory, static_args=static)(
