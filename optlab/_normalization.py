@@ -1134,7 +1134,7 @@ def scale_by_lmo(
 
         return jax.tree.map(per_subtree, spec, updates, is_leaf=lambda x: x is None), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _base.public("scale_by_lmo", optax.GradientTransformationExtraArgs(init_fn, update_fn))
 
 
 def _check_norm_spec(fn: str, norm: Any) -> None:
@@ -1233,7 +1233,7 @@ def scale_by_swan(
         del params, extra_args
         return _tree.tree_map(leaf, updates), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _base.public("scale_by_swan", optax.GradientTransformationExtraArgs(init_fn, update_fn))
 
 
 # ---------------------------------------------------------------------------
