@@ -497,6 +497,12 @@ OVERFLOW_GAPS: dict[str, str] = {
         "scale_by_sgd_sai",
         "scale_by_aegd",
         "scale_by_dog",
+        # Added in parallel with the issue-16 mechanism; same leftover.
+        "adopt",
+        "scale_by_adopt",
+        "m_fac",
+        "scale_by_m_fac",
+        "bloop",
         "dog",
     )
 }
