@@ -503,6 +503,7 @@ OVERFLOW_GAPS: dict[str, str] = {
         "m_fac",
         "scale_by_m_fac",
         "bloop",
+        "awp_sam",
         "dog",
     )
 }
