@@ -507,7 +507,9 @@ def test_grams_sign_of_update_is_sign_of_gradient(params, seed):
     ours, _ = _trajectory(optlab.with_grad_sign(optlab.scale_by_adam_family()), gs, params)
     adam, _ = _trajectory(optax.scale_by_adam(), gs, params)
     chex.assert_trees_all_equal(jax.tree.map(jnp.sign, ours), jax.tree.map(jnp.sign, gs))
-    tree_allclose(jax.tree.map(jnp.abs, ours), jax.tree.map(jnp.abs, adam), rtol=0, atol=0)
+    # Adam's magnitudes, up to float32 rounding (optlab's Adam and optax's order the bias
+    # corrections differently: 1-2 ulp on some trees).
+    tree_allclose(jax.tree.map(jnp.abs, ours), jax.tree.map(jnp.abs, adam), rtol=1e-6, atol=0)
     # As a full optimizer (updates added to params) the update descends: opposite sign.
     full, _ = _trajectory(
         optlab.with_grad_sign(optax.adam(1e-2), inner_is_direction=False), gs, params
