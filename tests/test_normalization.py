@@ -215,7 +215,9 @@ def test_trust_ratio_matches_optax(kwargs):
     g["b"] = jnp.zeros_like(g["b"])  # zero update norm
     out, _ = _apply(optlab.scale_by_trust_ratio(**kwargs), g, params)
     ref, _ = _apply(optax.scale_by_trust_ratio(**kwargs), g, params)
-    tree_allclose(out, ref, rtol=0, atol=0)
+    # optlab's norms are overflow-safe (scaled before squaring): equal to optax's up to float32
+    # rounding, and finite where optax's overflow.
+    tree_allclose(out, ref, rtol=1e-6, atol=0)
 
 
 def test_trust_ratio_update_norm_is_ratio_times_param_norm():
