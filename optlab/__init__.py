@@ -24,7 +24,8 @@ module                 concern
 ``_aliases``           named optimizers: chains of the above (and DP-SGD)
 ``_registry``          ``optlab.get``, ``optlab.available``, ``optlab.describe``: the top
                        floor, a table of ``_aliases``; nothing below imports it
-``_flax_utils``        Flax helpers (BatchNorm statistics for averaged weights)
+``_flax_utils``        Flax helpers (BatchNorm statistics, SAM's ``grad_fn`` for NNX, Linen
+                       ``apply_gradients``, named-chain states in ``flax.serialization``)
 =====================  ==================================================
 """
 

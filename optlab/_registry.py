@@ -271,8 +271,9 @@ def _split_name(fn: str, name: Any, param: str = "name") -> tuple[str | None, st
     )
 
 
-def _build(fn: str, name: Any, args: tuple, kwargs: dict) -> optax.GradientTransformation:
-    wrapper, base = _split_name(fn, name)
+def _build(
+    wrapper: str | None, base: str, args: tuple, kwargs: dict
+) -> optax.GradientTransformation:
     if wrapper is None:
         return _TABLE[base][0](*args, **kwargs)
     wrap = _WRAPPERS[wrapper]
@@ -338,7 +339,7 @@ def get(name: str, /, *args: Any, **kwargs: Any) -> optax.GradientTransformation
       KeyError: for an unknown name, listing the closest registered names.
       TypeError: if ``name`` is not a string.
     """
-    return _build("get", name, args, kwargs)
+    return _build(*_split_name("get", name), args, kwargs)
 
 
 def _tree_bytes(tree: Any) -> int:
@@ -402,7 +403,7 @@ def describe(
         tx = tx_or_name
     else:
         wrapper, base = _split_name("describe", tx_or_name, "tx_or_name")
-        tx = _build("describe", tx_or_name, (), {"learning_rate": 1e-3, **kwargs})
+        tx = _build(wrapper, base, (), {"learning_rate": 1e-3, **kwargs})
         info = str(_info(base))
         lines.append(info if wrapper is None else f"{wrapper}-{info}  (optlab.{wrapper} around it)")
     if params is None:
