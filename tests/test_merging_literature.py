@@ -114,6 +114,23 @@ def test_align_and_interpolate():
     chex.assert_trees_all_close(optlab.align_and_interpolate(a, c, SPEC, 0.25), want)
 
 
+def test_aligned_merge_of_a_noisy_permuted_copy_keeps_the_function():
+    # b: a permuted copy of a plus noise. The aligned midpoint computes nearly a's
+    # function; the naive midpoint mixes unrelated units and does not.
+    a = _mlp(0)
+    rng = np.random.default_rng(9)
+    b = optlab.apply_permutation(a, SPEC, _random_perms(6))
+    b = jax.tree.map(lambda x: x + 0.05 * jnp.asarray(rng.normal(size=x.shape), x.dtype), b)
+    x = jnp.asarray(rng.normal(size=(16, 6)), jnp.float32)
+    ref = _forward(a, x)
+
+    def err(p):
+        return float(jnp.linalg.norm(_forward(p, x) - ref) / jnp.linalg.norm(ref))
+
+    aligned, naive = optlab.align_and_interpolate(a, b, SPEC), optlab.interpolate(a, b, 0.5)
+    assert err(aligned) < 0.1 < err(naive), (err(aligned), err(naive))
+
+
 def test_weight_matching_bad_input():
     a = _mlp(0)
     with pytest.raises(ValueError, match="weight_matching.*spec.*structure"):
