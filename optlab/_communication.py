@@ -266,7 +266,7 @@ def stochastic_quantization(bits: int = 8) -> Compressor:
             return codes.astype(jnp.int8), m.reshape(1)
         # codes + levels in [0, 2**bits - 2]: `bits` bits each, packed into bytes
         offset = (codes + levels).astype(jnp.uint8)
-        code_bits = (offset[:, None] >> shifts) & 1
+        code_bits = (offset[:, None] >> shifts[None, :]) & 1
         return jnp.packbits(code_bits.reshape(-1)), m.reshape(1)
 
     def decode(payload, size, dtype):
@@ -275,7 +275,9 @@ def stochastic_quantization(bits: int = 8) -> Compressor:
             codes = packed.astype(jnp.float32)
         else:
             code_bits = jnp.unpackbits(packed, count=size * bits).reshape(size, bits)
-            offset = jnp.sum(code_bits.astype(jnp.int32) << shifts.astype(jnp.int32), axis=1)
+            offset = jnp.sum(
+                code_bits.astype(jnp.int32) << shifts[None, :].astype(jnp.int32), axis=1
+            )
             codes = (offset - levels).astype(jnp.float32)
         return (codes * (m[0] / levels)).astype(dtype)
 
