@@ -11,6 +11,9 @@ named checks (``true``/``false`` or numbers) to ``argv[1]``; the test asserts on
   the HLO has only "data" collectives (parameter all-gather, gradient reduce-scatter),
   inside it only "replica" ones (checked by replica-group size); equals the ``vmap`` run
   over 4 unsharded replicas on the same global batch.
+* explicit sharding mode, ``jax.jit(jax.vmap(..., spmd_axis_name="replica"))`` with the
+  parameters also sharded over "data": DiLoCo + top-k/EF equals the one-device ``vmap``
+  run and params, anchor and EF memory keep their shardings.
 * ``pmap`` over 8 devices equals the ``vmap`` run.
 * NoLoCo under ``shard_map``: the HLO has collective-permutes and no all-reduce.
 * gossip under ``shard_map``: one ring step keeps the replica mean.
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optlab
@@ -286,6 +289,66 @@ checks["mesh2d_inner_step_over_data_only"] = {k for k, _ in outside} == {
 checks["mesh2d_sync_over_replica_only"] = any(k == "all-reduce" for k, _ in inside) and all(
     g == RR for _, g in inside
 )
+
+# ------------------------------------------- the same placement with jit + NamedSharding
+
+# Explicit sharding mode, jax.jit(jax.vmap(..., spmd_axis_name="replica")): replicas along
+# "replica", every parameter-shaped leaf also sharded over "data"; DiLoCo with top-k + EF
+# (a whole-leaf selection, gathered over "data") equals the single-device vmap run and
+# keeps the shardings in params, anchor and error-feedback memory.
+mesh3 = jax.make_mesh((RR, D), ("replica", "data"), axis_types=(AxisType.Explicit,) * 2)
+tx3 = optlab.diloco(optax.sgd(0.1), sync_period=H, compressor=optlab.top_k(0.5))
+s3 = tx3.init(PARAMS2)
+axes3 = optlab.replica_axes(s3)
+G3 = {
+    k: jnp.asarray(rng.normal(size=(RR, *v.shape)).astype(np.float32)) for k, v in PARAMS2.items()
+}
+
+
+def step3(p, s, g):
+    updates, s = tx3.update(g, s, p)
+    return optax.apply_updates(p, updates), s
+
+
+vstep3 = jax.vmap(step3, in_axes=(0, axes3, 0), out_axes=(0, axes3), axis_name="replica")
+rp3, rs3 = optlab.replicate(PARAMS2, RR), optlab.replicate(s3, RR, axes3)
+p3, st3 = rp3, rs3
+f3 = jax.jit(vstep3)
+for _ in range(STEPS):
+    rp3, rs3 = f3(rp3, rs3, G3)
+
+
+_is_none = lambda x: x is None
+
+
+def put3(tree, mapped=True):
+    def one(x):
+        if not mapped:
+            return P()
+        return P("replica", "data") if x.ndim >= 2 and x.dtype == jnp.float32 else P("replica")
+
+    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh3, one(x))), tree)
+
+
+with jax.sharding.set_mesh(mesh3):
+    p3, g3 = put3(p3), put3(G3)
+    st3 = jax.tree.map(lambda a, t: put3(t, a is not None), axes3, st3, is_leaf=_is_none)
+    f3s = jax.jit(
+        jax.vmap(
+            step3,
+            in_axes=(0, axes3, 0),
+            out_axes=(0, axes3),
+            axis_name="replica",
+            spmd_axis_name="replica",
+        )
+    )
+    for _ in range(STEPS):
+        p3, st3 = f3s(p3, st3, g3)
+checks["explicit_vmap_equals_vmap"] = close(p3, rp3) and close(st3.anchor, rs3.anchor)
+checks["explicit_vmap_shardings"] = [
+    str(jax.typeof(x).sharding.spec)
+    for x in jax.tree.leaves((p3, st3.anchor, st3.communication[0].memory))
+]
 
 # --------------------------------------------------------------------------- pmap
 

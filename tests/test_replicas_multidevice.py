@@ -87,6 +87,12 @@ def test_2d_mesh_params_sharded_over_data_inner_step_over_data_sync_over_replica
     assert eight_devices["mesh2d_sync_over_replica_only"], found
 
 
+def test_explicit_sharding_vmap_over_replica_axis_with_top_k_keeps_shardings(eight_devices):
+    assert eight_devices["explicit_vmap_equals_vmap"]
+    specs = eight_devices["explicit_vmap_shardings"]
+    assert len(specs) == 6 and all(s.startswith("P('replica', 'data'") for s in specs), specs
+
+
 def test_pmap_equals_vmap(eight_devices):
     assert eight_devices["pmap_equals_vmap"] and eight_devices["pmap_anchors_identical"]
 
