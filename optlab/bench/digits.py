@@ -253,9 +253,12 @@ def train_one(
         if progress is not None:
             progress.update(chunk, chunk_s)
 
-    accuracy = jax.jit(
-        jax.vmap(lambda p: jnp.mean(jnp.argmax(nnx.merge(graphdef, p)(x_te), -1) == y_te))
-    )(params)
+    def test_accuracy(p, s):
+        # schedule-free (and averaging wrappers): the averaged parameters are the model
+        q, _ = common.evaluation_params(p, s)
+        return jnp.mean(jnp.argmax(nnx.merge(graphdef, q)(x_te), -1) == y_te)
+
+    accuracy = jax.jit(jax.vmap(test_accuracy))(params, opt_state)
     return Result(
         name=name,
         learning_rate=learning_rate,
