@@ -85,6 +85,10 @@ LEARNING_RATES: dict[str, float] = {
     "muon": 0.03,  # swept 0.01, 0.03, 0.1: 2.372, 2.272, 2.392
     "sophia": 1e-3,  # swept 3e-4, 1e-3, 3e-3: 2.883, 2.872, 3.060
     "sam-adamw": 3e-3,  # AdamW's (not swept)
+    # parameter-free: the learning rate is a multiplier of the estimated step, 1 by design
+    "dog": 1.0,
+    "dowg": 1.0,
+    "prodigy": 1.0,
 }
 FALLBACK_LR = 1e-3
 # Sweep grids (benchmarks/lm_lr_sweep.py); others use DEFAULT_GRID.
