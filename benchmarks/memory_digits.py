@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 try:
@@ -67,9 +68,32 @@ OPTIMIZERS = {
 
 
 LM_RANK = 48  # d / 4 for the small model (d = 192)
+
+
+def adam_mini_partition(params):
+    """Adam-mini's partition from the paper for optlab.bench.lm's transformer: one value
+    per head for queries and keys, per output neuron for values, the attention output and
+    the MLP, per token for the (tied) embedding, one per leaf for norm scales."""
+
+    def axes(path, x):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "embedding":
+            return (1,)
+        if name in ("query", "key"):
+            return (0, 2)
+        if name == "value" or (x.ndim == 2 and name != "embedding"):
+            return (0,)
+        if name == "out":
+            return (0, 1)
+        return None
+
+    return jax.tree.map_with_path(axes, params)
+
+
 LM_OPTIMIZERS = {
     "adamw": lambda lr: optlab.adamw(lr),
     "adam_mini": lambda lr: optlab.adam_mini(lr),
+    "adam_mini (paper partition)": lambda lr: optlab.adam_mini(lr, reduce_axes=adam_mini_partition),
     f"galore (r={LM_RANK} T=200)": lambda lr: optlab.galore(lr, rank=LM_RANK, update_proj_gap=200),
     "adamw 8-bit moments": lambda lr: optlab.quantized_moments(optlab.adamw(lr)),
 }
@@ -84,7 +108,9 @@ def main_lm(args) -> int:
     warmup = min(task.size.warmup, steps - 1)
     start = time.perf_counter()
     results = []
-    for name, make in LM_OPTIMIZERS.items():
+    names = list(LM_OPTIMIZERS) if args.optimizers is None else args.optimizers.split(";")
+    for name in names:
+        make = LM_OPTIMIZERS[name]
         tx = make(common.make_schedule("constant", lr, steps, warmup))
         r = lm.train(tx, steps, args.size, args.seed, task=task, name=name, learning_rate=lr)
         results.append(r)
