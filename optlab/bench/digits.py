@@ -84,6 +84,37 @@ LEARNING_RATES: dict[str, float] = {
     "signum": 1e-3,
     "sinkgd": 1e-3,
     "sophia": 1e-3,
+    # parameter-free: the learning rate multiplies the estimated step; 1 by design
+    "dog": 1.0,
+    "dowg": 1.0,
+    "prodigy": 1.0,
+    # the optimizers registered since (grid 1e-3, 1e-2, 0.1, 1; `*`: best at the grid's
+    # edge, see benchmarks/results/digits_lr_sweep.md)
+    "adam": 0.01,
+    "adopt": 1e-3,  # *
+    "yogi": 0.01,
+    "adamomentum": 1e-3,  # *
+    "qhadam": 1e-3,  # *
+    "qhm": 1.0,  # *
+    "ano": 0.01,
+    "nag_gs": 1.0,  # *
+    "lion_kappa": 1e-3,  # *
+    "adago": 0.1,
+    "adagrad_norm": 1.0,  # *
+    "sps": 1.0,  # * (the step is Polyak's; the rate caps it)
+    "alr_smag": 0.1,
+    "schedule_free_adamw": 0.01,  # evaluated at its average x
+    "schedule_free_sgd": 1.0,  # *
+    "subset_norm_adam": 0.01,
+    "galore": 0.01,
+    "online_subspace_descent": 0.01,
+    "frugal": 1e-3,  # *
+    "badam": 0.01,
+    "adam_mini": 1e-3,  # tie with 0.01 (0.9753 both)
+    "scion": 1e-3,  # *
+    "swan": 1e-3,  # *
+    "m_fac": 0.01,
+    "oasis": 1.0,  # * (0.54 at best: it does not train this MLP well at any rate)
 }
 FALLBACK_LR = 1e-3
 
