@@ -98,7 +98,7 @@ LEARNING_RATES: dict[str, float] = {
     "qhm": 1.0,  # *
     "ano": 0.01,
     "nag_gs": 1.0,  # *
-    "lion_kappa": 1e-3,  # *
+    "lion_kappa": 3e-4,  # extra grid 1e-4, 3e-4
     "adago": 0.1,
     "adagrad_norm": 1.0,  # *
     "sps": 1.0,  # * (the step is Polyak's; the rate caps it)
@@ -111,8 +111,8 @@ LEARNING_RATES: dict[str, float] = {
     "frugal": 1e-3,  # *
     "badam": 0.01,
     "adam_mini": 1e-3,  # tie with 0.01 (0.9753 both)
-    "scion": 1e-3,  # *
-    "swan": 1e-3,  # *
+    "scion": 1e-3,  # extra grid 1e-4, 3e-4: 1e-3 stays best
+    "swan": 1e-3,  # extra grid 1e-4, 3e-4: 1e-3 stays best
     "m_fac": 0.01,
     "oasis": 1.0,  # * (0.54 at best: it does not train this MLP well at any rate)
 }
