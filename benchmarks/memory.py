@@ -1,7 +1,7 @@
 """Optimizer-state bytes, peak memory and step time of the memory-efficient optimizers.
 
-For a transformer-like float32 tree of about 1e7 and 5e7 parameters (768 x 768 attention
-matrices, 768 x 3072 and 3072 x 768 MLP matrices, an embedding, norm scales and biases;
+For a transformer-like float32 tree of about 1e6, 4e6 (the default), 1e7 or 5e7 parameters
+(d x d attention matrices, d x 4d and 4d x d MLP matrices, an embedding, norm scales and biases;
 one top-level key per layer and one for the embedding) this reports, for each optimizer:
 
 * state bytes per parameter byte, from ``jax.eval_shape(tx.init, params)`` (nothing is
@@ -23,7 +23,7 @@ one top-level key per layer and one for the embedding) this reports, for each op
 Run it with the allocator settings of ``benchmarks/run.sh``::
 
     MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=8589934592 MALLOC_ARENA_MAX=1 \\
-      python3 benchmarks/memory.py --sizes 1e7,5e7 --out benchmarks/results
+      python3 benchmarks/memory.py --sizes 4e6 --out benchmarks/results
 
 It writes ``memory.md`` (the table) and ``memory.json`` (raw numbers) to ``--out``.
 Nothing here is a test: times and RSS depend on the machine and its load.
@@ -250,7 +250,7 @@ def markdown(rows: list[dict[str, Any]], note: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1e7")
+    ap.add_argument("--sizes", default="4e6", help=f"comma-separated, of {list(LAYOUTS)}")
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     ap.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
     ap.add_argument("--repeats", type=int, default=3, help="0: memory only")
