@@ -588,13 +588,23 @@ def _sinkhorn_normalize(num_iters, eps, other_ranks):
         m, n = x.shape
         sqrt_m, sqrt_n = math.sqrt(m), math.sqrt(n)
 
-        def body(_, x):
-            rows = jnp.sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True))
-            x = x * (sqrt_n * _tree.safe_div(1.0, rows + eps))
-            cols = jnp.sqrt(jnp.sum(jnp.square(x), axis=0, keepdims=True))
-            return x * (sqrt_m * _tree.safe_div(1.0, cols + eps))
+        # Every iterate is diag(r) X diag(c): iterate on the two scaling vectors only
+        # (each half-step is one read-only pass over X, a weighted sum of squares) and
+        # apply them once at the end, instead of rewriting X 2 * num_iters times.
+        sq = jnp.square(x)
 
-        return jax.lax.fori_loop(0, num_iters, body, x)
+        def body(_, rc):
+            r, c = rc
+            rows = r * jnp.sqrt(jnp.sum(sq * jnp.square(c)[None, :], axis=1))
+            # a zero row / column stays zero whatever its factor: keep the factor finite
+            r = jnp.where(rows > 0, r * (sqrt_n * _tree.safe_div(1.0, rows + eps)), r)
+            cols = c * jnp.sqrt(jnp.sum(sq * jnp.square(r)[:, None], axis=0))
+            return r, jnp.where(cols > 0, c * (sqrt_m * _tree.safe_div(1.0, cols + eps)), c)
+
+        # ones shaped (and, under explicit sharding, sharded) like a column and a row
+        r, c = jnp.ones_like(x[:, 0]), jnp.ones_like(x[0, :])
+        r, c = jax.lax.fori_loop(0, num_iters, body, (r, c))
+        return x * r[:, None] * c[None, :]
 
     def _normalize(u):
         x = _tree.to_acc(u)
@@ -667,8 +677,10 @@ def scale_by_trust_ratio(
 def _scale_by_trust_ratio(min_norm, trust_coefficient, eps):
     def _scale(u, p):
         u32, p32 = _tree.to_acc(u), _tree.to_acc(p)
-        param_norm = _tree.safe_norm(p32, min_norm)
-        update_norm = _tree.safe_norm(u32, min_norm)
+        # One reduction per norm (overflow-safe fallback only when needed); no gradient
+        # is taken through the ratio, so safe_norm's second evaluation is not needed.
+        param_norm = jnp.maximum(_tree.fast_leaf_norm(p32), min_norm)
+        update_norm = jnp.maximum(_tree.fast_leaf_norm(u32), min_norm)
         ratio = _tree.safe_div(trust_coefficient * param_norm, update_norm + eps)
         zero_norm = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
         ratio = jnp.where(zero_norm, 1.0, ratio)
