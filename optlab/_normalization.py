@@ -801,29 +801,32 @@ def _radial_projection(inner, delta, wd_ratio, weight_decay, eps, channel_axis):
     def init_fn(params):
         return RadialProjectionState(inner_state=inner.init(params))
 
-    def _view(d, g, w, axes):
-        """(is scale-invariant in this view, d without its radial component)."""
-        dim = max(math.prod(w.shape[i] for i in axes), 1)
-        dot = jnp.sum(g * w, axis=axes, keepdims=True)
-        g_norm = jnp.sqrt(jnp.sum(jnp.square(g), axis=axes, keepdims=True))
-        w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=axes, keepdims=True))
-        cosine = _tree.safe_div(jnp.abs(dot), jnp.maximum(g_norm, eps) * jnp.maximum(w_norm, eps))
-        invariant = jnp.max(cosine) < delta / math.sqrt(dim)
-        w_hat = w * _tree.safe_div(1.0, w_norm + eps)
-        projected = d - w_hat * jnp.sum(w_hat * d, axis=axes, keepdims=True)
-        return invariant, projected
-
     def _leaf(d, g, w):
         d32, g32, w32 = _tree.to_acc(d), _tree.to_acc(g), _tree.to_acc(w)
         if w.ndim > 1:
-            channel_invariant, channel_proj = _view(
-                d32, g32, w32, _reduction_axes("radial_projection", w.ndim, channel_axis)
-            )
-            layer_invariant, layer_proj = _view(d32, g32, w32, tuple(range(w.ndim)))
-            out = jnp.where(
-                channel_invariant, channel_proj, jnp.where(layer_invariant, layer_proj, d32)
+            # One pass of per-channel sums; the whole-leaf view's sums are sums of them
+            # (issue 13: four reductions instead of eight, and one output pass).
+            axes = _reduction_axes("radial_projection", w.ndim, channel_axis)
+            sums = lambda x: jnp.sum(x, axis=axes, keepdims=True)  # noqa: E731
+            gw, gg, ww, wd = sums(g32 * w32), sums(g32 * g32), sums(w32 * w32), sums(w32 * d32)
+            layer = [jnp.sum(x) for x in (gw, gg, ww, wd)]
+
+            def view(gw, gg, ww, wd, dim):
+                g_norm, w_norm = jnp.sqrt(gg), jnp.sqrt(ww)
+                den = jnp.maximum(g_norm, eps) * jnp.maximum(w_norm, eps)
+                invariant = jnp.max(_tree.safe_div(jnp.abs(gw), den)) < delta / math.sqrt(dim)
+                inv_norm = _tree.safe_div(1.0, w_norm + eps)
+                # d - w_hat <w_hat, d> = d - w * coef, w_hat = w / (||w|| + eps)
+                return invariant, inv_norm * wd * inv_norm
+
+            channel_dim = max(math.prod(w.shape[i] for i in axes), 1)
+            channel_invariant, channel_coef = view(gw, gg, ww, wd, channel_dim)
+            layer_invariant, layer_coef = view(*layer, max(w.size, 1))
+            coef = jnp.where(
+                channel_invariant, channel_coef, jnp.where(layer_invariant, layer_coef, 0.0)
             )
             wd_factor = jnp.where(channel_invariant | layer_invariant, wd_ratio, 1.0)
+            out = d32 - w32 * coef
         else:
             out, wd_factor = d32, 1.0
         out = out + (weight_decay * wd_factor) * w32
