@@ -67,7 +67,9 @@ def main(argv=None) -> int:
     names = [n for n in args.optimizers.split(",") if n] or list(
         dict.fromkeys(r["name"] for r in rows)
     )
-    sizes = [float(s) for s in args.sizes.split(",") if s] or sorted({r["size"] for r in rows})
+    known = sorted({r["size"] for r in rows})  # exact element counts of the baseline
+    asked = [float(s) for s in args.sizes.split(",") if s]
+    sizes = sorted({min(known, key=lambda k: abs(k - a)) for a in asked}) if asked else known
     log = lambda s: print(s, flush=True)  # noqa: E731
     log(
         f"baseline: {args.baseline} ({base['environment'].get('date')},"
