@@ -184,7 +184,12 @@ def one(name: str, size: str, steps: int, repeats: int) -> dict[str, Any]:
         "rss_peak_over_before_mib": max(peak, base_peak) - base_rss,
         "compile_s": runner.compile_s,
         "first_step_ms": first * 1e3,
+        "platform": jax.devices()[0].platform,
+        "device_kind": jax.devices()[0].device_kind,
     }
+    stats = jax.devices()[0].memory_stats() or {}  # accelerators: the allocator's peak
+    if "peak_bytes_in_use" in stats:
+        row["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
     if repeats == 0:  # memory only
         return row
     # Timing, interleaved with AdamW (built only now: the peak above is this optimizer's).
@@ -312,8 +317,10 @@ def main(argv=None) -> int:
             )
     note = (
         f"Run: `benchmarks/memory.py --sizes {args.sizes} --steps {args.steps} --repeats"
-        f" {args.repeats}` on {os.cpu_count()} CPU cores (shared), jax {jax.__version__},"
-        " with the allocator variables of `benchmarks/run.sh`."
+        f" {args.repeats}` on {jax.devices()[0].platform} ({jax.devices()[0].device_kind};"
+        f" host: {os.cpu_count()} CPU cores), jax {jax.__version__},"
+        " with the allocator variables of `benchmarks/run.sh`. On an accelerator the RSS"
+        " column is host memory; `device_peak_mib` in memory.json is the device's peak."
     )
     text = markdown(rows, note)
     print(text)

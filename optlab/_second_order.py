@@ -83,17 +83,20 @@ def _rademacher_like(key: jax.Array, tree: Any) -> Any:
     ):
         return optax.tree.random_like(key, tree, jax.random.rademacher, dtype=jnp.float32)
     keys = jax.random.split(key, len(leaves))  # == optax.tree.split_key_like
-    sizes_np = np.asarray(sizes, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes_np)[:-1]]).astype(np.uint32)
-    k1 = jnp.repeat(keys[:, 0], sizes_np, total_repeat_length=total)
-    k2 = jnp.repeat(keys[:, 1], sizes_np, total_repeat_length=total)
-    counts = jax.lax.iota(jnp.uint32, total) - jnp.repeat(
-        jnp.asarray(offsets), sizes_np, total_repeat_length=total
-    )
+    # Per-leaf keys broadcast and per-leaf counters concatenated (elementwise, fused into
+    # the hash): a ``jnp.repeat`` by constant sizes lowers to a cumsum + gather that XLA
+    # constant-folds for seconds at compile time and gathers at run time (issue 13).
+    k1 = jnp.concatenate([jnp.broadcast_to(keys[i, 0], (n,)) for i, n in enumerate(sizes)])
+    k2 = jnp.concatenate([jnp.broadcast_to(keys[i, 1], (n,)) for i, n in enumerate(sizes)])
+    counts = jnp.concatenate([jax.lax.iota(jnp.uint32, n) for n in sizes])
+    k1, k2, counts = jax.lax.optimization_barrier((k1, k2, counts))
     bits1, bits2 = jax.extend.random.threefry2x32_p.bind(k1, k2, jnp.zeros_like(counts), counts)
     x64 = jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64
     bits = bits1 if x64 else bits1 ^ bits2
     signs = jnp.where(bits < np.uint32(2**31), 1.0, -1.0).astype(jnp.float32)
+    # Materialize the signs once: otherwise XLA fuses the whole hash into every leaf's
+    # slice below, one copy of the Threefry rounds per leaf (compile time ~0.2 s a leaf).
+    signs = jax.lax.optimization_barrier(signs)
     out, start = [], 0
     for x, size in zip(leaves, sizes):
         out.append(jax.lax.slice(signs, (start,), (start + size,)).reshape(np.shape(x)))
