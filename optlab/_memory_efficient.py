@@ -728,28 +728,56 @@ def scale_by_projected_adam(
       <https://arxiv.org/abs/2408.12857>`_, 2024.
     """
     fn = "scale_by_projected_adam"
+    _base.check_positive(fn, scale=scale)
+    check_side(fn, side)
+    return _projected_adam(
+        fn,
+        rank,
+        projector,
+        update_every,
+        b1,
+        b2,
+        eps,
+        mask,
+        min_dim_size,
+        projector_lr,
+        side=side,
+        scale=scale,
+    )
+
+
+def _projected_adam(
+    fn, rank, projector, update_every, b1, b2, eps, mask, min_dim_size, projector_lr, **kwargs
+):
+    """The checks and the build shared by the public projected-Adam factories."""
     check_projection(fn, rank, projector, update_every, min_dim_size)
     _base.check_decay(fn, b1=b1, b2=b2)
     _base.check_nonnegative(fn, eps=eps)
-    _base.check_positive(fn, scale=scale, projector_lr=projector_lr)
-    check_side(fn, side)
+    _base.check_positive(fn, projector_lr=projector_lr)
+    inner = optax.scale_by_adam(b1, b2, eps)
     return _projected(
         fn,
-        optax.scale_by_adam(b1, b2, eps),
+        inner,
         rank,
         projector,
         update_every,
         mask=mask,
         min_dim_size=min_dim_size,
-        side=side,
-        scale=scale,
         projector_lr=projector_lr,
+        **kwargs,
     )
 
 
 def check_side(fn, side):
     if side not in ("small", "large"):
         raise ValueError(f"`optlab.{fn}`: `side` must be 'small' or 'large', got side={side!r}.")
+
+
+def check_residual(fn, residual):
+    if residual not in ("sign", "sgd"):
+        raise ValueError(
+            f"`optlab.{fn}`: `residual` must be 'sign' or 'sgd', got residual={residual!r}."
+        )
 
 
 def scale_by_frugal(
@@ -810,25 +838,21 @@ def scale_by_frugal(
       for Scalable Training <https://arxiv.org/abs/2411.07837>`_, 2024.
     """
     fn = "scale_by_frugal"
-    check_projection(fn, rank, projector, update_every, min_dim_size)
-    _base.check_decay(fn, b1=b1, b2=b2)
-    _base.check_nonnegative(fn, eps=eps, residual_scale=residual_scale)
-    _base.check_positive(fn, projector_lr=projector_lr)
-    if residual not in ("sign", "sgd"):
-        raise ValueError(
-            f"`optlab.{fn}`: `residual` must be 'sign' or 'sgd', got residual={residual!r}."
-        )
-    return _projected(
+    _base.check_nonnegative(fn, residual_scale=residual_scale)
+    check_residual(fn, residual)
+    return _projected_adam(
         fn,
-        optax.scale_by_adam(b1, b2, eps),
         rank,
         projector,
         update_every,
-        mask=mask,
-        min_dim_size=min_dim_size,
+        b1,
+        b2,
+        eps,
+        mask,
+        min_dim_size,
+        projector_lr,
         residual=residual,
         residual_scale=residual_scale,
-        projector_lr=projector_lr,
     )
 
 

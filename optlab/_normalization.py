@@ -1115,11 +1115,12 @@ def scale_by_lmo(
     _base.check_int(fn, ns_steps=ns_steps)
     _base.check_nonnegative(fn, eps=eps)
     _check_norm_spec(fn, norm)
-    coeffs = tuple(ns_coeffs)
+    return _base.public(fn, _scale_by_lmo(fn, norm, ns_steps, ns_coeffs, eps))
 
-    def init_fn(params):
-        _base.check_float_tree(fn, params)
-        return optax.EmptyState()
+
+def _scale_by_lmo(fn, norm, ns_steps, ns_coeffs, eps):
+    """``fn``: the public name that errors of the per-leaf norms (known at ``update``) give."""
+    coeffs = tuple(ns_coeffs)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -1134,7 +1135,7 @@ def scale_by_lmo(
 
         return jax.tree.map(per_subtree, spec, updates, is_leaf=lambda x: x is None), state
 
-    return _base.public("scale_by_lmo", optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 def _check_norm_spec(fn: str, norm: Any) -> None:
@@ -1208,11 +1209,11 @@ def scale_by_swan(
     fn = "scale_by_swan"
     _base.check_int(fn, ns_steps=ns_steps)
     _base.check_nonnegative(fn, eps=eps)
-    coeffs = tuple(ns_coeffs)
+    return _base.public(fn, _scale_by_swan(ns_steps, ns_coeffs, rescale, eps))
 
-    def init_fn(params):
-        _base.check_float_tree(fn, params)
-        return optax.EmptyState()
+
+def _scale_by_swan(ns_steps, ns_coeffs, rescale, eps):
+    coeffs = tuple(ns_coeffs)
 
     def leaf(g):
         if g.ndim < 2:
@@ -1233,7 +1234,7 @@ def scale_by_swan(
         del params, extra_args
         return _tree.tree_map(leaf, updates), state
 
-    return _base.public("scale_by_swan", optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 # ---------------------------------------------------------------------------

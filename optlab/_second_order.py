@@ -618,10 +618,11 @@ def scale_by_m_fac(
     name = "scale_by_m_fac"
     _base.check_int(name, num_grads=num_grads)
     _base.check_positive(name, damping=damping)
-    m = num_grads
+    return _base.public(name, _scale_by_m_fac(num_grads, damping))
 
+
+def _scale_by_m_fac(m, damping):
     def init_fn(params):
-        _base.check_float_tree(name, params)
         return ScaleByMFACState(
             count=jnp.zeros([], jnp.int32),
             grads=_tree.tree_map(
@@ -660,7 +661,7 @@ def scale_by_m_fac(
         )
         return new_updates, new_state
 
-    return _base.public(name, optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 class ScaleByOASISState(NamedTuple):
@@ -770,6 +771,11 @@ def scale_by_oasis(
         _base.check_positive(name, learning_rate=learning_rate)
     if hessian_diagonal_fn is None:
         _base.check_int_unless_traced(name, 0, seed=seed)
+    tx = _scale_by_oasis(learning_rate, b2, alpha, adaptive, seed, hessian_diagonal_fn)
+    return _base.public(name, tx, **hessian_needs(hessian_diagonal_fn))
+
+
+def _scale_by_oasis(learning_rate, b2, alpha, adaptive, seed, hessian_diagonal_fn):
     hessian_fn = _resolve_hessian_fn(hessian_diagonal_fn, seed)
 
     def init_fn(params):
@@ -845,8 +851,4 @@ def scale_by_oasis(
         )
         return new_updates, new_state
 
-    return _base.public(
-        name,
-        optax.GradientTransformationExtraArgs(init_fn, update_fn),
-        **hessian_needs(hessian_diagonal_fn),
-    )
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
