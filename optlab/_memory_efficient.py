@@ -59,34 +59,6 @@ def _none_map(fn, tree, *rest):
     return _tree.tree_map(fn, tree, *rest)
 
 
-def _explicit_sharding(x: jax.Array):
-    """The ``NamedSharding`` of ``x`` when it is explicitly sharded over a mesh axis."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    spec = getattr(sharding, "spec", None)
-    explicit = set(getattr(getattr(sharding, "mesh", None), "explicit_axes", ()) or ())
-    if not spec or not explicit:
-        return None
-    used = set()
-    for entry in spec:
-        if entry is not None:
-            used.update(entry if isinstance(entry, tuple) else (entry,))
-    return sharding if used & explicit else None
-
-
-def _replicated(x: jax.Array) -> jax.Array:
-    """``x`` gathered to a replicated copy when explicitly sharded (else ``x``)."""
-    sharding = _explicit_sharding(x)
-    if sharding is None:
-        return x
-    rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    return jax.sharding.reshard(x, rep)
-
-
-def _reshard_like(y: jax.Array, like: jax.Array) -> jax.Array:
-    sharding = _explicit_sharding(like)
-    return y if sharding is None else jax.sharding.reshard(y, sharding)
-
-
 def _resolve_mask(mask: Any, tree: Any) -> Any:
     """A bool per leaf of ``tree`` (``None`` leaves kept): ``mask`` or ``mask(tree)``."""
     if mask is None:
@@ -584,7 +556,7 @@ def _projected(
             pl = pl[0]
             if pl is None:
                 return _Down(g, old)
-            x = _tree.to_acc(_replicated(g))
+            x = _tree.to_acc(_tree.replicated(g))
             x_c = x.T if pl.transpose else x
             new_old, p = basis(x_c, old, pl, count)
             return _Down((p.T @ x_c).astype(g.dtype), new_old, x_c, p, pl)
@@ -611,7 +583,7 @@ def _projected(
                     res = jnp.where(jnp.abs(res) <= noise, 0.0, jnp.sign(res))
                 back = back + residual_scale * res
             back = back.T if d.plan.transpose else back
-            return _reshard_like(back.astype(g.dtype), g)
+            return _tree.reshard_like(back.astype(g.dtype), g)
 
         out = jax.tree.map(
             lambda u, d, g: None if g is None else up(u, d, g),
@@ -1026,7 +998,7 @@ def _badam(fn, switch_every, b1, b2, eps, blocks, order, seed):
             idx = members[b]
 
             def run(mu, nu):
-                flat = [_replicated(leaves[i]).reshape(-1).astype(dt) for i in idx]
+                flat = [_tree.replicated(leaves[i]).reshape(-1).astype(dt) for i in idx]
                 n = sum(f.shape[0] for f in flat)
                 g = jnp.concatenate(flat + [jnp.zeros((size - n,), dt)])
                 mu = (b1 * mu + (1 - b1) * g).astype(dt)
@@ -1040,7 +1012,7 @@ def _badam(fn, switch_every, b1, b2, eps, blocks, order, seed):
                     x = leaves[i]
                     d = math.prod(jnp.shape(x))
                     piece = step[offset : offset + d].reshape(jnp.shape(x)).astype(x.dtype)
-                    out[i] = _reshard_like(piece, x)
+                    out[i] = _tree.reshard_like(piece, x)
                     offset += d
                 return out, mu, nu
 
@@ -1165,7 +1137,7 @@ def _compressed_state(
 
 
 def _blocks(x: jax.Array, block_size: int) -> jax.Array:
-    flat = _replicated(x).reshape(-1)
+    flat = _tree.replicated(x).reshape(-1)
     n = -(-flat.shape[0] // block_size)
     return jnp.pad(flat, (0, n * block_size - flat.shape[0])).reshape(n, block_size)
 
@@ -1268,7 +1240,7 @@ def quantized_moments(
         return _quantize(x, block_size, code_for(path))
 
     def decode(path, enc, like):
-        return _reshard_like(_dequantize(enc, like, code_for(path)), like)
+        return _tree.reshard_like(_dequantize(enc, like, code_for(path)), like)
 
     return _compressed_state(fn, inner, min_size, encode, decode, seed=0)
 
@@ -1400,7 +1372,7 @@ def bf16_moments(
     def encode(path, x, key):
         del path
         if stochastic:
-            return _reshard_like(stochastic_round(x.astype(jnp.float32), key), x)
+            return _tree.reshard_like(stochastic_round(x.astype(jnp.float32), key), x)
         return x.astype(jnp.bfloat16)
 
     def decode(path, enc, like):

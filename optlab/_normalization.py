@@ -77,25 +77,6 @@ def _reduction_axes(fn_name: str, ndim: int, channel_axis: int) -> tuple[int, ..
     return tuple(i for i in range(ndim) if i != keep)
 
 
-def _explicit_sharding(x: jax.Array) -> Any:
-    """The sharding of ``x`` if its type shards an axis over an explicit mesh axis, else None.
-
-    Only arrays in jax's explicit sharding mode (``AxisType.Explicit``, sharding in types)
-    qualify; in the default mode this is None and callers do nothing.
-    """
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    spec = getattr(sharding, "spec", None)
-    explicit = set(getattr(getattr(sharding, "mesh", None), "explicit_axes", ()) or ())
-    if not spec or not explicit:
-        return None
-    used = set()
-    for entry in spec:
-        if entry is None:
-            continue
-        used.update(entry if isinstance(entry, tuple) else (entry,))
-    return sharding if used & explicit else None
-
-
 def _per_leaf_replicated(f, x: jax.Array) -> jax.Array:
     """``f(x)`` on a replicated copy of an explicitly sharded ``x``, resharded back.
 
@@ -104,7 +85,7 @@ def _per_leaf_replicated(f, x: jax.Array) -> jax.Array:
     do), transformed, and returned with the sharding of ``x``. In the default sharding mode
     this is just ``f(x)`` (XLA picks the layout).
     """
-    sharding = _explicit_sharding(x)
+    sharding = _tree.explicit_sharding(x)
     if sharding is None:
         return f(x)
     replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())

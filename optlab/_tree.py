@@ -97,6 +97,39 @@ def safe_div(num: jax.Array, den: jax.Array, fallback: float = 0.0) -> jax.Array
     return jnp.where(nonzero, num / jnp.where(nonzero, den, 1), fallback)
 
 
+def explicit_sharding(x: jax.Array) -> Any:
+    """The sharding of ``x`` if its type shards an axis over an explicit mesh axis, else None.
+
+    Only arrays in jax's explicit sharding mode (``AxisType.Explicit``, sharding in types)
+    qualify; in the default mode this is None and callers do nothing.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    explicit = set(getattr(getattr(sharding, "mesh", None), "explicit_axes", ()) or ())
+    if not spec or not explicit:
+        return None
+    used = set()
+    for entry in spec:
+        if entry is not None:
+            used.update(entry if isinstance(entry, tuple) else (entry,))
+    return sharding if used & explicit else None
+
+
+def replicated(x: jax.Array) -> jax.Array:
+    """``x`` gathered to a replicated copy when explicitly sharded (else ``x``)."""
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return x
+    rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.sharding.reshard(x, rep)
+
+
+def reshard_like(y: jax.Array, like: jax.Array) -> jax.Array:
+    """``y`` with the explicit sharding of ``like`` (unchanged when ``like`` has none)."""
+    sharding = explicit_sharding(like)
+    return y if sharding is None else jax.sharding.reshard(y, sharding)
+
+
 def tree_cast_like(tree: Any, like: Any) -> Any:
     """Cast every leaf of ``tree`` to the dtype of the matching leaf of ``like``.
 
