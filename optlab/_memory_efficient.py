@@ -556,7 +556,7 @@ def _projected(
             pl = pl[0]
             if pl is None:
                 return _Down(g, old)
-            x = _tree.to_acc(_tree.replicated(g))
+            x = _tree.to_acc(_tree.gathered(g))
             x_c = x.T if pl.transpose else x
             new_old, p = basis(x_c, old, pl, count)
             return _Down((p.T @ x_c).astype(g.dtype), new_old, x_c, p, pl)
@@ -998,7 +998,7 @@ def _badam(fn, switch_every, b1, b2, eps, blocks, order, seed):
             idx = members[b]
 
             def run(mu, nu):
-                flat = [_tree.replicated(leaves[i]).reshape(-1).astype(dt) for i in idx]
+                flat = [_tree.gathered(leaves[i]).reshape(-1).astype(dt) for i in idx]
                 n = sum(f.shape[0] for f in flat)
                 g = jnp.concatenate(flat + [jnp.zeros((size - n,), dt)])
                 mu = (b1 * mu + (1 - b1) * g).astype(dt)
@@ -1137,7 +1137,7 @@ def _compressed_state(
 
 
 def _blocks(x: jax.Array, block_size: int) -> jax.Array:
-    flat = _tree.replicated(x).reshape(-1)
+    flat = _tree.gathered(x).reshape(-1)
     n = -(-flat.shape[0] // block_size)
     return jnp.pad(flat, (0, n * block_size - flat.shape[0])).reshape(n, block_size)
 
