@@ -11,6 +11,11 @@ it, stratified), so the main job's test split is never used for tuning. Writes
 
 from __future__ import annotations
 
+import os
+
+# single-threaded OpenBLAS for jaxlib's LAPACK (SVD/QR-based optimizers): see memory.py
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import sys
 import time

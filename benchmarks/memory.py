@@ -1,7 +1,7 @@
 """Optimizer-state bytes, peak memory and step time of the memory-efficient optimizers.
 
-For a transformer-like float32 tree of about 1e7 and 5e7 parameters (768 x 768 attention
-matrices, 768 x 3072 and 3072 x 768 MLP matrices, an embedding, norm scales and biases;
+For a transformer-like float32 tree of about 1e6, 4e6 (the default), 1e7 or 5e7 parameters
+(d x d attention matrices, d x 4d and 4d x d MLP matrices, an embedding, norm scales and biases;
 one top-level key per layer and one for the embedding) this reports, for each optimizer:
 
 * state bytes per parameter byte, from ``jax.eval_shape(tx.init, params)`` (nothing is
@@ -23,7 +23,7 @@ one top-level key per layer and one for the embedding) this reports, for each op
 Run it with the allocator settings of ``benchmarks/run.sh``::
 
     MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=8589934592 MALLOC_ARENA_MAX=1 \\
-      python3 benchmarks/memory.py --sizes 1e7,5e7 --out benchmarks/results
+      python3 benchmarks/memory.py --sizes 4e6 --out benchmarks/results
 
 It writes ``memory.md`` (the table) and ``memory.json`` (raw numbers) to ``--out``.
 Nothing here is a test: times and RSS depend on the machine and its load.
@@ -31,9 +31,16 @@ Nothing here is a test: times and RSS depend on the machine and its load.
 
 from __future__ import annotations
 
+import os
+
+# jaxlib's LAPACK (jnp.linalg.svd / qr / eigh on CPU) is scipy's OpenBLAS, whose worker
+# threads spin while they wait: on a machine with more busy processes than cores one SVD
+# of a 2048 x 512 matrix took 35 s instead of 0.6 s single-threaded (measured here). Must
+# be set before numpy / jaxlib load OpenBLAS. XLA's own matmuls do not use OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -52,10 +59,11 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optlab
 
-D_MODEL, D_FF = 768, 3072
-LAYOUTS = {  # size -> (layers, vocabulary)
-    "1e7": (1, 3840),
-    "5e7": (6, 10000),
+LAYOUTS = {  # size -> (layers, vocabulary, d_model, d_ff)
+    "1e6": (1, 1024, 256, 1024),  # 1.05M: quick, 2 shared CPU cores
+    "4e6": (1, 1536, 512, 2048),  # 3.94M: the committed table
+    "1e7": (1, 3840, 768, 3072),  # 10.0M
+    "5e7": (6, 10000, 768, 3072),  # 50.2M
 }
 GALORE_RANK = 128
 GALORE_GAP = 200
@@ -65,6 +73,7 @@ OPTIMIZERS = {
     "adafactor": lambda: optlab.adafactor(1e-3),
     "subset_norm_adam": lambda: optlab.subset_norm_adam(1e-3),
     "galore": lambda: optlab.galore(1e-3, rank=GALORE_RANK, update_proj_gap=GALORE_GAP),
+    "online_subspace_descent": lambda: optlab.online_subspace_descent(1e-3, rank=GALORE_RANK),
     "frugal": lambda: optlab.frugal(1e-3, rank=GALORE_RANK, update_every=GALORE_GAP),
     "badam": lambda: optlab.badam(1e-3),
     "adam_mini": lambda: optlab.adam_mini(1e-3),
@@ -77,21 +86,21 @@ TIME_TARGET = 1.5
 
 
 def make_params(size: str) -> dict[str, Any]:
-    layers, vocab = LAYOUTS[size]
+    layers, vocab, d, d_ff = LAYOUTS[size]
     key = jax.random.key(0)
-    shapes: dict[str, Any] = {"embed": {"table": (vocab, D_MODEL)}}
+    shapes: dict[str, Any] = {"embed": {"table": (vocab, d)}}
     for i in range(layers):
         shapes[f"layer_{i}"] = {
-            "q": (D_MODEL, D_MODEL),
-            "k": (D_MODEL, D_MODEL),
-            "v": (D_MODEL, D_MODEL),
-            "o": (D_MODEL, D_MODEL),
-            "up": (D_MODEL, D_FF),
-            "down": (D_FF, D_MODEL),
-            "up_bias": (D_FF,),
-            "down_bias": (D_MODEL,),
-            "norm1": (D_MODEL,),
-            "norm2": (D_MODEL,),
+            "q": (d, d),
+            "k": (d, d),
+            "v": (d, d),
+            "o": (d, d),
+            "up": (d, d_ff),
+            "down": (d_ff, d),
+            "up_bias": (d_ff,),
+            "down_bias": (d,),
+            "norm1": (d,),
+            "norm2": (d,),
         }
     leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
     keys = jax.random.split(key, len(leaves))
@@ -175,7 +184,12 @@ def one(name: str, size: str, steps: int, repeats: int) -> dict[str, Any]:
         "rss_peak_over_before_mib": max(peak, base_peak) - base_rss,
         "compile_s": runner.compile_s,
         "first_step_ms": first * 1e3,
+        "platform": jax.devices()[0].platform,
+        "device_kind": jax.devices()[0].device_kind,
     }
+    stats = jax.devices()[0].memory_stats() or {}  # accelerators: the allocator's peak
+    if "peak_bytes_in_use" in stats:
+        row["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
     if repeats == 0:  # memory only
         return row
     # Timing, interleaved with AdamW (built only now: the peak above is this optimizer's).
@@ -241,11 +255,12 @@ def markdown(rows: list[dict[str, Any]], note: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1e7")
+    ap.add_argument("--sizes", default="4e6", help=f"comma-separated, of {list(LAYOUTS)}")
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     ap.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
     ap.add_argument("--repeats", type=int, default=3, help="0: memory only")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per optimizer")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # worker mode: NAME,SIZE
     args = ap.parse_args(argv)
     if args.one:
@@ -256,25 +271,40 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         for name in args.optimizers.split(","):
             t0 = time.perf_counter()
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--one",
-                    f"{name},{size}",
-                    "--steps",
-                    str(args.steps),
-                    "--repeats",
-                    str(args.repeats),
-                ],
-                check=False,
-                capture_output=True,
-                text=True,
-                env=os.environ.copy(),
-            )
+            try:
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        f"{name},{size}",
+                        "--steps",
+                        str(args.steps),
+                        "--repeats",
+                        str(args.repeats),
+                    ],
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    env=os.environ.copy(),
+                    timeout=args.timeout,
+                )
+            except subprocess.TimeoutExpired as e:
+                print(f"{name} @ {size}: timed out after {e.timeout:.0f} s", file=sys.stderr)
+                continue
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
-                print(f"{name} @ {size}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+                # A worker killed by a signal (the OOM killer, a timeout, Ctrl-C) leaves no
+                # traceback: say so, with the exit status, rather than print an empty stderr.
+                how = (
+                    f"killed by signal {-proc.returncode}"
+                    if proc.returncode < 0
+                    else f"exit status {proc.returncode}"
+                )
+                print(
+                    f"{name} @ {size}: failed ({how})\n{proc.stderr[-3000:] or '(no stderr)'}",
+                    file=sys.stderr,
+                )
                 continue
             row = json.loads(line[7:])
             rows.append(row)
@@ -287,8 +317,10 @@ def main(argv=None) -> int:
             )
     note = (
         f"Run: `benchmarks/memory.py --sizes {args.sizes} --steps {args.steps} --repeats"
-        f" {args.repeats}` on {os.cpu_count()} CPU cores (shared), jax {jax.__version__},"
-        " with the allocator variables of `benchmarks/run.sh`."
+        f" {args.repeats}` on {jax.devices()[0].platform} ({jax.devices()[0].device_kind};"
+        f" host: {os.cpu_count()} CPU cores), jax {jax.__version__},"
+        " with the allocator variables of `benchmarks/run.sh`. On an accelerator the RSS"
+        " column is host memory; `device_peak_mib` in memory.json is the device's peak."
     )
     text = markdown(rows, note)
     print(text)

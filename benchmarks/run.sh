@@ -6,6 +6,8 @@
 #   SWEEP=1 benchmarks/run.sh          # also the digits learning-rate sweep (~5-15 min on 2 cores)
 #   LM=1 benchmarks/run.sh             # also the language-model task (~5 min of CPU on 2 cores)
 #   LM=1 SWEEP=1 benchmarks/run.sh     # + its learning-rate sweep (~15 min of CPU)
+#   MEMORY=1 benchmarks/run.sh         # also memory.py (4e6) and memory_digits.py (~20 min shared)
+#   LM=1 MEMORY=1 benchmarks/run.sh    # + the LM rows: memory, replicas, schedules (~30 min shared)
 #   benchmarks/run.sh --optimizers adamw,lion   # extra flags go to step_time.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,9 @@ cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=4294967296
 export MALLOC_TRIM_THRESHOLD_=8589934592
 export MALLOC_ARENA_MAX=1
+# jaxlib's CPU LAPACK (SVD/QR/eigh: GaLore, online PCA, ...) is scipy's OpenBLAS, whose
+# threads spin while waiting: on a busy machine one SVD was 10-50x slower multi-threaded.
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 SIZES="${SIZES:-1e6,1e7}"
@@ -42,4 +47,13 @@ if [[ "${LM:-0}" == "1" ]]; then
     python3 benchmarks/lm_lr_sweep.py --steps 100 --out "$OUT"
   fi
   python3 -m optlab.bench --task lm --out "$OUT/lm_loss.png"
+fi
+if [[ "${MEMORY:-0}" == "1" ]]; then
+  python3 benchmarks/memory.py --sizes 4e6 --steps 3 --repeats 3 --out "$OUT"
+  python3 benchmarks/memory_digits.py --out "$OUT"
+  if [[ "${LM:-0}" == "1" ]]; then
+    python3 benchmarks/memory_digits.py --task lm --size small --steps 100 --out "$OUT"
+    python3 benchmarks/replicas.py --task lm --size small --steps 200 --replicas 4 --out "$OUT"
+    python3 benchmarks/schedules.py --task lm --size small --steps 200 --out "$OUT"
+  fi
 fi

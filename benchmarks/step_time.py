@@ -436,6 +436,10 @@ def environment() -> dict[str, Any]:
         optlab=optlab.__version__,
         python=platform.python_version(),
         device=str(jax.devices()[0]),
+        # the tag of the results: "cpu", or the accelerator's kind ("NVIDIA H200", ...)
+        platform=jax.devices()[0].platform,
+        device_kind=jax.devices()[0].device_kind,
+        device_count=jax.device_count(),
         cpu=cpu,
         cores=os.cpu_count(),
         env={k: os.environ.get(k, "(unset)") for k in ENV_VARS},
@@ -453,7 +457,8 @@ def _x(x):
 def env_lines(env) -> list[str]:
     return [
         f"- {env['date']}; jax {env['jax']}, optax {env['optax']}, optlab {env['optlab']},"
-        f" Python {env['python']}; device {env['device']} ({env['cpu']}, {env['cores']} cores)",
+        f" Python {env['python']}; device {env['device']}"
+        f" (kind {env.get('device_kind', '?')}; host {env['cpu']}, {env['cores']} cores)",
         "- " + ", ".join(f"`{k}={v}`" for k, v in env["env"].items()),
     ] + ([f"- {env['note']}"] if env.get("note") else [])
 

@@ -1142,20 +1142,30 @@ def _blocks(x: jax.Array, block_size: int) -> jax.Array:
     return jnp.pad(flat, (0, n * block_size - flat.shape[0])).reshape(n, block_size)
 
 
-def _quantize(x: jax.Array, block_size: int, code: np.ndarray | None):
-    """Block-wise absmax quantization: (codes uint8, absmax float32)."""
+def _quantize(x: jax.Array, block_size: int, code: np.ndarray | None, positive_floor: bool = False):
+    """Block-wise absmax quantization: (codes uint8, absmax float32).
+
+    ``positive_floor``: a positive element never gets the code of zero (it gets the
+    smallest positive code instead), for second moments: a flushed second moment under a
+    surviving first moment makes Adam divide by ``eps`` alone (a huge step).
+    """
     xb = _tree.to_acc(_blocks(x, block_size)).astype(jnp.float32)
     absmax = jnp.max(jnp.abs(xb), axis=1)
     # NaN/inf keep their value visible: absmax becomes non-finite, so does every decode.
     normed = xb / jnp.where(absmax == 0, 1.0, absmax)[:, None]
     if code is None:  # linear: 255 levels, -127 .. 127
         q = jnp.clip(jnp.round(normed * 127.0), -127, 127) + 127
+        if positive_floor:
+            q = jnp.where((normed > 0) & (q == 127), 128, q)
         return QuantizedLeaf(q.astype(jnp.uint8), absmax)
     table = jnp.asarray(code)
     hi = jnp.clip(jnp.searchsorted(table, normed), 1, table.shape[0] - 1)
     lo = hi - 1
     pick_hi = jnp.abs(table[hi] - normed) < jnp.abs(normed - table[lo])
     q = jnp.where(pick_hi, hi, lo)
+    if positive_floor:
+        zero = int(np.argmin(np.abs(code)))  # the code of 0 (the unsigned map's first)
+        q = jnp.where((normed > 0) & (q == zero), zero + 1, q)
     return QuantizedLeaf(q.astype(jnp.uint8), absmax)
 
 
@@ -1189,9 +1199,12 @@ def quantized_moments(
     ``x / absmax``, times ``absmax``: at most ``0.0070 * absmax`` (the top decade, signed
     map), and ``0.45 * 10**(i - 6) / 2**i * absmax`` in decade ``i`` (coarse relative
     precision far below the block's absmax, as in bitsandbytes). ``"linear"``: 255 equal
-    steps of ``[-absmax, absmax]``, error at most ``absmax / 254``; it flushes second
-    moments below ``absmax / 254`` to zero, so use it for first moments or with a large
-    ``eps``.
+    steps of ``[-absmax, absmax]``, error at most ``absmax / 254``. Second moments are
+    never flushed to zero: a positive one too small for the smallest positive code is
+    stored *as* that code (an overestimate, so a smaller step). Without this floor Adam
+    diverged on the digits MLP (inputs that are rarely non-zero: their second moment fell
+    below the block's resolution while their first moment did not, and the update became
+    ``m / eps``; ``benchmarks/memory_digits.py``).
 
     Args:
       inner: the transformation whose state is quantized (e.g. ``optlab.adamw(1e-3)``).
@@ -1237,7 +1250,7 @@ def quantized_moments(
 
     def encode(path, x, key):
         del key
-        return _quantize(x, block_size, code_for(path))
+        return _quantize(x, block_size, code_for(path), positive_floor=_is_second_moment(path))
 
     def decode(path, enc, like):
         return _tree.reshard_like(_dequantize(enc, like, code_for(path)), like)

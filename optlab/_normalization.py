@@ -569,13 +569,23 @@ def _sinkhorn_normalize(num_iters, eps, other_ranks):
         m, n = x.shape
         sqrt_m, sqrt_n = math.sqrt(m), math.sqrt(n)
 
-        def body(_, x):
-            rows = jnp.sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True))
-            x = x * (sqrt_n * _tree.safe_div(1.0, rows + eps))
-            cols = jnp.sqrt(jnp.sum(jnp.square(x), axis=0, keepdims=True))
-            return x * (sqrt_m * _tree.safe_div(1.0, cols + eps))
+        # Every iterate is diag(r) X diag(c): iterate on the two scaling vectors only
+        # (each half-step is one read-only pass over X, a weighted sum of squares) and
+        # apply them once at the end, instead of rewriting X 2 * num_iters times.
+        sq = jnp.square(x)
 
-        return jax.lax.fori_loop(0, num_iters, body, x)
+        def body(_, rc):
+            r, c = rc
+            rows = r * jnp.sqrt(jnp.sum(sq * jnp.square(c)[None, :], axis=1))
+            # a zero row / column stays zero whatever its factor: keep the factor finite
+            r = jnp.where(rows > 0, r * (sqrt_n * _tree.safe_div(1.0, rows + eps)), r)
+            cols = c * jnp.sqrt(jnp.sum(sq * jnp.square(r)[:, None], axis=0))
+            return r, jnp.where(cols > 0, c * (sqrt_m * _tree.safe_div(1.0, cols + eps)), c)
+
+        # ones shaped (and, under explicit sharding, sharded) like a column and a row
+        r, c = jnp.ones_like(x[:, 0]), jnp.ones_like(x[0, :])
+        r, c = jax.lax.fori_loop(0, num_iters, body, (r, c))
+        return x * r[:, None] * c[None, :]
 
     def _normalize(u):
         x = _tree.to_acc(u)
@@ -648,8 +658,10 @@ def scale_by_trust_ratio(
 def _scale_by_trust_ratio(min_norm, trust_coefficient, eps):
     def _scale(u, p):
         u32, p32 = _tree.to_acc(u), _tree.to_acc(p)
-        param_norm = _tree.safe_norm(p32, min_norm)
-        update_norm = _tree.safe_norm(u32, min_norm)
+        # One reduction per norm (overflow-safe fallback only when needed); no gradient
+        # is taken through the ratio, so safe_norm's second evaluation is not needed.
+        param_norm = jnp.maximum(_tree.fast_leaf_norm(p32), min_norm)
+        update_norm = jnp.maximum(_tree.fast_leaf_norm(u32), min_norm)
         ratio = _tree.safe_div(trust_coefficient * param_norm, update_norm + eps)
         zero_norm = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
         ratio = jnp.where(zero_norm, 1.0, ratio)
@@ -770,29 +782,32 @@ def _radial_projection(inner, delta, wd_ratio, weight_decay, eps, channel_axis):
     def init_fn(params):
         return RadialProjectionState(inner_state=inner.init(params))
 
-    def _view(d, g, w, axes):
-        """(is scale-invariant in this view, d without its radial component)."""
-        dim = max(math.prod(w.shape[i] for i in axes), 1)
-        dot = jnp.sum(g * w, axis=axes, keepdims=True)
-        g_norm = jnp.sqrt(jnp.sum(jnp.square(g), axis=axes, keepdims=True))
-        w_norm = jnp.sqrt(jnp.sum(jnp.square(w), axis=axes, keepdims=True))
-        cosine = _tree.safe_div(jnp.abs(dot), jnp.maximum(g_norm, eps) * jnp.maximum(w_norm, eps))
-        invariant = jnp.max(cosine) < delta / math.sqrt(dim)
-        w_hat = w * _tree.safe_div(1.0, w_norm + eps)
-        projected = d - w_hat * jnp.sum(w_hat * d, axis=axes, keepdims=True)
-        return invariant, projected
-
     def _leaf(d, g, w):
         d32, g32, w32 = _tree.to_acc(d), _tree.to_acc(g), _tree.to_acc(w)
         if w.ndim > 1:
-            channel_invariant, channel_proj = _view(
-                d32, g32, w32, _reduction_axes("radial_projection", w.ndim, channel_axis)
-            )
-            layer_invariant, layer_proj = _view(d32, g32, w32, tuple(range(w.ndim)))
-            out = jnp.where(
-                channel_invariant, channel_proj, jnp.where(layer_invariant, layer_proj, d32)
+            # One pass of per-channel sums; the whole-leaf view's sums are sums of them
+            # (issue 13: four reductions instead of eight, and one output pass).
+            axes = _reduction_axes("radial_projection", w.ndim, channel_axis)
+            sums = lambda x: jnp.sum(x, axis=axes, keepdims=True)  # noqa: E731
+            gw, gg, ww, wd = sums(g32 * w32), sums(g32 * g32), sums(w32 * w32), sums(w32 * d32)
+            layer = [jnp.sum(x) for x in (gw, gg, ww, wd)]
+
+            def view(gw, gg, ww, wd, dim):
+                g_norm, w_norm = jnp.sqrt(gg), jnp.sqrt(ww)
+                den = jnp.maximum(g_norm, eps) * jnp.maximum(w_norm, eps)
+                invariant = jnp.max(_tree.safe_div(jnp.abs(gw), den)) < delta / math.sqrt(dim)
+                inv_norm = _tree.safe_div(1.0, w_norm + eps)
+                # d - w_hat <w_hat, d> = d - w * coef, w_hat = w / (||w|| + eps)
+                return invariant, inv_norm * wd * inv_norm
+
+            channel_dim = max(math.prod(w.shape[i] for i in axes), 1)
+            channel_invariant, channel_coef = view(gw, gg, ww, wd, channel_dim)
+            layer_invariant, layer_coef = view(*layer, max(w.size, 1))
+            coef = jnp.where(
+                channel_invariant, channel_coef, jnp.where(layer_invariant, layer_coef, 0.0)
             )
             wd_factor = jnp.where(channel_invariant | layer_invariant, wd_ratio, 1.0)
+            out = d32 - w32 * coef
         else:
             out, wd_factor = d32, 1.0
         out = out + (weight_decay * wd_factor) * w32

@@ -83,17 +83,20 @@ def _rademacher_like(key: jax.Array, tree: Any) -> Any:
     ):
         return optax.tree.random_like(key, tree, jax.random.rademacher, dtype=jnp.float32)
     keys = jax.random.split(key, len(leaves))  # == optax.tree.split_key_like
-    sizes_np = np.asarray(sizes, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes_np)[:-1]]).astype(np.uint32)
-    k1 = jnp.repeat(keys[:, 0], sizes_np, total_repeat_length=total)
-    k2 = jnp.repeat(keys[:, 1], sizes_np, total_repeat_length=total)
-    counts = jax.lax.iota(jnp.uint32, total) - jnp.repeat(
-        jnp.asarray(offsets), sizes_np, total_repeat_length=total
-    )
+    # Per-leaf keys broadcast and per-leaf counters concatenated (elementwise, fused into
+    # the hash): a ``jnp.repeat`` by constant sizes lowers to a cumsum + gather that XLA
+    # constant-folds for seconds at compile time and gathers at run time (issue 13).
+    k1 = jnp.concatenate([jnp.broadcast_to(keys[i, 0], (n,)) for i, n in enumerate(sizes)])
+    k2 = jnp.concatenate([jnp.broadcast_to(keys[i, 1], (n,)) for i, n in enumerate(sizes)])
+    counts = jnp.concatenate([jax.lax.iota(jnp.uint32, n) for n in sizes])
+    k1, k2, counts = jax.lax.optimization_barrier((k1, k2, counts))
     bits1, bits2 = jax.extend.random.threefry2x32_p.bind(k1, k2, jnp.zeros_like(counts), counts)
     x64 = jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64
     bits = bits1 if x64 else bits1 ^ bits2
     signs = jnp.where(bits < np.uint32(2**31), 1.0, -1.0).astype(jnp.float32)
+    # Materialize the signs once: otherwise XLA fuses the whole hash into every leaf's
+    # slice below, one copy of the Threefry rounds per leaf (compile time ~0.2 s a leaf).
+    signs = jax.lax.optimization_barrier(signs)
     out, start = [], 0
     for x, size in zip(leaves, sizes):
         out.append(jax.lax.slice(signs, (start,), (start + size,)).reshape(np.shape(x)))
@@ -547,6 +550,21 @@ __all__ += [
 ]
 
 
+def _replicated_sharding(x: jax.Array) -> Any:
+    """A replicated ``NamedSharding`` on the mesh of ``x`` when ``x`` is explicitly sharded
+    over a mesh axis (for the output of a contraction over its sharded axes), else ``None``."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    explicit = set(getattr(mesh, "explicit_axes", ()) or ())
+    used = set()
+    for entry in getattr(sharding, "spec", None) or ():
+        if entry is not None:
+            used.update(entry if isinstance(entry, tuple) else (entry,))
+    if not used & explicit:
+        return None
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 class ScaleByMFACState(NamedTuple):
     """State for :func:`optlab.scale_by_m_fac`.
 
@@ -619,9 +637,8 @@ def _scale_by_m_fac(m, damping):
     def init_fn(params):
         return ScaleByMFACState(
             count=jnp.zeros([], jnp.int32),
-            grads=_tree.tree_map(
-                lambda p: jnp.zeros((m,) + jnp.shape(p), jnp.result_type(p)), params
-            ),
+            # stacked zeros_like: each slot carries the params' sharding (explicit mode too)
+            grads=_tree.tree_map(lambda p: jnp.stack([jnp.zeros_like(p)] * m), params),
             gram=jnp.zeros((m, m), jnp.float32),
         )
 
@@ -635,8 +652,14 @@ def _scale_by_m_fac(m, damping):
         )
 
         def dots(g, buf):  # G g for one leaf, float32
-            b32 = _tree.to_acc(buf).reshape(m, -1)
-            return b32 @ _tree.to_acc(g).reshape(-1)
+            # No reshape of (possibly sharded) axes; with explicit sharding the contraction
+            # over sharded axes needs its (replicated) output sharding spelled out.
+            return jnp.einsum(
+                "m...,...->m",
+                _tree.to_acc(buf),
+                _tree.to_acc(g),
+                out_sharding=_replicated_sharding(buf),
+            )
 
         per_leaf = [x for x in jax.tree.leaves(_tree.tree_map(dots, updates, grads))]
         gx = sum(per_leaf) if per_leaf else jnp.zeros((m,), jnp.float32)
@@ -645,9 +668,8 @@ def _scale_by_m_fac(m, damping):
         coef = jnp.linalg.solve(m * lam * jnp.eye(m, dtype=jnp.float32) + gram, gx)
 
         def apply(g, buf):
-            b32 = _tree.to_acc(buf).reshape(m, -1)
-            out = (_tree.to_acc(g).reshape(-1) - coef @ b32) / lam
-            return out.reshape(g.shape).astype(g.dtype)
+            out = (_tree.to_acc(g) - jnp.einsum("m,m...->...", coef, _tree.to_acc(buf))) / lam
+            return out.astype(g.dtype)
 
         new_updates = _tree.tree_map(apply, updates, grads)
         new_state = ScaleByMFACState(

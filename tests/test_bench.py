@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import optlab
@@ -76,6 +77,36 @@ def test_defaults_are_registered_and_have_learning_rates():
     for name in bench.DEFAULT_OPTIMIZERS:
         base = name.removeprefix("sam-")
         assert base in bench.LEARNING_RATES or name in bench.LEARNING_RATES, name
+
+
+def test_every_registered_optimizer_has_a_learning_rate():
+    # issue 15: no registered optimizer silently runs the main job at FALLBACK_LR
+    names = common.registered_names() - set(common.UNSUPPORTED)
+    missing = sorted(n for n in names if n not in bench.LEARNING_RATES)
+    assert not missing, missing
+    for name in ("dog", "dowg", "prodigy"):  # parameter-free: the rate is a multiplier
+        assert bench.LEARNING_RATES[name] == 1.0 and lm.LEARNING_RATES[name] == 1.0
+
+
+def test_schedule_free_is_evaluated_at_its_average():
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    tx = optlab.schedule_free_adamw(0.1)
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(params, state, params)  # gradient of |w|^2 / 2
+        params = optax.apply_updates(params, updates)
+    evaluated, averaged = common.evaluation_params(params, state)
+    assert averaged
+    np.testing.assert_array_equal(evaluated["w"], optlab.averaged_params(state)["w"])
+    assert not np.allclose(evaluated["w"], params["w"])  # x, not the training point y
+    plain = optlab.adamw(0.1)
+    assert common.evaluation_params(params, plain.init(params)) == (params, False)
+    # ... and the LM job reports the averaged parameters' loss for schedule-free.
+    task = lm.LMTask("tiny")
+    r = lm.train("schedule_free_adamw", steps=10, size="tiny", eval_every=10, task=task, name="sf")
+    assert r.evaluated_at == "averaged"
+    assert r.val_loss[-1] < r.val_loss[0]
+    assert "| sf (averaged) |" in lm.format_table([r], task)
 
 
 def test_learning_rate_lookup():
@@ -285,3 +316,29 @@ def test_step_time_trees_and_floor():
     leaf = jax.tree.leaves(new_params)[0]
     np.testing.assert_allclose(leaf, jax.tree.leaves(params)[0] - 1e-3 * 1.2, rtol=1e-6)
     assert st.flatten_preserves_result("lamb") is False  # per-leaf trust ratio
+
+
+# ---------------------------------------------------------------------------
+# benchmarks/memory.py: one worker subprocess, memory only (no timing assertions)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_memory_benchmark_smoke(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory.py"
+    spec = importlib.util.spec_from_file_location("memory_bench", path)
+    mem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mem)
+    argv = ["--sizes", "1e6", "--optimizers", "adam_mini", "--repeats", "0"]
+    assert mem.main([*argv, "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "memory.json").read_text())
+    assert row["optimizer"] == "adam_mini" and row["n_params"] == 1_050_368
+    # Adam-mini: a full first moment plus one second-moment value per leaf (+ a counter)
+    assert row["state_ratio"] == pytest.approx(1.0, abs=1e-3)
+    params_and_grads = 2 * 4 * row["n_params"] / 2**20
+    assert row["xla_argument_mib"] == pytest.approx(params_and_grads * 1.5, rel=1e-3)
+    assert "| 1e6 (1.1M) | adam_mini | 1.000 |" in (tmp_path / "memory.md").read_text()

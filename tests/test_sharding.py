@@ -153,10 +153,6 @@ EXPLICIT_MODE = [
 
 # Known failures, each with its reason (open work, listed in the session notes).
 SHARDING_GAPS = {
-    **{
-        n: "M-FAC's gradient window is not created with the params' sharding (issue 12 leftover)"
-        for n in ("m_fac", "scale_by_m_fac")
-    },
     "muon[hidden_mask]": "rank > 2 leaves selected by the mask keep momentum as 2-D views,"
     " which do not carry the parameter's sharding (open)",
     "scale_by_projected_adam[online_pca_full_rank]": "full-rank online PCA moments on"

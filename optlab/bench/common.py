@@ -147,6 +147,24 @@ def make_schedule(kind: str, learning_rate: float, steps: int, warmup: int = 0):
     raise ValueError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
 
 
+def evaluation_params(params: Any, opt_state: Any) -> tuple[Any, bool]:
+    """The parameters to evaluate, and whether they are the optimizer's average.
+
+    Schedule-free optimizers train at an interpolation ``y`` and are evaluated at their
+    average ``x``; averaging wrappers (SWA, EMA, Lookahead, ...) likewise keep the weights
+    meant for evaluation. When ``opt_state`` holds exactly one averaging state (or one
+    schedule-free state among several) this returns ``optlab.averaged_params(opt_state)``
+    and ``True``; otherwise ``params`` and ``False``. Decided by the state's structure
+    only, so it can be called under ``jit``.
+    """
+    for which in (None, "schedule_free"):
+        try:
+            return optlab.averaged_params(opt_state, which=which, params=params), True
+        except ValueError:
+            continue
+    return params, False
+
+
 # ---------------------------------------------------------------------------
 # Sizes, output, progress
 # ---------------------------------------------------------------------------

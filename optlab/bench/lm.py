@@ -85,6 +85,10 @@ LEARNING_RATES: dict[str, float] = {
     "muon": 0.03,  # swept 0.01, 0.03, 0.1: 2.372, 2.272, 2.392
     "sophia": 1e-3,  # swept 3e-4, 1e-3, 3e-3: 2.883, 2.872, 3.060
     "sam-adamw": 3e-3,  # AdamW's (not swept)
+    # parameter-free: the learning rate is a multiplier of the estimated step, 1 by design
+    "dog": 1.0,
+    "dowg": 1.0,
+    "prodigy": 1.0,
 }
 FALLBACK_LR = 1e-3
 # Sweep grids (benchmarks/lm_lr_sweep.py); others use DEFAULT_GRID.
@@ -258,6 +262,9 @@ class LMResult:
     schedule: str
     python: str
     corpus_sha256: str
+    # "params" or "averaged": the validation loss of the optimizer's averaged parameters
+    # (schedule-free's x: optlab.averaged_params), not of its training point
+    evaluated_at: str = "params"
 
     @property
     def final_val_loss(self) -> float:
@@ -376,12 +383,18 @@ def train(
     compiled = (
         jax.jit(run_chunk, donate_argnums=(0, 1)).lower(params, opt_state, t0, data).compile()
     )
-    evaluate = jax.jit(task.valid_loss).lower(params).compile()
+    _, averaged = common.evaluation_params(params, opt_state)
+    evaluate = (
+        jax.jit(lambda p, s: task.valid_loss(common.evaluation_params(p, s)[0]))
+        .lower(params, opt_state)
+        .compile()
+    )
     compile_s = time.perf_counter() - start
     if progress is not None:
         progress.resume()
 
-    eval_steps, val_loss, train_s, cpu_s = [0], [float(evaluate(params))], [0.0], [0.0]
+    eval_steps, val_loss = [0], [float(evaluate(params, opt_state))]
+    train_s, cpu_s = [0.0], [0.0]
     losses = []
     wall = cpu = 0.0
     for i in range(steps // chunk):
@@ -392,7 +405,7 @@ def train(
         wall, cpu = wall + dw, cpu + dc
         losses.append(np.asarray(values))
         eval_steps.append((i + 1) * chunk)
-        val_loss.append(float(evaluate(params)))
+        val_loss.append(float(evaluate(params, opt_state)))
         train_s.append(wall)
         cpu_s.append(cpu)
         if progress is not None:
@@ -415,6 +428,7 @@ def train(
         schedule=schedule,
         python=task.corpus.python,
         corpus_sha256=task.corpus.sha256,
+        evaluated_at="averaged" if averaged else "params",
     )
 
 
@@ -455,11 +469,19 @@ def format_table(results: Sequence[LMResult], task: LMTask) -> str:
     ]
     for r in results:
         at_t = r.val_loss_at_time(t_eq)
+        label = f"{r.name} (averaged)" if r.evaluated_at == "averaged" else r.name
         lines.append(
-            f"| {r.name} | {r.learning_rate:g} | {r.final_val_loss:.4f}"
+            f"| {label} | {r.learning_rate:g} | {r.final_val_loss:.4f}"
             f" | {r.final_bits_per_byte:.4f} | {at_t:.4f} | {at_t / math.log(2):.4f}"
             f" | {r.steps_per_s:.2f} | {r.compile_s:.1f} | {r.state_ratio:.2f} |"
         )
+    if any(r.evaluated_at == "averaged" for r in results):
+        lines += [
+            "",
+            "(averaged): evaluated at the optimizer's averaged parameters"
+            " (`optlab.averaged_params(state)`, e.g. schedule-free's x), not at its training"
+            " point.",
+        ]
     return "\n".join(lines) + "\n"
 
 
