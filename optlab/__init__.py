@@ -29,26 +29,8 @@ module                 concern
 =====================  ==================================================
 """
 
-from optlab import (
-    _aliases,
-    _averaging,
-    _clipping,
-    _combinators,
-    _communication,
-    _flax_utils,
-    _memory_efficient,
-    _merging,
-    _momentum,
-    _multi_objective,
-    _normalization,
-    _privacy,
-    _registry,
-    _replicas,
-    _schedules,
-    _second_order,
-    _sharpness,
-    _step_sizes,
-)
+import types as _types
+
 from optlab._aliases import *  # noqa: F401,F403
 from optlab._averaging import *  # noqa: F401,F403
 from optlab._clipping import *  # noqa: F401,F403
@@ -70,25 +52,14 @@ from optlab._step_sizes import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
-_MODULES = (
-    _aliases,
-    _averaging,
-    _clipping,
-    _combinators,
-    _communication,
-    _flax_utils,
-    _memory_efficient,
-    _merging,
-    _momentum,
-    _multi_objective,
-    _normalization,
-    _privacy,
-    _registry,
-    _replicas,
-    _schedules,
-    _second_order,
-    _sharpness,
-    _step_sizes,
+# Each `from optlab._x import *` above also bound the submodule `_x` here (Python binds a
+# loaded submodule in its package): the modules that export names are those with an `__all__`.
+_MODULES = tuple(
+    module
+    for name, module in sorted(vars().items())
+    if isinstance(module, _types.ModuleType)
+    and module.__name__ == f"{__name__}.{name}"
+    and getattr(module, "__all__", None)
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
 
@@ -101,6 +72,8 @@ def _check_unique_exports() -> None:
                 raise ImportError(
                     f"optlab: `{name}` is exported by both {seen[name]} and {module.__name__}"
                 )
+            if globals().get(name) is not getattr(module, name):
+                raise ImportError(f"optlab: `{name}` of {module.__name__} is not re-exported")
             seen[name] = module.__name__
 
 

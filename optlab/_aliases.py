@@ -148,6 +148,20 @@ def _true_to_none(mask: Any) -> Any:
     return None if mask is True else mask
 
 
+def _adamw_elsewhere(name, adam, weight_decay, adam_learning_rate, learning_rate):
+    """AdamW on the leaves a matrix optimizer (Muon, AdaGO, SWAN) leaves out: ``adam``,
+    decoupled weight decay, ``adam_learning_rate`` (None: ``learning_rate``)."""
+    if adam_learning_rate is None:
+        adam_learning_rate = learning_rate
+    elif not callable(adam_learning_rate):
+        _base.check_nonnegative(name, adam_learning_rate=adam_learning_rate)
+    return optax.named_chain(
+        ("scale_by_adam", adam),
+        ("add_decayed_weights", _decay(weight_decay, None)),
+        ("scale_by_learning_rate", _lr(adam_learning_rate)),
+    )
+
+
 # ---------------------------------------------------------------------------
 # SGD family
 # ---------------------------------------------------------------------------
@@ -1285,24 +1299,14 @@ def muon(
         },
     )
     check_newton_schulz("muon", ns_steps, ns_coeffs, eps)
-    if adam_learning_rate is not None and not callable(adam_learning_rate):
-        _base.check_nonnegative("muon", adam_learning_rate=adam_learning_rate)
-    if adam_learning_rate is None:
-        adam_learning_rate = learning_rate
+    adam = _adam(adam_b1, adam_b2, eps, adam_eps_root, mu_dtype=mu_dtype, nesterov=nesterov)
+    others = _adamw_elsewhere("muon", adam, adam_weight_decay, adam_learning_rate, learning_rate)
     matrices = optax.named_chain(
         ("trace", _scale_by_momentum(beta, nesterov, mu_dtype)),
         ("orthogonalize", _orthogonalize(ns_steps, ns_coeffs, eps, "passthrough")),
         ("scale_by_muon_shape", _scale_by_muon_shape()),
         ("add_decayed_weights", _decay(weight_decay, weight_decay_mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
-    )
-    others = optax.named_chain(
-        (
-            "scale_by_adam",
-            _adam(adam_b1, adam_b2, eps, adam_eps_root, mu_dtype=mu_dtype, nesterov=nesterov),
-        ),
-        ("add_decayed_weights", _decay(adam_weight_decay, None)),
-        ("scale_by_learning_rate", _lr(adam_learning_rate)),
     )
     partition = _muon_partition(matrices, others, muon_mask, muon_weight_dimension_numbers)
     return _chain("muon", ("partition", partition))
@@ -1824,10 +1828,8 @@ def adago(
         positive={"gamma": gamma},
     )
     check_newton_schulz("adago", ns_steps, ns_coeffs, 1e-7)
-    if adam_learning_rate is not None and not callable(adam_learning_rate):
-        _base.check_nonnegative("adago", adam_learning_rate=adam_learning_rate)
-    if adam_learning_rate is None:
-        adam_learning_rate = learning_rate
+    adam = _adam(adam_b1, adam_b2, adam_eps, nesterov=nesterov)
+    others = _adamw_elsewhere("adago", adam, adam_weight_decay, adam_learning_rate, learning_rate)
     matrices = optax.named_chain(
         (
             "scale_by_adago",
@@ -1838,11 +1840,6 @@ def adago(
         ("scale_by_muon_shape", _scale_by_muon_shape()),
         ("add_decayed_weights", _decay(weight_decay, weight_decay_mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
-    )
-    others = optax.named_chain(
-        ("scale_by_adam", _adam(adam_b1, adam_b2, adam_eps, nesterov=nesterov)),
-        ("add_decayed_weights", _decay(adam_weight_decay, None)),
-        ("scale_by_learning_rate", _lr(adam_learning_rate)),
     )
     return _chain("adago", ("partition", _muon_partition(matrices, others)))
 
@@ -2229,12 +2226,9 @@ def schedule_free_adamw(
       >>> loss = lambda p: jnp.sum((p - 3.0) ** 2)
       >>> tx = optlab.schedule_free_adamw(0.5)
       >>> params = jnp.zeros(2)
-      >>> state = tx.init(params)
-      >>> for _ in range(200):
-      ...     updates, state = tx.update(jax.grad(loss)(params), state, params)
-      ...     params = optax.apply_updates(params, updates)
-      >>> bool(loss(optlab.averaged_params(state)) < 1e-2)
-      True
+      >>> updates, state = tx.update(jax.grad(loss)(params), tx.init(params), params)
+      >>> print([f"{x:.3f}" for x in optlab.averaged_params(state)])  # Adam's first step: lr
+      ['0.500', '0.500']
 
     References:
       Defazio et al., `The Road Less Scheduled <https://arxiv.org/abs/2405.15682>`_,
@@ -2273,26 +2267,17 @@ def schedule_free_adamw(
 __all__ += ["adam_mini", "badam", "frugal", "galore", "online_subspace_descent", "subset_norm_adam"]
 
 
-def _check_projection(
-    name,
-    learning_rate,
-    rank,
-    update_every,
-    b1,
-    b2,
-    eps,
-    weight_decay,
-    projector="svd",
-    min_dim_size=2,
-    every_name="update_every",
+def _projected_adamw(
+    name, stage, learning_rate, b1, b2, eps, weight_decay, decay_mask, rank, projector, every, **kw
 ):
-    _check(
+    """GaLore's chain: Adam on rank-``r`` projections of the matrices (``_me._projected``
+    with ``kw``), decoupled weight decay in the full space, the learning rate."""
+    return _chain(
         name,
-        learning_rate,
-        decays={"b1": b1, "b2": b2},
-        nonnegative={"eps": eps, "weight_decay": weight_decay},
+        (stage, _me._projected(name, _adam(b1, b2, eps), rank, projector, every, **kw)),
+        ("add_decayed_weights", _decay(weight_decay, decay_mask)),
+        ("scale_by_learning_rate", _lr(learning_rate)),
     )
-    _me.check_projection(name, rank, projector, update_every, min_dim_size, every_name=every_name)
 
 
 def subset_norm_adam(
@@ -2421,38 +2406,21 @@ def galore(
       <https://arxiv.org/abs/2403.03507>`_, 2024.
     """
     name = "galore"
-    _check_projection(
+    _check(
         name,
         learning_rate,
-        rank,
-        update_proj_gap,
-        b1,
-        b2,
-        eps,
-        weight_decay,
-        projector,
-        min_dim_size,
-        every_name="update_proj_gap",
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+        positive={"scale": scale},
     )
-    _base.check_positive(name, scale=scale)
-    return _chain(
-        name,
-        (
-            "scale_by_projected_adam",
-            _me._projected(
-                name,
-                _adam(b1, b2, eps),
-                rank,
-                projector,
-                update_proj_gap,
-                mask=projection_mask,
-                min_dim_size=min_dim_size,
-                scale=scale,
-            ),
-        ),
-        ("add_decayed_weights", _decay(weight_decay, mask)),
-        ("scale_by_learning_rate", _lr(learning_rate)),
+    _me.check_projection(
+        name, rank, projector, update_proj_gap, min_dim_size, every_name="update_proj_gap"
     )
+    return _projected_adamw(
+        name, "scale_by_projected_adam", learning_rate, b1, b2, eps, weight_decay, mask,
+        rank, projector, update_proj_gap,
+        mask=projection_mask, min_dim_size=min_dim_size, scale=scale,
+    )  # fmt: skip
 
 
 def online_subspace_descent(
@@ -2505,37 +2473,19 @@ def online_subspace_descent(
       <https://arxiv.org/abs/2408.12857>`_, 2024.
     """
     name = "online_subspace_descent"
-    _check_projection(
+    _check(
         name,
         learning_rate,
-        rank,
-        update_every,
-        b1,
-        b2,
-        eps,
-        weight_decay,
-        "online_pca",
-        min_dim_size,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay},
+        positive={"projector_lr": projector_lr},
     )
-    _base.check_positive(name, projector_lr=projector_lr)
-    return _chain(
-        name,
-        (
-            "scale_by_projected_adam",
-            _me._projected(
-                name,
-                _adam(b1, b2, eps),
-                rank,
-                "online_pca",
-                update_every,
-                mask=projection_mask,
-                min_dim_size=min_dim_size,
-                projector_lr=projector_lr,
-            ),
-        ),
-        ("add_decayed_weights", _decay(weight_decay, mask)),
-        ("scale_by_learning_rate", _lr(learning_rate)),
-    )
+    _me.check_projection(name, rank, "online_pca", update_every, min_dim_size)
+    return _projected_adamw(
+        name, "scale_by_projected_adam", learning_rate, b1, b2, eps, weight_decay, mask,
+        rank, "online_pca", update_every,
+        mask=projection_mask, min_dim_size=min_dim_size, projector_lr=projector_lr,
+    )  # fmt: skip
 
 
 def frugal(
@@ -2593,33 +2543,20 @@ def frugal(
       for Scalable Training <https://arxiv.org/abs/2411.07837>`_, 2024.
     """
     name = "frugal"
-    _check_projection(
-        name, learning_rate, rank, update_every, b1, b2, eps, weight_decay, projector, min_dim_size
-    )
-    _base.check_nonnegative(name, residual_scale=residual_scale)
-    if residual not in ("sign", "sgd"):
-        raise ValueError(
-            f"`optlab.{name}`: `residual` must be 'sign' or 'sgd', got residual={residual!r}."
-        )
-    return _chain(
+    _check(
         name,
-        (
-            "scale_by_frugal",
-            _me._projected(
-                name,
-                _adam(b1, b2, eps),
-                rank,
-                projector,
-                update_every,
-                mask=projection_mask,
-                min_dim_size=min_dim_size,
-                residual=residual,
-                residual_scale=residual_scale,
-            ),
-        ),
-        ("add_decayed_weights", _decay(weight_decay, mask)),
-        ("scale_by_learning_rate", _lr(learning_rate)),
+        learning_rate,
+        decays={"b1": b1, "b2": b2},
+        nonnegative={"eps": eps, "weight_decay": weight_decay, "residual_scale": residual_scale},
     )
+    _me.check_projection(name, rank, projector, update_every, min_dim_size)
+    _me.check_residual(name, residual)
+    return _projected_adamw(
+        name, "scale_by_frugal", learning_rate, b1, b2, eps, weight_decay, mask,
+        rank, projector, update_every,
+        mask=projection_mask, min_dim_size=min_dim_size, residual=residual,
+        residual_scale=residual_scale,
+    )  # fmt: skip
 
 
 def badam(
@@ -2814,14 +2751,7 @@ def adopt(
         name,
         (
             "scale_by_adopt",
-            _mom.scale_by_adopt(
-                b1,
-                b2,
-                eps,
-                use_clipping=use_clipping,
-                clip_exponent=clip_exponent,
-                mu_dtype=mu_dtype,
-            ),
+            _mom._scale_by_adopt(b1, b2, eps, use_clipping, clip_exponent, mu_dtype),
         ),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
@@ -2918,7 +2848,7 @@ def adamomentum(
     )
     return _chain(
         name,
-        ("scale_by_adamomentum", _mom.scale_by_adamomentum(b1, b2, eps)),
+        ("scale_by_adamomentum", _mom._scale_by_adamomentum(b1, b2, eps)),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -2965,7 +2895,7 @@ def qhm(
     _base.check_unit_interval(name, nu=nu)
     return _chain(
         name,
-        ("scale_by_qhm", _mom.scale_by_qhm(b1, nu)),
+        ("scale_by_qhm", _mom._scale_by_qhm(b1, nu)),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -3022,7 +2952,7 @@ def qhadam(
     _base.check_unit_interval(name, nu1=nu1, nu2=nu2)
     return _chain(
         name,
-        ("scale_by_qhadam", _mom.scale_by_qhadam(b1, b2, nu1, nu2, eps)),
+        ("scale_by_qhadam", _mom._scale_by_qhadam(b1, b2, nu1, nu2, eps)),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -3073,7 +3003,7 @@ def ano(
     )
     return _chain(
         name,
-        ("scale_by_ano", _mom.scale_by_ano(b1, b2, eps)),
+        ("scale_by_ano", _mom._scale_by_ano(b1, b2, eps)),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -3121,7 +3051,7 @@ def nag_gs(
     _base.check_positive(name, mu=mu, gamma=gamma)
     return _chain(
         name,
-        ("scale_by_nag_gs", _mom.scale_by_nag_gs(learning_rate, mu, gamma)),
+        ("scale_by_nag_gs", _mom._scale_by_nag_gs(learning_rate, mu, gamma)),
     )
 
 
@@ -3166,14 +3096,10 @@ def lion_kappa(
     _check(
         name, learning_rate, decays={"b1": b1, "b2": b2}, nonnegative={"weight_decay": weight_decay}
     )
-    if not (callable(kappa_grad) or kappa_grad in ("l1", "l2")):
-        raise ValueError(
-            f"`optlab.{name}`: `kappa_grad` must be 'l1', 'l2' or a callable, got"
-            f" kappa_grad={kappa_grad!r}."
-        )
+    _mom._check_kappa_grad(name, kappa_grad)
     return _chain(
         name,
-        ("scale_by_lion_kappa", _mom.scale_by_lion_kappa(b1, b2, kappa_grad)),
+        ("scale_by_lion_kappa", _mom._scale_by_lion_kappa(b1, b2, kappa_grad)),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
     )
@@ -3259,7 +3185,7 @@ def scion(
     return _chain(
         name,
         ("ema", _in_float32(optax.ema(momentum, debias=False))),
-        ("scale_by_lmo", _norm.scale_by_lmo(norm, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps)),
+        ("scale_by_lmo", _norm._scale_by_lmo(name, norm, ns_steps, ns_coeffs, eps)),
         ("scale", _in_float32(optax.scale(scale))),
         ("add_decayed_weights", _decay(1.0, None) if constrained else optax.identity()),
         ("scale_by_learning_rate", _lr(learning_rate)),
@@ -3328,22 +3254,12 @@ def swan(
         },
     )
     _base.check_int(name, ns_steps=ns_steps)
-    if adam_learning_rate is not None and not callable(adam_learning_rate):
-        _base.check_nonnegative(name, adam_learning_rate=adam_learning_rate)
-    if adam_learning_rate is None:
-        adam_learning_rate = learning_rate
+    adam = _in_float32(optax.scale_by_adam(adam_b1, adam_b2, adam_eps))
+    others = _adamw_elsewhere(name, adam, adam_weight_decay, adam_learning_rate, learning_rate)
     matrices = optax.named_chain(
-        (
-            "scale_by_swan",
-            _norm.scale_by_swan(ns_steps=ns_steps, ns_coeffs=ns_coeffs, rescale=rescale),
-        ),
+        ("scale_by_swan", _norm._scale_by_swan(ns_steps, ns_coeffs, rescale, 1e-8)),
         ("add_decayed_weights", _decay(weight_decay, None)),
         ("scale_by_learning_rate", _lr(learning_rate)),
-    )
-    others = optax.named_chain(
-        ("scale_by_adam", _in_float32(optax.scale_by_adam(adam_b1, adam_b2, adam_eps))),
-        ("add_decayed_weights", _decay(adam_weight_decay, None)),
-        ("scale_by_learning_rate", _lr(adam_learning_rate)),
     )
     return _chain(
         name,
@@ -3406,7 +3322,7 @@ def m_fac(
     _base.check_int(name, num_grads=num_grads)
     return _chain(
         name,
-        ("scale_by_m_fac", _curv.scale_by_m_fac(num_grads, damping)),
+        ("scale_by_m_fac", _curv._scale_by_m_fac(num_grads, damping)),
         ("trace", _in_float32(optax.trace(decay=momentum))),
         ("add_decayed_weights", _decay(weight_decay, mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
@@ -3472,12 +3388,13 @@ def oasis(
         if not adaptive
         else {"alpha": alpha, "learning_rate": learning_rate},
     )
+    _base.check_int_unless_traced(name, 0, seed=seed)
     return _chain(
         name,
         (
             "scale_by_oasis(hutchinson_diag_hessian)",
-            _curv.scale_by_oasis(
-                learning_rate if adaptive else 1.0, b2, alpha, adaptive=adaptive, seed=seed
+            _curv._scale_by_oasis(
+                learning_rate if adaptive else 1.0, b2, alpha, adaptive, seed, None
             ),
         ),
         ("add_decayed_weights", _decay(weight_decay, mask)),

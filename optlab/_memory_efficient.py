@@ -59,34 +59,6 @@ def _none_map(fn, tree, *rest):
     return _tree.tree_map(fn, tree, *rest)
 
 
-def _explicit_sharding(x: jax.Array):
-    """The ``NamedSharding`` of ``x`` when it is explicitly sharded over a mesh axis."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    spec = getattr(sharding, "spec", None)
-    explicit = set(getattr(getattr(sharding, "mesh", None), "explicit_axes", ()) or ())
-    if not spec or not explicit:
-        return None
-    used = set()
-    for entry in spec:
-        if entry is not None:
-            used.update(entry if isinstance(entry, tuple) else (entry,))
-    return sharding if used & explicit else None
-
-
-def _replicated(x: jax.Array) -> jax.Array:
-    """``x`` gathered to a replicated copy when explicitly sharded (else ``x``)."""
-    sharding = _explicit_sharding(x)
-    if sharding is None:
-        return x
-    rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    return jax.sharding.reshard(x, rep)
-
-
-def _reshard_like(y: jax.Array, like: jax.Array) -> jax.Array:
-    sharding = _explicit_sharding(like)
-    return y if sharding is None else jax.sharding.reshard(y, sharding)
-
-
 def _resolve_mask(mask: Any, tree: Any) -> Any:
     """A bool per leaf of ``tree`` (``None`` leaves kept): ``mask`` or ``mask(tree)``."""
     if mask is None:
@@ -584,7 +556,7 @@ def _projected(
             pl = pl[0]
             if pl is None:
                 return _Down(g, old)
-            x = _tree.to_acc(_replicated(g))
+            x = _tree.to_acc(_tree.gathered(g))
             x_c = x.T if pl.transpose else x
             new_old, p = basis(x_c, old, pl, count)
             return _Down((p.T @ x_c).astype(g.dtype), new_old, x_c, p, pl)
@@ -611,7 +583,7 @@ def _projected(
                     res = jnp.where(jnp.abs(res) <= noise, 0.0, jnp.sign(res))
                 back = back + residual_scale * res
             back = back.T if d.plan.transpose else back
-            return _reshard_like(back.astype(g.dtype), g)
+            return _tree.reshard_like(back.astype(g.dtype), g)
 
         out = jax.tree.map(
             lambda u, d, g: None if g is None else up(u, d, g),
@@ -728,28 +700,56 @@ def scale_by_projected_adam(
       <https://arxiv.org/abs/2408.12857>`_, 2024.
     """
     fn = "scale_by_projected_adam"
+    _base.check_positive(fn, scale=scale)
+    check_side(fn, side)
+    return _projected_adam(
+        fn,
+        rank,
+        projector,
+        update_every,
+        b1,
+        b2,
+        eps,
+        mask,
+        min_dim_size,
+        projector_lr,
+        side=side,
+        scale=scale,
+    )
+
+
+def _projected_adam(
+    fn, rank, projector, update_every, b1, b2, eps, mask, min_dim_size, projector_lr, **kwargs
+):
+    """The checks and the build shared by the public projected-Adam factories."""
     check_projection(fn, rank, projector, update_every, min_dim_size)
     _base.check_decay(fn, b1=b1, b2=b2)
     _base.check_nonnegative(fn, eps=eps)
-    _base.check_positive(fn, scale=scale, projector_lr=projector_lr)
-    check_side(fn, side)
+    _base.check_positive(fn, projector_lr=projector_lr)
+    inner = optax.scale_by_adam(b1, b2, eps)
     return _projected(
         fn,
-        optax.scale_by_adam(b1, b2, eps),
+        inner,
         rank,
         projector,
         update_every,
         mask=mask,
         min_dim_size=min_dim_size,
-        side=side,
-        scale=scale,
         projector_lr=projector_lr,
+        **kwargs,
     )
 
 
 def check_side(fn, side):
     if side not in ("small", "large"):
         raise ValueError(f"`optlab.{fn}`: `side` must be 'small' or 'large', got side={side!r}.")
+
+
+def check_residual(fn, residual):
+    if residual not in ("sign", "sgd"):
+        raise ValueError(
+            f"`optlab.{fn}`: `residual` must be 'sign' or 'sgd', got residual={residual!r}."
+        )
 
 
 def scale_by_frugal(
@@ -810,25 +810,21 @@ def scale_by_frugal(
       for Scalable Training <https://arxiv.org/abs/2411.07837>`_, 2024.
     """
     fn = "scale_by_frugal"
-    check_projection(fn, rank, projector, update_every, min_dim_size)
-    _base.check_decay(fn, b1=b1, b2=b2)
-    _base.check_nonnegative(fn, eps=eps, residual_scale=residual_scale)
-    _base.check_positive(fn, projector_lr=projector_lr)
-    if residual not in ("sign", "sgd"):
-        raise ValueError(
-            f"`optlab.{fn}`: `residual` must be 'sign' or 'sgd', got residual={residual!r}."
-        )
-    return _projected(
+    _base.check_nonnegative(fn, residual_scale=residual_scale)
+    check_residual(fn, residual)
+    return _projected_adam(
         fn,
-        optax.scale_by_adam(b1, b2, eps),
         rank,
         projector,
         update_every,
-        mask=mask,
-        min_dim_size=min_dim_size,
+        b1,
+        b2,
+        eps,
+        mask,
+        min_dim_size,
+        projector_lr,
         residual=residual,
         residual_scale=residual_scale,
-        projector_lr=projector_lr,
     )
 
 
@@ -1002,7 +998,7 @@ def _badam(fn, switch_every, b1, b2, eps, blocks, order, seed):
             idx = members[b]
 
             def run(mu, nu):
-                flat = [_replicated(leaves[i]).reshape(-1).astype(dt) for i in idx]
+                flat = [_tree.gathered(leaves[i]).reshape(-1).astype(dt) for i in idx]
                 n = sum(f.shape[0] for f in flat)
                 g = jnp.concatenate(flat + [jnp.zeros((size - n,), dt)])
                 mu = (b1 * mu + (1 - b1) * g).astype(dt)
@@ -1016,7 +1012,7 @@ def _badam(fn, switch_every, b1, b2, eps, blocks, order, seed):
                     x = leaves[i]
                     d = math.prod(jnp.shape(x))
                     piece = step[offset : offset + d].reshape(jnp.shape(x)).astype(x.dtype)
-                    out[i] = _reshard_like(piece, x)
+                    out[i] = _tree.reshard_like(piece, x)
                     offset += d
                 return out, mu, nu
 
@@ -1141,7 +1137,7 @@ def _compressed_state(
 
 
 def _blocks(x: jax.Array, block_size: int) -> jax.Array:
-    flat = _replicated(x).reshape(-1)
+    flat = _tree.gathered(x).reshape(-1)
     n = -(-flat.shape[0] // block_size)
     return jnp.pad(flat, (0, n * block_size - flat.shape[0])).reshape(n, block_size)
 
@@ -1257,7 +1253,7 @@ def quantized_moments(
         return _quantize(x, block_size, code_for(path), positive_floor=_is_second_moment(path))
 
     def decode(path, enc, like):
-        return _reshard_like(_dequantize(enc, like, code_for(path)), like)
+        return _tree.reshard_like(_dequantize(enc, like, code_for(path)), like)
 
     return _compressed_state(fn, inner, min_size, encode, decode, seed=0)
 
@@ -1389,7 +1385,7 @@ def bf16_moments(
     def encode(path, x, key):
         del path
         if stochastic:
-            return _reshard_like(stochastic_round(x.astype(jnp.float32), key), x)
+            return _tree.reshard_like(stochastic_round(x.astype(jnp.float32), key), x)
         return x.astype(jnp.bfloat16)
 
     def decode(path, enc, like):

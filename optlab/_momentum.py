@@ -1393,6 +1393,11 @@ def scale_by_adopt(
     name = "scale_by_adopt"
     _base.check_decay(name, b1=b1, b2=b2)
     _base.check_nonnegative(name, eps=eps, clip_exponent=clip_exponent)
+    tx = _scale_by_adopt(b1, b2, eps, use_clipping, clip_exponent, mu_dtype)
+    return _base.public(name, tx)
+
+
+def _scale_by_adopt(b1, b2, eps, use_clipping, clip_exponent, mu_dtype):
     mu_dtype = _canonical_dtype(mu_dtype)
     inner = optax.contrib.scale_by_adopt(
         b1=b1,
@@ -1404,13 +1409,10 @@ def scale_by_adopt(
     )
     # An infinite gradient would leave v = inf and the coordinate silently frozen (its
     # normalized gradient is 0 from then on): return the non-finite v there instead.
-    return _base.public(
-        name,
-        _wrap_optax(
-            inner,
-            moment_fields=("mu", "nu"),
-            post=lambda u, new_state: _visible_nonfinite(u, new_state.nu),
-        ),
+    return _wrap_optax(
+        inner,
+        moment_fields=("mu", "nu"),
+        post=lambda u, new_state: _visible_nonfinite(u, new_state.nu),
     )
 
 
@@ -1463,15 +1465,15 @@ def scale_by_adamomentum(
     name = "scale_by_adamomentum"
     _base.check_decay(name, b1=b1, b2=b2)
     _base.check_nonnegative(name, eps=eps)
+    return _base.public(name, _scale_by_adamomentum(b1, b2, eps))
 
-    def init_fn(params):
-        _base.check_float_tree(name, params)
-        return optax.ScaleByAdamState(
-            count=jnp.zeros([], jnp.int32),
-            mu=optax.tree.zeros_like(params),
-            nu=optax.tree.zeros_like(params),
-        )
 
+def _adam_moments_init(params: Any) -> optax.ScaleByAdamState:
+    """Adam's zero state ``(count, mu, nu)``, kept by the variants that change its update."""
+    return optax.scale_by_adam().init(params)
+
+
+def _scale_by_adamomentum(b1, b2, eps):
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
@@ -1485,7 +1487,7 @@ def scale_by_adamomentum(
         new_state = optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
         return new_updates, _cast_like(new_state, state)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(_adam_moments_init, update_fn)
 
 
 class ScaleByQHMState(NamedTuple):
@@ -1538,9 +1540,11 @@ def scale_by_qhm(
     name = "scale_by_qhm"
     _base.check_decay(name, b1=b1)
     _base.check_unit_interval(name, nu=nu)
+    return _base.public(name, _scale_by_qhm(b1, nu))
 
+
+def _scale_by_qhm(b1, nu):
     def init_fn(params):
-        _base.check_float_tree(name, params)
         return ScaleByQHMState(mu=optax.tree.zeros_like(params))
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -1599,12 +1603,10 @@ def scale_by_qhadam(
     _base.check_decay(name, b1=b1, b2=b2)
     _base.check_unit_interval(name, nu1=nu1, nu2=nu2)
     _base.check_nonnegative(name, eps=eps)
-    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=0.0)
+    return _base.public(name, _scale_by_qhadam(b1, b2, nu1, nu2, eps))
 
-    def init_fn(params):
-        _base.check_float_tree(name, params)
-        return adam.init(params)
 
+def _scale_by_qhadam(b1, b2, nu1, nu2, eps):
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
@@ -1623,7 +1625,7 @@ def scale_by_qhadam(
         new_state = optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
         return new_updates, _cast_like(new_state, state)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(_adam_moments_init, update_fn)
 
 
 def scale_by_ano(
@@ -1673,15 +1675,10 @@ def scale_by_ano(
     name = "scale_by_ano"
     _base.check_decay(name, b1=b1, b2=b2)
     _base.check_nonnegative(name, eps=eps)
+    return _base.public(name, _scale_by_ano(b1, b2, eps))
 
-    def init_fn(params):
-        _base.check_float_tree(name, params)
-        return optax.ScaleByAdamState(
-            count=jnp.zeros([], jnp.int32),
-            mu=optax.tree.zeros_like(params),
-            nu=optax.tree.zeros_like(params),
-        )
 
+def _scale_by_ano(b1, b2, eps):
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         mu = optax.tree.update_moment(updates, state.mu, b1, 1)
@@ -1703,7 +1700,7 @@ def scale_by_ano(
         new_state = optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
         return new_updates, _cast_like(new_state, state)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(_adam_moments_init, update_fn)
 
 
 class ScaleByNAGGSState(NamedTuple):
@@ -1781,9 +1778,11 @@ def scale_by_nag_gs(
     _base.check_positive(name, mu=mu, gamma=gamma)
     if not callable(learning_rate):
         _base.check_positive(name, learning_rate=learning_rate)
+    return _base.public(name, _scale_by_nag_gs(learning_rate, mu, gamma))
 
+
+def _scale_by_nag_gs(learning_rate, mu, gamma):
     def init_fn(params):
-        _base.check_float_tree(name, params)
         return ScaleByNAGGSState(
             count=jnp.zeros([], jnp.int32),
             gamma=jnp.asarray(gamma, jnp.float32),
@@ -1875,23 +1874,27 @@ def scale_by_lion_kappa(
     """
     name = "scale_by_lion_kappa"
     _base.check_decay(name, b1=b1, b2=b2)
-    if isinstance(kappa_grad, str):
-        if kappa_grad not in _KAPPAS:
-            raise ValueError(
-                f"`optlab.{name}`: `kappa_grad` must be 'l1', 'l2' or a callable, got"
-                f" kappa_grad={kappa_grad!r}."
-            )
-        kappa = _KAPPAS[kappa_grad]
-    elif callable(kappa_grad):
-        kappa = kappa_grad
-    else:
+    _check_kappa_grad(name, kappa_grad)
+    return _base.public(name, _scale_by_lion_kappa(b1, b2, kappa_grad))
+
+
+def _check_kappa_grad(name: str, kappa_grad: Any) -> None:
+    if not (callable(kappa_grad) or isinstance(kappa_grad, str)):
         raise TypeError(
             f"`optlab.{name}`: `kappa_grad` must be 'l1', 'l2' or a callable, got"
             f" kappa_grad={kappa_grad!r} of type {type(kappa_grad).__name__}."
         )
+    if isinstance(kappa_grad, str) and kappa_grad not in _KAPPAS:
+        raise ValueError(
+            f"`optlab.{name}`: `kappa_grad` must be 'l1', 'l2' or a callable, got"
+            f" kappa_grad={kappa_grad!r}."
+        )
+
+
+def _scale_by_lion_kappa(b1, b2, kappa_grad):
+    kappa = _KAPPAS[kappa_grad] if isinstance(kappa_grad, str) else kappa_grad
 
     def init_fn(params):
-        _base.check_float_tree(name, params)
         return optax.ScaleByLionState(
             count=jnp.zeros([], jnp.int32), mu=optax.tree.zeros_like(params)
         )

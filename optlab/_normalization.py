@@ -77,25 +77,6 @@ def _reduction_axes(fn_name: str, ndim: int, channel_axis: int) -> tuple[int, ..
     return tuple(i for i in range(ndim) if i != keep)
 
 
-def _explicit_sharding(x: jax.Array) -> Any:
-    """The sharding of ``x`` if its type shards an axis over an explicit mesh axis, else None.
-
-    Only arrays in jax's explicit sharding mode (``AxisType.Explicit``, sharding in types)
-    qualify; in the default mode this is None and callers do nothing.
-    """
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    spec = getattr(sharding, "spec", None)
-    explicit = set(getattr(getattr(sharding, "mesh", None), "explicit_axes", ()) or ())
-    if not spec or not explicit:
-        return None
-    used = set()
-    for entry in spec:
-        if entry is None:
-            continue
-        used.update(entry if isinstance(entry, tuple) else (entry,))
-    return sharding if used & explicit else None
-
-
 def _per_leaf_replicated(f, x: jax.Array) -> jax.Array:
     """``f(x)`` on a replicated copy of an explicitly sharded ``x``, resharded back.
 
@@ -104,7 +85,7 @@ def _per_leaf_replicated(f, x: jax.Array) -> jax.Array:
     do), transformed, and returned with the sharding of ``x``. In the default sharding mode
     this is just ``f(x)`` (XLA picks the layout).
     """
-    sharding = _explicit_sharding(x)
+    sharding = _tree.explicit_sharding(x)
     if sharding is None:
         return f(x)
     replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
@@ -1130,11 +1111,12 @@ def scale_by_lmo(
     _base.check_int(fn, ns_steps=ns_steps)
     _base.check_nonnegative(fn, eps=eps)
     _check_norm_spec(fn, norm)
-    coeffs = tuple(ns_coeffs)
+    return _base.public(fn, _scale_by_lmo(fn, norm, ns_steps, ns_coeffs, eps))
 
-    def init_fn(params):
-        _base.check_float_tree(fn, params)
-        return optax.EmptyState()
+
+def _scale_by_lmo(fn, norm, ns_steps, ns_coeffs, eps):
+    """``fn``: the public name that errors of the per-leaf norms (known at ``update``) give."""
+    coeffs = tuple(ns_coeffs)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -1149,7 +1131,7 @@ def scale_by_lmo(
 
         return jax.tree.map(per_subtree, spec, updates, is_leaf=lambda x: x is None), state
 
-    return _base.public("scale_by_lmo", optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 def _check_norm_spec(fn: str, norm: Any) -> None:
@@ -1223,11 +1205,11 @@ def scale_by_swan(
     fn = "scale_by_swan"
     _base.check_int(fn, ns_steps=ns_steps)
     _base.check_nonnegative(fn, eps=eps)
-    coeffs = tuple(ns_coeffs)
+    return _base.public(fn, _scale_by_swan(ns_steps, ns_coeffs, rescale, eps))
 
-    def init_fn(params):
-        _base.check_float_tree(fn, params)
-        return optax.EmptyState()
+
+def _scale_by_swan(ns_steps, ns_coeffs, rescale, eps):
+    coeffs = tuple(ns_coeffs)
 
     def leaf(g):
         if g.ndim < 2:
@@ -1248,7 +1230,7 @@ def scale_by_swan(
         del params, extra_args
         return _tree.tree_map(leaf, updates), state
 
-    return _base.public("scale_by_swan", optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 # ---------------------------------------------------------------------------

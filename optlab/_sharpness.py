@@ -1274,14 +1274,10 @@ def gradnorm_sam(
       >>> import jax, jax.numpy as jnp, optax, optlab
       >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
       >>> tx = optlab.gradnorm_sam(optax.sgd(0.1), gamma=0.05, eps=0.01)
-      >>> params = jnp.zeros(3)
-      >>> state = tx.init(params)
-      >>> for _ in range(50):
-      ...     grads = jax.grad(loss)(params)
-      ...     updates, state = tx.update(grads, state, params, grad_fn=jax.grad(loss))
-      ...     params = optax.apply_updates(params, updates)
-      >>> bool(jnp.allclose(params, 1.0, atol=0.05))
-      True
+      >>> params, grad_fn = jnp.zeros(3), jax.grad(loss)
+      >>> updates, _ = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
+      >>> print(jnp.round(updates, 4))  # d = -2 + (0.05 / 0.01) (-2.04 + 2), times -0.1
+      [0.22 0.22 0.22]
 
     State:
       :class:`SharpnessAwareState` ``(count, inner_state, ())``.
@@ -1334,14 +1330,10 @@ def extragradient(
       >>> import jax, jax.numpy as jnp, optax, optlab
       >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
       >>> tx = optlab.extragradient(optax.sgd(0.1), learning_rate=0.1)
-      >>> params = jnp.zeros(3)
-      >>> state = tx.init(params)
-      >>> for _ in range(50):
-      ...     grads = jax.grad(loss)(params)
-      ...     updates, state = tx.update(grads, state, params, grad_fn=jax.grad(loss))
-      ...     params = optax.apply_updates(params, updates)
-      >>> bool(jnp.allclose(params, 1.0, atol=0.01))
-      True
+      >>> params, grad_fn = jnp.zeros(3), jax.grad(loss)
+      >>> updates, _ = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
+      >>> print(jnp.round(updates, 4))  # -0.1 * the gradient at the look-ahead 0 + 0.1 * 2
+      [0.16 0.16 0.16]
 
     State:
       :class:`SharpnessAwareState` ``(count, inner_state, ())``.
