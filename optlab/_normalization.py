@@ -582,8 +582,10 @@ def _sinkhorn_normalize(num_iters, eps, other_ranks):
             cols = c * jnp.sqrt(jnp.sum(sq * jnp.square(r)[:, None], axis=0))
             return r, jnp.where(cols > 0, c * (sqrt_m * _tree.safe_div(1.0, cols + eps)), c)
 
-        # ones shaped (and, under explicit sharding, sharded) like a column and a row
-        r, c = jnp.ones_like(x[:, 0]), jnp.ones_like(x[0, :])
+        # ones shaped (and, under explicit sharding, sharded) like a column and a row: the
+        # type of a reduction carries the kept axis' sharding (a slice x[:, 0] of a sharded
+        # axis is refused), and ones_like reads no data, so the sums are dead code
+        r, c = jnp.ones_like(jnp.sum(x, axis=1)), jnp.ones_like(jnp.sum(x, axis=0))
         r, c = jax.lax.fori_loop(0, num_iters, body, (r, c))
         return x * r[:, None] * c[None, :]
 

@@ -75,3 +75,18 @@ def x64():
     """Enable float64 for one test."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture
+def xla_optimized():
+    """Compile with XLA's optimizations for one test (the suite runs without them, see the
+    module docstring): for bit-exact comparisons of two differently written programs that
+    are equal only once XLA has simplified them (e.g. SAM at rho = 0 and its base: the
+    perturbation by 0 * g folds away)."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+

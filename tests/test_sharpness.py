@@ -81,7 +81,7 @@ EXACT_AT_RHO0 = {
 
 
 @pytest.mark.parametrize("name", sorted(EXACT_AT_RHO0))
-def test_rho_zero_equals_base_exactly(name):
+def test_rho_zero_equals_base_exactly(name, xla_optimized):
     params = fixed_params()
     got = run(EXACT_AT_RHO0[name](optax.adam(1e-2)), params)
     want = run(optax.adam(1e-2), params)

@@ -30,7 +30,7 @@ def _one_step(tx, params):
     ],
     ids=["awp_sam", "gradnorm_sam", "extragradient"],
 )
-def test_zero_strength_equals_base_exactly(make):
+def test_zero_strength_equals_base_exactly(make, xla_optimized):
     params = fixed_params()
     got = run(make(optax.adam(1e-2)), params, steps=3)
     want = run(optax.adam(1e-2), params, steps=3)
