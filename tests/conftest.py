@@ -89,4 +89,3 @@ def xla_optimized():
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
-
