@@ -1338,7 +1338,8 @@ def adafactor(
       min_dim_size_to_factor: factor only leaves whose two largest axes are at least
         this large (Python int).
       decay_rate: exponent of the second-moment decay schedule (> 0).
-      decay_offset: step offset of that schedule (for fine-tuning).
+      decay_offset: step offset of that schedule (for fine-tuning, >= 0); during the
+        first ``decay_offset`` steps the decay is 0 (optax's formula gives NaN there).
       multiply_by_parameter_scale: scale the step by the parameter's RMS.
       clipping_threshold: block-RMS clipping threshold (> 0), or None.
       momentum: EMA decay of the updates in [0, 1), or None for none.
@@ -1395,7 +1396,7 @@ def adafactor(
         # The learning rate comes before the parameter scale and the momentum, and the
         # sign flip last (optax.adafactor's order: decay is not scaled by the rate).
         ("scale_by_learning_rate", _lr(learning_rate, flip_sign=False)),
-        ("scale_by_param_block_rms", optax.scale_by_param_block_rms())
+        ("scale_by_param_block_rms", _mom._scale_by_param_block_rms())
         if multiply_by_parameter_scale
         else None,
         None
@@ -3403,7 +3404,7 @@ def m_fac(
         nonnegative={"weight_decay": weight_decay},
         positive={"damping": damping},
     )
-    _base.check_int(name, num_grads=num_grads)
+    _base.check_buffer_size(name, "a copy of the gradients", _base.MAX_COPIES, num_grads=num_grads)
     return _chain(
         name,
         ("scale_by_m_fac", _curv.scale_by_m_fac(num_grads, damping)),
@@ -3458,6 +3459,7 @@ def oasis(
       Second-Order Information <https://arxiv.org/abs/2109.05198>`_, 2021.
     """
     name = "oasis"
+    _base.check_int(name, minimum=0, seed=seed)
     if adaptive and callable(learning_rate):
         raise TypeError(
             f"`optlab.{name}`: with `adaptive=True`, `learning_rate` is the initial rate"

@@ -395,7 +395,8 @@ def clip_by_quantile(
       2020.
     """
     _base.check_unit_interval("clip_by_quantile", quantile=quantile)
-    _base.check_int("clip_by_quantile", window=window, warmup_steps=warmup_steps)
+    _base.check_int("clip_by_quantile", warmup_steps=warmup_steps)
+    _base.check_buffer_size("clip_by_quantile", "one norm", _base.MAX_HISTORY, window=window)
 
     def init_fn(params):
         _base.check_float_tree("clip_by_quantile", params)
@@ -419,7 +420,8 @@ def clip_by_quantile(
         count = jnp.where(finite, optax.safe_increment(state.count), state.count)
         return updates, ClipByQuantileState(count=count, norms=norms)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _base.public("clip_by_quantile", tx)  # shapes of updates checked against params
 
 
 class CenteredClipState(NamedTuple):
@@ -609,7 +611,8 @@ def clip_by_zscore(
         )
         return updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _base.public("clip_by_zscore", tx)  # shapes of updates checked against params
 
 
 # ---------------------------------------------------------------------------

@@ -138,7 +138,11 @@ class _Reducer(NamedTuple):
 
     def reduce(self, sq: jax.Array) -> jax.Array:
         if self.axes is not None:
-            return jnp.mean(sq, axis=self.axes, keepdims=True) if self.axes else sq
+            if not self.axes:
+                return sq
+            # The mean of an empty leaf is 0 (jnp.mean would give NaN, 0 / 0).
+            reduce = jnp.mean if sq.size else jnp.sum
+            return reduce(sq, axis=self.axes, keepdims=True)
         n = self.shape(sq.shape)[0]
         flat = jnp.pad(sq.reshape(-1), (0, n * self.subset_size - sq.size))
         # The padding zeros are not counted: divide by each subset's true size.

@@ -616,7 +616,7 @@ def scale_by_m_fac(
       Second-Order Information <https://arxiv.org/abs/2107.03356>`_, 2021.
     """
     name = "scale_by_m_fac"
-    _base.check_int(name, num_grads=num_grads)
+    _base.check_buffer_size(name, "a copy of the gradients", _base.MAX_COPIES, num_grads=num_grads)
     _base.check_positive(name, damping=damping)
     m = num_grads
 
