@@ -104,14 +104,17 @@ _FLOAT32 = jnp.dtype(jnp.float32)
 
 
 def _chain(
-    name: str, *stages: tuple[str, Any] | None, needs: dict | None = None, lead_axes: int = 0
+    name: str,
+    *stages: tuple[str, Any] | None,
+    needs: dict | None = None,
+    lead_axes: int = 0,
+    real: bool = False,
 ):
     """The named optimizer ``optlab.<name>``: ``optax.named_chain`` of the stages that are
     not None (its state is a dict keyed by stage name, which ``optlab.describe`` prints),
     whose ``init`` refuses non-float params and ``update`` missing ``needs``, naming it."""
-    return _base.public(
-        name, optax.named_chain(*(s for s in stages if s is not None)), lead_axes, **(needs or {})
-    )
+    chain = optax.named_chain(*(s for s in stages if s is not None))
+    return _base.public(name, chain, lead_axes, real=real, **(needs or {}))
 
 
 def _lr(learning_rate: optax.ScalarOrSchedule, flip_sign: bool = True):
@@ -503,6 +506,14 @@ def adam(
     signature and numbers as :func:`optax.adam`; :func:`optlab.adamw` adds decoupled
     weight decay.
 
+    Overflow: a finite gradient entry beyond about 1.8e19 in float32 (256 in float16)
+    overflows :math:`g^2`, so that entry of :math:`v` becomes ``inf`` and its step is 0
+    from then on (:math:`\hat m / \sqrt{\infty}`): the coordinate is frozen without a
+    NaN. The whole Adam family (``adamw``, ``nadam``, ``amsgrad`` ...) behaves so, as
+    optax's does. Wrap the optimizer in :func:`optlab.skip_nonfinite` to skip such a
+    step instead: it refuses any step whose new state turns non-finite and keeps the
+    previous state (tested for every registered transform on gradients of 1e30).
+
     Args:
       learning_rate: step size (>= 0) or a schedule.
       b1: first-moment decay in [0, 1).
@@ -556,7 +567,9 @@ def adamw(
     r"""AdamW: Adam with decoupled weight decay.
 
     Step :math:`-\eta\,(\hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon) +
-    \lambda w)`. Same signature and numbers as :func:`optax.adamw`.
+    \lambda w)`. Same signature and numbers as :func:`optax.adamw`. A gradient entry
+    whose square overflows freezes that coordinate (see :func:`optlab.adam`; wrap in
+    :func:`optlab.skip_nonfinite` to skip such steps).
 
     Args:
       learning_rate: step size (>= 0) or a schedule.
@@ -1507,6 +1520,7 @@ def sophia(
         ("add_decayed_weights", _decay(weight_decay, weight_decay_mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
         needs=hessian_needs(hessian_diagonal_fn),
+        real=True,  # clipping needs an ordering
     )
 
 

@@ -291,6 +291,20 @@ def check_float_tree(fn_name: str, tree: Any, name: str = "params") -> None:
             )
 
 
+def check_real_tree(fn_name: str, tree: Any, name: str) -> None:
+    """Raise a TypeError naming the leaf path if a leaf of ``tree`` is complex (for
+    transforms whose math needs an ordering: clipping, sorting, solvers). Dtypes only:
+    free under ``jit``."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                f"`optlab.{fn_name}` does not support complex numbers: `{name}` has dtype"
+                f" {dtype} at {jax.tree_util.keystr(path) or '<root>'}. Split real and"
+                " imaginary parts into separate real leaves."
+            )
+
+
 def check_same_structure(fn_name: str, a: Any, b: Any, a_name: str, b_name: str) -> None:
     """Raise a ValueError naming both trees if their structures differ."""
     sa = jax.tree_util.tree_structure(a)
@@ -323,7 +337,7 @@ def require_extra_arg(fn_name: str, name: str, value: Any, how: str) -> Callable
 
 
 def public(
-    fn_name: str, tx: Any, lead_axes: int = 0, **needs: str
+    fn_name: str, tx: Any, lead_axes: int = 0, *, real: bool = False, **needs: str
 ) -> optax.GradientTransformationExtraArgs:
     """``tx``, built by a private builder, as the public factory ``optlab.<fn_name>`` returns it.
 
@@ -331,7 +345,8 @@ def public(
     non-callable required extra argument (``needs``: argument name -> how to pass it),
     updates not shaped like ``params`` (``lead_axes`` extra leading axes allowed, e.g.
     per-example or per-objective gradients) and ``grad_fn``/``hvp_fn`` outputs not shaped
-    like ``params``, all errors naming ``optlab.<fn_name>`` and the leaf path. The shape
+    like ``params`` (or called with the wrong arity), and, with ``real=True``, complex
+    ``params`` or ``updates``, all errors naming ``optlab.<fn_name>`` and the leaf path. The shape
     checks run at trace time: free under ``jit``. This is the validation-once pattern: a
     public factory checks its hyperparameters and returns ``public(name, _builder(...))``;
     named optimizers chain the unchecked ``_builder`` stages and wrap the chain in
@@ -341,6 +356,8 @@ def public(
 
     def init_fn(params):
         check_float_tree(fn_name, params)
+        if real:
+            check_real_tree(fn_name, params, "params")
         return tx.init(params)
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -349,6 +366,8 @@ def public(
         if "value" in needs:
             check_value_arg(fn_name, extra_args["value"])
         check_shapes(fn_name, updates, params, "`updates`", lead_axes)
+        if real:
+            check_real_tree(fn_name, updates, "updates")
         for name in ("grad_fn", "hvp_fn"):
             if extra_args.get(name) is not None:
                 extra_args[name] = _checked_fn(fn_name, name, extra_args[name], params, 0)

@@ -212,7 +212,7 @@ def clip_by_value(max_delta: jax.typing.ArrayLike) -> optax.GradientTransformati
         return jax.tree.map(clip_leaf, updates), state
 
     tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
-    return _base.public("clip_by_value", tx)
+    return _base.public("clip_by_value", tx, real=True)  # complex values have no order
 
 
 # ---------------------------------------------------------------------------
@@ -224,8 +224,19 @@ def _unit_norm(x: jax.Array, axis: int | Sequence[int] | None) -> jax.Array:
     """Unit-wise L2 norm (float32), broadcastable to ``x``."""
     if axis is None:
         return _tree.unitwise_norm(x)
-    x32 = _tree.to_acc(x)
-    return jnp.sqrt(jnp.sum(jnp.real(x32 * jnp.conj(x32)), axis=axis, keepdims=True))
+    return _tree.leaf_norm(x, axis=axis, keepdims=True)  # overflow-safe
+
+
+def _check_axes(fn: str, axis: int | Sequence[int], params: Any) -> None:
+    """Each axis of ``axis`` must index every leaf (a clear error instead of numpy's)."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for path, w in jax.tree_util.tree_leaves_with_path(params):
+        ndim = jnp.ndim(w)
+        if any(not -ndim <= a < ndim for a in axes):
+            raise ValueError(
+                f"`optlab.{fn}`: `axis` must index an axis of every leaf, got axis={axis!r} for"
+                f" a leaf of shape {jnp.shape(w)} at {jax.tree_util.keystr(path) or '<root>'}."
+            )
 
 
 def adaptive_grad_clip(
@@ -288,6 +299,8 @@ def adaptive_grad_clip(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _base.require_params(params)
+        if axis is not None:
+            _check_axes("adaptive_grad_clip", axis, params)
 
         def clip_leaf(g, w):
             if w is None:  # a gradient for a frozen (None) parameter: nothing to compare to

@@ -304,7 +304,7 @@ def scale_by_sophia(
     tx = _scale_by_sophia(
         b1, b2, eps, gamma, clip_threshold, update_interval, seed, hessian_diagonal_fn, mu_dtype
     )
-    return _base.public(name, tx, **hessian_needs(hessian_diagonal_fn))
+    return _base.public(name, tx, real=True, **hessian_needs(hessian_diagonal_fn))
 
 
 def _scale_by_sophia(

@@ -681,3 +681,169 @@ def test_huge_and_tiny_finite_input_gives_finite_updates(case):
     if bad and case.name in OVERFLOW_GAPS:
         pytest.xfail(OVERFLOW_GAPS[case.name])
     assert not bad, f"optlab.{case.name}: non-finite updates: {bad}"
+
+
+# ---------------------------------------------------------------------------
+# Specific inputs of issue 16 (eager: each raises from Python-side checks or runs a few
+# tiny steps)
+# ---------------------------------------------------------------------------
+
+
+def _named(info, fn: str, *words: str) -> None:
+    msg = str(info.value)
+    assert f"optlab.{fn}`" in msg and all(w in msg for w in words), msg
+
+
+def test_adafactor_decay_offset():
+    """decay_offset > 0: the decay is 0 until the offset (optax's formula gives NaN)."""
+    params = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+    tx = optlab.adafactor(0.01, decay_offset=3, min_dim_size_to_factor=2)
+    state = tx.init(params)
+    for _ in range(5):
+        updates, state = tx.update(params, state, params)
+        assert _finite(updates)
+    with pytest.raises(ValueError) as info:
+        optlab.adafactor(0.01, decay_offset=-1)
+    _named(info, "adafactor", "`decay_offset`")
+
+
+def test_merging_bad_arguments():
+    a, b = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 0.0])}
+
+    def score(p):
+        return -jnp.sum(p["w"] ** 2)
+
+    with pytest.raises(ValueError) as info:
+        optlab.greedy_soup([a, b], score, scores=[np.nan, 1.0])
+    _named(info, "greedy_soup", "`scores`")
+    with pytest.raises(TypeError) as info:
+        optlab.greedy_soup([a, b], None)
+    _named(info, "greedy_soup", "`eval_fn`")
+    with pytest.raises(ValueError) as info:
+        optlab.greedy_soup([a, b], lambda p: p["w"])
+    _named(info, "greedy_soup", "`eval_fn`", "scalar")
+    with pytest.raises(ValueError) as info:
+        optlab.slerp(a, b, 1.5)
+    _named(info, "slerp", "`t`")
+    for t in ("0.5", None):
+        with pytest.raises(TypeError) as info:
+            optlab.slerp(a, b, t)
+        _named(info, "slerp", "`t`")
+    with pytest.raises(TypeError) as info:
+        optlab.uniform_soup([{"w": jnp.array([1])}, {"w": jnp.array([2])}])
+    _named(info, "uniform_soup", "['w']", "int32")
+    for weights in ("ab", None, {"a": 1.0, "b": 1.0}, [1.0, np.nan]):
+        with pytest.raises((TypeError, ValueError)) as info:
+            optlab.weighted_average([a, b], weights)
+        _named(info, "weighted_average", "`weights`")
+    # Tiny weights are normalized safely: the mean.
+    out = optlab.weighted_average([a, b], [1e-45, 1e-45])
+    np.testing.assert_allclose(out["w"], [2.0, 1.0])
+    with pytest.raises(TypeError) as info:
+        optlab.task_arithmetic(a, [b], "x")
+    _named(info, "task_arithmetic", "`scaling`")
+
+
+def test_empty_batches_are_refused():
+    tx = optlab.dp_aggregate(1.0, 0.1)
+    params = {"w": jnp.zeros(3)}
+    with pytest.raises(ValueError) as info:
+        tx.update({"w": jnp.zeros((0, 3))}, tx.init(params), params)
+    _named(info, "dp_aggregate", "empty batch")
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), nnx.BatchNorm(2, rngs=nnx.Rngs(0)))
+    with pytest.raises(TypeError) as info:
+        optlab.update_bn(model, None)
+    _named(info, "update_bn", "`data`")
+    with pytest.raises(ValueError) as info:
+        optlab.update_bn(model, [jnp.ones((0, 3))], jit=False)
+    _named(info, "update_bn", "empty")
+
+
+def test_adam_overflowing_square_is_documented_and_skippable():
+    """A gradient of 1e30 overflows Adam's nu to inf (the coordinate is frozen with zero
+    steps, as documented); skip_nonfinite refuses that step and keeps the state finite."""
+    assert "skip_nonfinite" in optlab.adam.__doc__ and "Overflow" in optlab.adam.__doc__
+    params = {"w": jnp.ones(3)}
+    big = {"w": jnp.array([1e30, 1.0, -1.0])}
+    tx = optlab.adam(0.1)
+    updates, state = tx.update(big, tx.init(params), params)
+    assert _finite(updates) and not _finite(state)
+    wrapped = optlab.skip_nonfinite(tx)
+    w_state = wrapped.init(params)
+    updates, new_state = wrapped.update(big, w_state, params)
+    assert int(new_state.total_skips) == 1 and _finite(new_state)
+    chex.assert_trees_all_equal(updates, {"w": jnp.zeros(3)})
+    chex.assert_trees_all_equal(new_state.inner_state, w_state.inner_state)
+
+
+def test_zero_size_leaf_and_array_eps():
+    for params in ({"z": jnp.zeros((0, 3))}, {"z": jnp.zeros((0, 3)), "w": jnp.ones((3, 4))}):
+        tx = optlab.muon(0.01)
+        updates, _ = tx.update(params, tx.init(params), params)
+        chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
+        assert _finite(updates)
+    params = {"w": jnp.array([1.0, 2.0, 4.0])}
+    for eps in (np.array(1e-8), jnp.array(1e-8), np.float64(1e-8)):
+        tx = optlab.sgd_sai(0.1, eps=eps)
+        assert _finite(tx.update(params, tx.init(params), params)[0])
+    with pytest.raises(ValueError) as info:
+        optlab.sgd_sai(0.1, eps=np.array([1e-8, 1e-8]))
+    _named(info, "sgd_sai", "`eps`")
+
+
+@pytest.mark.parametrize(
+    "name,make,stacked",
+    [
+        ("sophia", lambda: optlab.sophia(0.1), False),
+        ("clip_by_value", lambda: optlab.clip_by_value(1.0), False),
+        ("upgrad", lambda: optlab.upgrad(), True),
+        ("mgda", lambda: optlab.mgda(), True),
+        ("pcgrad", lambda: optlab.pcgrad(), True),
+    ],
+)
+def test_complex_leaves_are_refused(name, make, stacked):
+    tx = make()
+    complex_params = {"w": jnp.array([1.0 + 1j, 2.0])}
+    with pytest.raises(TypeError) as info:
+        tx.init(complex_params)
+    _named(info, name, "complex", "['w']")
+    real = {"w": jnp.array([1.0, 2.0])}
+    grads = {"w": jnp.array([[1.0 + 1j, 2.0]] * 3 if stacked else [1.0 + 1j, 2.0])}
+    with pytest.raises(TypeError) as info:
+        tx.update(grads, tx.init(real), real, hvp_fn=lambda p, v: v)
+    _named(info, name, "complex")
+
+
+def test_absurd_buffer_sizes_are_bounded():
+    inner = optax.sgd(0.1)
+    cases = [
+        ("lawa", lambda: optlab.lawa(inner, k=2**30), "`k`"),
+        ("switch_ema", lambda: optlab.switch_ema(inner, sync_period=10**12), "`sync_period`"),
+        ("clip_by_quantile", lambda: optlab.clip_by_quantile(window=2**30), "`window`"),
+        ("m_fac", lambda: optlab.m_fac(0.1, num_grads=2**20), "`num_grads`"),
+    ]
+    for fn, make, param in cases:
+        with pytest.raises(ValueError) as info:
+            make()
+        _named(info, fn, param)
+
+
+def test_misc_python_side_arguments():
+    with pytest.raises(ValueError) as info:
+        optlab.norm_layer_mask({"w": jnp.ones(2)}, layer_pattern="(")
+    _named(info, "norm_layer_mask", "`layer_pattern`")
+    with pytest.raises(ValueError) as info:
+        optlab.sharpness_diagnostics(lambda p: p * 2.0, jnp.ones(3))
+    _named(info, "sharpness_diagnostics", "`loss_fn`", "scalar")
+    tx = optlab.adaptive_grad_clip(0.1, axis=1)
+    params = {"b": jnp.ones(3)}
+    with pytest.raises(ValueError) as info:
+        tx.update(params, tx.init(params), params)
+    _named(info, "adaptive_grad_clip", "`axis`", "['b']")
+    with pytest.raises(TypeError) as info:
+        optlab.get(None)
+    _named(info, "get")
+    with pytest.raises(TypeError) as info:
+        optlab.describe(42)
+    _named(info, "describe")
