@@ -130,6 +130,12 @@ def clip_by_leaf_norm(
       Networks <https://arxiv.org/abs/1211.5063>`_, ICML 2013 (norm clipping; here
       applied per layer).
     """
+    if max_norm is None:  # None means "no clipping" only as a leaf of a tree of thresholds
+        raise TypeError(
+            "`optlab.clip_by_leaf_norm`: `max_norm` must be a number, a tree of numbers (with"
+            " None leaves for no clipping) or a callable (path, leaf) -> number, got"
+            " max_norm=None."
+        )
     is_fn = callable(max_norm)
     if not is_fn:
         _check_leaf_thresholds(max_norm)

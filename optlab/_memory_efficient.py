@@ -924,7 +924,7 @@ def scale_by_badam(
     _base.check_decay(fn, b1=b1, b2=b2)
     _base.check_nonnegative(fn, eps=eps)
     check_badam_order(fn, order)
-    return _badam(fn, switch_every, b1, b2, eps, blocks, order, seed)
+    return _base.public(fn, _badam(fn, switch_every, b1, b2, eps, blocks, order, seed))
 
 
 def check_badam_order(fn, order):
@@ -1250,7 +1250,7 @@ def quantized_moments(
     def decode(path, enc, like):
         return _reshard_like(_dequantize(enc, like, code_for(path)), like)
 
-    return _compressed_state(fn, inner, min_size, encode, decode, seed=0)
+    return _base.public(fn, _compressed_state(fn, inner, min_size, encode, decode, seed=0))
 
 
 def stochastic_round(x: jax.Array, key: jax.Array, dtype: Any = jnp.bfloat16) -> jax.Array:

@@ -393,8 +393,6 @@ def test_ill_typed_hyperparameter(case):
     """None, strings, complex, bools, non-scalar arrays and concrete jax arrays out of range:
     a clear ValueError/TypeError naming ``optlab.<name>`` and the parameter, or a finite step
     of the params' shapes and dtypes."""
-    if case.name in ILL_TYPED_GAPS:
-        pytest.xfail("issue 16 leftover: ill-typed values not yet refused")
     name = _first_required_hparam(case)
     problems = []
     for kind, value in ILL_TYPED.items():
@@ -471,20 +469,11 @@ def _slipped(case: Case, grads: dict, kind: str) -> dict:
     return {**grads, key: bad}
 
 
-# Cases whose updates are not yet checked against params' shapes (their own per-leaf state
-# buffers broadcast an extra leading axis before _base.public's check could see it).
-SHAPE_GAPS = {"scale_by_badam", "quantized_moments"}
-# Ill-typed values not yet refused (clip_by_leaf_norm validates max_norm per leaf lazily).
-ILL_TYPED_GAPS = {"clip_by_leaf_norm"}
-
-
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_shape_slips_are_named(case):
     """Gradients with an extra leading axis or a wrong leaf shape: a ValueError/TypeError naming
     ``optlab.<name>`` (the leaf path where the check is the shared one), never updates shaped
     unlike params. Checked at trace time by ``_base.public``."""
-    if case.name in SHAPE_GAPS:
-        pytest.xfail("issue 16 leftover: shapes not checked by _base.public here")
     params = fixed_params(case.tree)
     tx = case.build()
     state = tx.init(params)
