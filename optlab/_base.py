@@ -258,7 +258,7 @@ def _checked_fn(fn_name: str, name: str, fn: Any, params: Any, lead_axes: int) -
         except TypeError as e:  # wrong arity: say which argument and how it is called
             raise TypeError(
                 f"`optlab.{fn_name}`: the extra argument `{name}` cannot be called with"
-                f" {len(args)} positional argument(s) ({_SIGNATURES[name]}): {e}."
+                f" {len(args)} positional argument(s) ({_SIGNATURES.get(name, name)}): {e}."
             ) from None
         except ValueError:  # no signature (a builtin or C function): just call it
             pass
@@ -333,6 +333,8 @@ def require_extra_arg(fn_name: str, name: str, value: Any, how: str) -> Callable
             f"`optlab.{fn_name}`: the extra argument `{name}` must be callable, got"
             f" {name}={value!r} of type {type(value).__name__}: {how}"
         )
+    if name.endswith("_fn"):  # a clear error when it is called with the wrong arity
+        return _checked_fn(fn_name, name, value, None, 0)
     return value
 
 

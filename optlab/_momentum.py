@@ -1207,7 +1207,7 @@ def _decay_rate_pow_from_offset(i: jax.Array, exponent: Any) -> jax.Array:
 
 
 def _clip_to_square_range(g: jax.Array) -> jax.Array:
-    bound = float(jnp.sqrt(jnp.finfo(g.dtype).max)) / 16
+    bound = float(jnp.finfo(g.dtype).max) ** 0.5 / 16
     return jnp.where(jnp.isfinite(g), jnp.clip(g, -bound, bound), g)
 
 
