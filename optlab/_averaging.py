@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optlab import _base, _tree
@@ -1174,3 +1175,380 @@ def power_ema(
         return updates, PowerEMAState(inner_state, t, ema)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Issue 12: post-hoc EMA reconstruction (EDM2)
+# ---------------------------------------------------------------------------
+
+__all__ += [
+    "PowerEMAProfilesState",
+    "PowerEMASnapshot",
+    "power_ema_profiles",
+    "power_ema_snapshots",
+    "posthoc_ema_coefficients",
+    "posthoc_ema",
+]
+
+
+class PowerEMAProfilesState(NamedTuple):
+    """State for :func:`optlab.power_ema_profiles`.
+
+    Attributes:
+      inner_state: state of the wrapped optimizer
+      count: shape=(), int32: number of `update` calls so far
+      emas: one power-function EMA of the iterates per profile (a tuple of trees)
+      sigma_rels: shape=(K,), float32: the profiles' relative widths (constant)
+      snapshot_every: shape=(), int32: the snapshot period (constant)
+    """
+
+    inner_state: Any  # state of the wrapped optimizer
+    count: jax.Array  # shape=(), int32: number of `update` calls so far
+    emas: tuple  # one EMA tree per profile, in the params' (or accumulator) dtype
+    sigma_rels: jax.Array  # shape=(K,), float32: the profiles' sigma_rel (constant)
+    snapshot_every: jax.Array  # shape=(), int32: snapshot period (constant)
+
+    averaging_name = "power_ema_profiles"
+
+    def averaged(self) -> Any:
+        """The first profile's EMA (all of them: :func:`optlab.power_ema_snapshots`)."""
+        return self.emas[0]
+
+
+class PowerEMASnapshot(NamedTuple):
+    """One saved power-function EMA: the input of :func:`optlab.posthoc_ema`.
+
+    Attributes:
+      step: the number of optimizer steps ``t >= 1`` the EMA has seen (a Python int).
+      sigma_rel: the profile's relative width (a Python float).
+      params: the EMA of the iterates ``x_1 .. x_t`` (a parameter tree).
+    """
+
+    step: int
+    sigma_rel: float
+    params: Any
+
+
+def _check_sigma_rel(fn_name: str, name: str, value: Any) -> float:
+    """``value`` as a float in ``(0, 1/sqrt(12))``, else a ValueError/TypeError."""
+    _base.check_positive(fn_name, **{name: value})
+    if not _base.is_concrete_number(value):
+        raise TypeError(
+            f"`optlab.{fn_name}`: `{name}` must be a Python or NumPy number, got {name}={value!r}."
+        )
+    if not float(value) < 12**-0.5:
+        raise ValueError(
+            f"`optlab.{fn_name}`: `{name}` must be < 1/sqrt(12) ~ 0.2887 (gamma > 0),"
+            f" got {name}={value!r}."
+        )
+    return float(value)
+
+
+def power_ema_profiles(
+    inner: optax.GradientTransformation,
+    sigma_rels: Any = (0.05, 0.10),
+    snapshot_every: int = 1000,
+    *,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Tracks several power-function EMAs (EDM2) for post-hoc EMA reconstruction.
+
+    Runs ``inner`` unchanged and keeps, for each ``sigma_rel`` in ``sigma_rels``, the EMA
+    of :func:`optlab.power_ema`: ``ema_t = beta_t ema_{t-1} + (1 - beta_t) x_t`` with
+    ``beta_t = (1 - 1/t)^(gamma + 1)`` and ``gamma`` from ``sigma_rel``
+    (:func:`optlab.sigma_rel_to_gamma`). The state has a fixed size (one copy of the
+    parameters per profile); the *snapshots* live outside it: every ``snapshot_every``
+    steps, :func:`optlab.power_ema_snapshots` returns the current EMAs as
+    :class:`PowerEMASnapshot` s for the user to keep (in memory or on disk), and
+    :func:`optlab.posthoc_ema` later combines them into the EMA of any other
+    ``sigma_rel``, at any snapshot step, without retraining (EDM2 tracks two profiles,
+    ``sigma_rel = 0.05`` and ``0.10``, and saves snapshots every ~4% of training).
+
+    Args:
+      inner: the inner optimizer.
+      sigma_rels: the profiles' relative widths: distinct concrete numbers in
+        ``(0, 1/sqrt(12))`` (a list or tuple, at least one; two or more make
+        reconstruction accurate).
+      snapshot_every: the snapshot period in steps (a Python int >= 1), read by
+        :func:`optlab.power_ema_snapshots`.
+      accumulator_dtype: dtype of the EMAs (default: the parameters' dtype).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; its updates are those of ``inner``.
+      :func:`optlab.averaged_params` reads the first profile.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.power_ema_profiles(optax.sgd(1.0), (0.05, 0.1), snapshot_every=2)
+      >>> params, snapshots = jnp.zeros(1), []
+      >>> state = tx.init(params)
+      >>> for _ in range(4):  # x_t = t
+      ...     updates, state = tx.update(-jnp.ones(1), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      ...     snapshots += optlab.power_ema_snapshots(state)  # [] between snapshots
+      >>> [(s.step, round(s.sigma_rel, 3)) for s in snapshots]
+      [(2, 0.05), (2, 0.1), (4, 0.05), (4, 0.1)]
+      >>> avg = optlab.posthoc_ema(snapshots, sigma_rel=0.1)  # profile 0.1 at step 4
+      >>> bool(jnp.allclose(avg, snapshots[-1].params, rtol=1e-5))
+      True
+
+    State:
+      :class:`PowerEMAProfilesState` ``(inner_state, count, emas, sigma_rels,
+      snapshot_every)``: one copy of the parameters per profile.
+
+    References:
+      Karras et al., `Analyzing and Improving the Training Dynamics of Diffusion Models
+      <https://arxiv.org/abs/2312.02696>`_, 2024 (Section 3, Appendix C)
+    """
+    name = "power_ema_profiles"
+    if not isinstance(sigma_rels, (list, tuple)) or not sigma_rels:
+        raise TypeError(
+            f"`optlab.{name}`: `sigma_rels` must be a non-empty list or tuple of numbers,"
+            f" got sigma_rels={sigma_rels!r}."
+        )
+    sigmas = [_check_sigma_rel(name, f"sigma_rels[{i}]", s) for i, s in enumerate(sigma_rels)]
+    if len(set(sigmas)) != len(sigmas):
+        raise ValueError(
+            f"`optlab.{name}`: `sigma_rels` must be distinct, got sigma_rels={sigma_rels!r}."
+        )
+    _base.check_int(name, snapshot_every=snapshot_every)
+    gammas = [_sigma_rel_to_gamma(name, s) for s in sigmas]
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        _base.check_float_tree(name, params)
+        return PowerEMAProfilesState(
+            inner_state=inner.init(params),
+            count=jnp.zeros([], jnp.int32),
+            emas=tuple(_copy_tree(params, accumulator_dtype) for _ in gammas),
+            sigma_rels=jnp.asarray(sigmas, jnp.float32),
+            snapshot_every=jnp.asarray(snapshot_every, jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        updates, inner_state, new_params = _inner_update(
+            inner, updates, state.inner_state, params, extra_args
+        )
+        t = optax.safe_increment(state.count)
+        tf = t.astype(jnp.float32)
+        emas = tuple(
+            _lerp(ema, new_params, 1.0 - (1.0 - 1.0 / tf) ** (g + 1.0))
+            for ema, g in zip(state.emas, gammas)
+        )
+        return updates, state._replace(inner_state=inner_state, count=t, emas=emas)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _find_profiles_state(fn_name: str, state: Any) -> PowerEMAProfilesState:
+    state = unwrap_variables(state)
+    found = [s for _, s in _find_states(state) if isinstance(s, PowerEMAProfilesState)]
+    if len(found) != 1:
+        raise ValueError(
+            f"`optlab.{fn_name}`: `state` must hold exactly one `optlab.power_ema_profiles`"
+            f" state, found {len(found)} in a state of type {type(state).__name__}."
+        )
+    return found[0]
+
+
+def power_ema_snapshots(state: Any, force: bool = False) -> list[PowerEMASnapshot]:
+    """The snapshots to save now from a :func:`optlab.power_ema_profiles` state.
+
+    Returns one :class:`PowerEMASnapshot` per tracked profile when the step count is a
+    positive multiple of ``snapshot_every`` (or ``force=True`` after at least one step),
+    else an empty list, so ``snapshots += power_ema_snapshots(state)`` after every step
+    collects the snapshots. Reads the step count on the host: call it outside ``jit``.
+    The state is found anywhere in a (wrapped) optimizer state, or a Flax
+    ``nnx.Optimizer``.
+
+    Args:
+      state: an optimizer state holding one ``power_ema_profiles`` state.
+      force: snapshot now whatever the step (after at least one step).
+
+    Returns:
+      A list of :class:`PowerEMASnapshot` ``(step, sigma_rel, params)``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optlab
+      >>> tx = optlab.power_ema_profiles(optax.sgd(1.0), snapshot_every=10)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> _, state = tx.update(jnp.ones(2), state, jnp.zeros(2))
+      >>> optlab.power_ema_snapshots(state), len(optlab.power_ema_snapshots(state, force=True))
+      ([], 2)
+    """
+    fn = "power_ema_snapshots"
+    st = _find_profiles_state(fn, state)
+    step = int(st.count)
+    every = int(st.snapshot_every)
+    if step < 1 or not (force or step % every == 0):
+        return []
+    # the float32 stored, read back as its shortest decimal: the user's 0.05, not 0.0500000007
+    sigmas = [float(str(s)) for s in np.asarray(st.sigma_rels, np.float32)]
+    return [
+        PowerEMASnapshot(step, s, _copy_tree(ema)) for s, ema in zip(sigmas, st.emas, strict=True)
+    ]
+
+
+def _power_correlation(t_a, g_a, t_b, g_b):
+    """``<p_a, p_b> = int p_a(s) p_b(s) ds`` of the continuous power profiles
+    ``p(s) = (g + 1) s^g / t^(g + 1)`` on ``[0, t]`` (EDM2 Eq. 151), float64, broadcast."""
+    t_min, t_max = np.minimum(t_a, t_b), np.maximum(t_a, t_b)
+    g_long = np.where(t_a < t_b, g_b, g_a)  # the exponent of the longer profile
+    return (g_a + 1) * (g_b + 1) / (g_a + g_b + 1) * (t_min / t_max) ** g_long / t_max
+
+
+def posthoc_ema_coefficients(steps: Any, sigma_rels: Any, step: Any, sigma_rel: Any) -> np.ndarray:
+    """Weights ``c`` with ``sum_i c_i snapshot_i`` ~ the power EMA of ``sigma_rel`` at ``step``.
+
+    Snapshot ``i`` is a power-function EMA with exponent ``gamma_i`` at step ``t_i``; its
+    weights over time are the profile ``p_i(s) = (gamma_i + 1) s^gamma_i / t_i^(gamma_i +
+    1)`` on ``[0, t_i]`` (exactly: the discrete EMA gives iterate ``x_s`` the integral of
+    ``p_i`` over ``[s - 1, s]``). The target profile ``p`` is matched in least squares,
+    ``min_c || sum_i c_i p_i - p ||_{L2}``: the normal equations ``A c = b`` with ``A_ij =
+    <p_i, p_j>`` and ``b_i = <p_i, p>`` in closed form (EDM2 Algorithm 3), then
+    ``c / sum(c)`` so that the weights sum to one (a constant trajectory is kept).
+    Computed in float64 with NumPy.
+
+    Args:
+      steps: the snapshots' steps ``t_i >= 1`` (a 1-D sequence).
+      sigma_rels: the snapshots' relative widths (same length).
+      step: the target step ``t`` (``1 <= t <= max(steps)``).
+      sigma_rel: the target relative width, in ``(0, 1/sqrt(12))``.
+
+    Returns:
+      A float64 NumPy array of one coefficient per snapshot (they may be negative).
+
+    Example:
+      >>> import numpy as np, optlab
+      >>> c = optlab.posthoc_ema_coefficients([100, 100], [0.05, 0.1], 100, 0.1)
+      >>> np.round(c, 6) + 0.0
+      array([0., 1.])
+
+    References:
+      Karras et al., `Analyzing and Improving the Training Dynamics of Diffusion Models
+      <https://arxiv.org/abs/2312.02696>`_, 2024 (Appendix C.3, Algorithm 3)
+    """
+    return _posthoc_coefficients("posthoc_ema_coefficients", steps, sigma_rels, step, sigma_rel)
+
+
+def _posthoc_coefficients(fn: str, steps: Any, sigma_rels: Any, step: Any, sigma_rel: Any):
+    t_in, s_in = np.asarray(steps), np.asarray(sigma_rels)
+    if t_in.ndim != 1 or s_in.shape != t_in.shape or t_in.size == 0:
+        raise ValueError(
+            f"`optlab.{fn}`: `steps` and `sigma_rels` must be non-empty 1-D sequences of the"
+            f" same length, got shapes {t_in.shape} and {s_in.shape}."
+        )
+    g_in = np.array([_sigma_rel_to_gamma(fn, _check_sigma_rel(fn, "sigma_rels", s)) for s in s_in])
+    t_in = np.array([_check_step(fn, "steps", t) for t in t_in], np.float64)
+    t_out = _check_step(fn, "step", step)
+    if t_out > t_in.max():
+        raise ValueError(
+            f"`optlab.{fn}`: `step` must be <= the last snapshot's step {int(t_in.max())}"
+            f" (the snapshots do not see later iterates), got step={step!r}."
+        )
+    g_out = _sigma_rel_to_gamma(fn, _check_sigma_rel(fn, "sigma_rel", sigma_rel))
+    pairs = set()
+    for t, s in zip(t_in.tolist(), s_in.tolist()):
+        if (t, s) in pairs:
+            raise ValueError(
+                f"`optlab.{fn}`: two snapshots have the same step {int(t)} and sigma_rel {s}"
+                " (the least-squares system is singular); pass each once."
+            )
+        pairs.add((t, s))
+    a = _power_correlation(t_in[:, None], g_in[:, None], t_in[None, :], g_in[None, :])
+    b = _power_correlation(t_in, g_in, float(t_out), g_out)
+    try:
+        c = np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:  # numerically singular: the minimum-norm solution
+        c = np.linalg.lstsq(a, b, rcond=None)[0]
+    total = c.sum()
+    if not np.all(np.isfinite(c)) or total == 0:
+        raise ValueError(
+            f"`optlab.{fn}`: the least-squares system is too ill-conditioned to solve"
+            f" (coefficients {c}); use fewer, more distinct snapshots."
+        )
+    return c / total
+
+
+def _check_step(fn_name: str, name: str, value: Any) -> int:
+    v = np.asarray(value)
+    if v.ndim != 0 or v.dtype == bool or not np.issubdtype(v.dtype, np.number):
+        raise TypeError(f"`optlab.{fn_name}`: `{name}` must hold integers >= 1, got {value!r}.")
+    if not np.isfinite(v) or float(v) != int(v) or int(v) < 1:
+        raise ValueError(f"`optlab.{fn_name}`: `{name}` must hold integers >= 1, got {value!r}.")
+    return int(v)
+
+
+@jax.jit
+def _weighted_sum_kernel(coef, *leaves):
+    acc = jnp.promote_types(leaves[0].dtype, jnp.float32)
+    out = sum(coef[i].astype(acc) * x.astype(acc) for i, x in enumerate(leaves))
+    return out.astype(leaves[0].dtype)
+
+
+def posthoc_ema(snapshots: Any, sigma_rel: float, step: int | None = None) -> Any:
+    """Post-hoc EMA: the power-function EMA of any ``sigma_rel``, rebuilt from snapshots.
+
+    Solves for the coefficients :func:`optlab.posthoc_ema_coefficients` of the
+    snapshots' EMA profiles that best match (least squares on the profiles) the
+    power-function EMA of width ``sigma_rel`` at ``step``, and returns ``sum_i c_i
+    snapshot_i`` (in at least float32, cast to the first snapshot's dtypes). Asking for a
+    tracked profile at a snapshot step returns that snapshot (to rounding). Runs eagerly,
+    on the host for the coefficients.
+
+    Args:
+      snapshots: a non-empty list of :class:`PowerEMASnapshot` (or ``(step, sigma_rel,
+        params)`` tuples), e.g. collected with :func:`optlab.power_ema_snapshots` from
+        :func:`optlab.power_ema_profiles`; all ``params`` with the same structure and
+        shapes.
+      sigma_rel: the wanted relative width, in ``(0, 1/sqrt(12))``.
+      step: the wanted step (default: the last snapshot step).
+
+    Returns:
+      The reconstructed EMA parameters.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> snaps = [optlab.PowerEMASnapshot(10, 0.05, {"w": jnp.ones(2)}),
+      ...          optlab.PowerEMASnapshot(10, 0.10, {"w": jnp.ones(2)})]
+      >>> optlab.posthoc_ema(snaps, sigma_rel=0.07)  # the weights sum to one
+      {'w': Array([1., 1.], dtype=float32)}
+
+    References:
+      Karras et al., `Analyzing and Improving the Training Dynamics of Diffusion Models
+      <https://arxiv.org/abs/2312.02696>`_, 2024 (Section 3.2, Appendix C)
+    """
+    fn = "posthoc_ema"
+    if not isinstance(snapshots, (list, tuple)) or not snapshots:
+        raise ValueError(
+            f"`optlab.{fn}`: `snapshots` must be a non-empty list of PowerEMASnapshot"
+            f" (step, sigma_rel, params), got {snapshots!r}."
+        )
+    for i, s in enumerate(snapshots):
+        if not isinstance(s, tuple) or len(s) != 3:
+            raise TypeError(
+                f"`optlab.{fn}`: `snapshots[{i}]` must be a PowerEMASnapshot (step, sigma_rel,"
+                f" params), got {type(s).__name__}."
+            )
+    snaps = [PowerEMASnapshot(*s) for s in snapshots]
+    ref = snaps[0].params
+    ref_leaves = jax.tree_util.tree_leaves_with_path(ref)
+    for i, s in enumerate(snaps[1:], start=1):
+        _base.check_same_structure(
+            fn, ref, s.params, "snapshots[0].params", f"snapshots[{i}].params"
+        )
+        for (path, a), b in zip(ref_leaves, jax.tree.leaves(s.params)):
+            if jnp.shape(a) != jnp.shape(b):
+                raise ValueError(
+                    f"`optlab.{fn}`: `snapshots[0].params` and `snapshots[{i}].params` have"
+                    f" different shapes at {jax.tree_util.keystr(path) or '<root>'}:"
+                    f" {jnp.shape(a)} and {jnp.shape(b)}."
+                )
+    steps = [s.step for s in snaps]
+    if step is None:
+        step = max(_check_step(fn, "snapshots[i].step", t) for t in steps)
+    coef = _posthoc_coefficients(fn, steps, [s.sigma_rel for s in snaps], step, sigma_rel)
+    coef = jnp.asarray(coef, jnp.float32)
+    return _tree.tree_map(
+        lambda *xs: _weighted_sum_kernel(coef, *map(jnp.asarray, xs)), *[s.params for s in snaps]
+    )

@@ -1,4 +1,5 @@
-"""Offline model merging: soups, interpolation, SLERP, Model Stock, task arithmetic.
+"""Offline model merging: soups, interpolation, SLERP, Model Stock, task arithmetic, weight
+matching (Git Re-Basin), RegMean.
 
 Functions on any pytrees of arrays (Flax ``params``, ``nnx.State``, dicts ...): every
 model passed must have the same tree structure and leaf shapes, else a
@@ -571,3 +572,468 @@ def task_arithmetic(base: Any, finetuned: Sequence[Any], scaling: Any = 1.0) -> 
         )
     s = s.astype(jnp.promote_types(s.dtype, jnp.float32))
     return _tree.tree_map(lambda b, *ws: _task_kernel(s, b, *ws), base, *finetuned)
+
+
+# ---------------------------------------------------------------------------
+# Issue 12: weight matching (Git Re-Basin) and RegMean
+# ---------------------------------------------------------------------------
+
+__all__ += [
+    "mlp_permutation_spec",
+    "weight_matching",
+    "apply_permutation",
+    "align_and_interpolate",
+    "regmean",
+]
+
+
+def _linear_sum_assignment(cost: np.ndarray) -> np.ndarray:
+    """Minimum-cost perfect matching of a square matrix: ``col[i]`` for each row ``i``.
+
+    The shortest-augmenting-path Hungarian algorithm with potentials (Kuhn-Munkres in the
+    O(n^3) form of Jonker and Volgenant): rows are added one at a time, each by a
+    Dijkstra-like search over reduced costs ``cost[i, j] - u[i] - v[j] >= 0``; the inner
+    loop over columns is vectorized with NumPy. Exact for finite costs.
+    """
+    n = cost.shape[0]
+    u = np.zeros(n + 1)
+    v = np.zeros(n + 1)
+    row_of = np.zeros(n + 1, np.int64)  # row_of[j]: 1-based row matched to column j (0: free)
+    way = np.zeros(n + 1, np.int64)
+    for i in range(1, n + 1):
+        row_of[0] = i
+        j0 = 0
+        minv = np.full(n + 1, np.inf)
+        used = np.zeros(n + 1, bool)
+        while True:
+            used[j0] = True
+            i0 = row_of[j0]
+            free = ~used[1:]
+            reduced = cost[i0 - 1] - u[i0] - v[1:]
+            better = free & (reduced < minv[1:])
+            minv[1:][better] = reduced[better]
+            way[1:][better] = j0
+            masked = np.where(free, minv[1:], np.inf)
+            j1 = int(np.argmin(masked)) + 1
+            delta = masked[j1 - 1]
+            done = np.nonzero(used)[0]
+            u[row_of[done]] += delta
+            v[done] -= delta
+            minv[1:][free] -= delta
+            j0 = j1
+            if row_of[j0] == 0:
+                break
+        while j0:  # augment along the alternating path
+            j1 = way[j0]
+            row_of[j0] = row_of[j1]
+            j0 = j1
+    col = np.empty(n, np.int64)
+    col[row_of[1:] - 1] = np.arange(n)
+    return col
+
+
+def mlp_permutation_spec(layers: Sequence[str], kernel: str = "kernel", bias: str = "bias") -> dict:
+    """The permutation spec of an MLP ``{layer: {kernel: (in, out), bias: (out,)}}``.
+
+    Hidden layer ``i`` (every layer but the last) gets the permutation ``"P_<layer>"`` of
+    its output units: on its kernel's axis 1 and bias, and on the next kernel's axis 0.
+    The input of the first layer and the output of the last are not permuted. This is
+    the layout of Flax ``nn.Dense`` / ``nnx.Linear`` parameters (kernel ``(in, out)``).
+
+    Args:
+      layers: the layer names in order (at least two).
+      kernel: the name of each layer's weight matrix.
+      bias: the name of each layer's bias (``None``: layers without bias).
+
+    Returns:
+      A spec tree for :func:`optlab.weight_matching`: per leaf, a tuple with one
+      permutation name (or ``None``) per axis.
+
+    Example:
+      >>> import optlab
+      >>> spec = optlab.mlp_permutation_spec(["Dense_0", "Dense_1"])
+      >>> spec["Dense_0"], spec["Dense_1"]["kernel"]
+      ({'kernel': (None, 'P_Dense_0'), 'bias': ('P_Dense_0',)}, ('P_Dense_0', None))
+    """
+    fn = "mlp_permutation_spec"
+    if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or len(layers) < 2:
+        raise ValueError(
+            f"`optlab.{fn}`: `layers` must be a list of at least two layer names, got"
+            f" layers={layers!r}."
+        )
+    spec = {}
+    for i, name in enumerate(layers):
+        p_in = f"P_{layers[i - 1]}" if i > 0 else None
+        p_out = f"P_{name}" if i < len(layers) - 1 else None
+        spec[name] = {kernel: (p_in, p_out)}
+        if bias is not None:
+            spec[name][bias] = (p_out,)
+    return spec
+
+
+def _parse_spec(fn: str, params: Any, spec: Any):
+    """Flatten ``spec`` against ``params``: per leaf its axes' permutation names; and, per
+    permutation, its size and the ``(leaf index, axis)`` pairs it acts on."""
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    try:
+        axes = treedef.flatten_up_to(spec)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"`optlab.{fn}`: `spec` must have the structure of the parameters, with one tuple"
+            f" of permutation names (or None) per leaf: {e}"
+        ) from None
+    perm_axes: dict[str, list[tuple[int, int]]] = {}
+    sizes: dict[str, int] = {}
+    for k, ((path, leaf), ax) in enumerate(zip(leaves_with_path, axes)):
+        where = jax.tree_util.keystr(path) or "<root>"
+        if ax is None:
+            continue
+        ndim = jnp.ndim(leaf)
+        if not isinstance(ax, (tuple, list)) or len(ax) != ndim:
+            raise ValueError(
+                f"`optlab.{fn}`: `spec` at {where} must be a tuple of {ndim} permutation"
+                f" names or None (one per axis of the leaf of shape {jnp.shape(leaf)}), got"
+                f" {ax!r}."
+            )
+        for axis, p in enumerate(ax):
+            if p is None:
+                continue
+            if not isinstance(p, str):
+                raise TypeError(
+                    f"`optlab.{fn}`: permutation names in `spec` must be strings, got {p!r}"
+                    f" at {where}."
+                )
+            n = jnp.shape(leaf)[axis]
+            if sizes.setdefault(p, n) != n:
+                raise ValueError(
+                    f"`optlab.{fn}`: permutation {p!r} acts on axes of different sizes"
+                    f" ({sizes[p]} and {n} at {where} axis {axis})."
+                )
+            perm_axes.setdefault(p, []).append((k, axis))
+    if not perm_axes:
+        raise ValueError(f"`optlab.{fn}`: `spec` names no permutation.")
+    return treedef, axes, perm_axes, sizes
+
+
+def _check_perms(fn: str, perms: Any, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    if not isinstance(perms, dict) or set(perms) != set(sizes):
+        got = sorted(perms) if isinstance(perms, dict) else type(perms).__name__
+        raise ValueError(
+            f"`optlab.{fn}`: `perms` must be a dict with one permutation per name in the"
+            f" spec {sorted(sizes)}, got {got}."
+        )
+    out = {}
+    for p, n in sizes.items():
+        q = np.asarray(perms[p])
+        if (
+            q.shape != (n,)
+            or not np.issubdtype(q.dtype, np.integer)
+            or set(q.tolist()) != set(range(n))
+        ):
+            raise ValueError(
+                f"`optlab.{fn}`: `perms[{p!r}]` must be a permutation of range({n}), got"
+                f" {perms[p]!r}."
+            )
+        out[p] = q
+    return out
+
+
+def _permute_leaf(x, ax, perms, except_axis=None):
+    for axis, p in enumerate(ax or ()):
+        if p is not None and axis != except_axis:
+            x = np.take(x, perms[p], axis=axis)
+    return x
+
+
+def apply_permutation(params: Any, spec: Any, perms: dict[str, Any]) -> Any:
+    """Permutes ``params`` by ``perms``: ``x -> take(x, perms[p], axis)`` on every spec axis.
+
+    For a network this reorders hidden units consistently (a unit's incoming and outgoing
+    weights move together), so the permuted network computes the same function.
+
+    Args:
+      params: a parameter tree.
+      spec: the permutation spec (see :func:`optlab.weight_matching`).
+      perms: a dict mapping each permutation name of ``spec`` to an integer array, a
+        permutation of ``range(size)``.
+
+    Returns:
+      The permuted tree (same dtypes; arrays stay where they are).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> params = {"w": jnp.array([[1.0, 2.0]]), "b": jnp.array([10.0, 20.0])}
+      >>> spec = {"w": (None, "P"), "b": ("P",)}
+      >>> optlab.apply_permutation(params, spec, {"P": jnp.array([1, 0])})
+      {'b': Array([20., 10.], dtype=float32), 'w': Array([[2., 1.]], dtype=float32)}
+    """
+    fn = "apply_permutation"
+    treedef, axes, _, sizes = _parse_spec(fn, params, spec)
+    perms = _check_perms(fn, perms, sizes)
+    leaves = treedef.flatten_up_to(params)
+    out = []
+    for x, ax in zip(leaves, axes):
+        for axis, p in enumerate(ax or ()):
+            if p is not None:
+                x = jnp.take(x, jnp.asarray(perms[p]), axis=axis)
+        out.append(x)
+    return treedef.unflatten(out)
+
+
+def weight_matching(
+    params_a: Any,
+    params_b: Any,
+    spec: Any,
+    *,
+    max_iter: int = 100,
+    seed: int = 0,
+    init_perms: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Git Re-Basin weight matching: permutations of ``params_b``'s units that match ``params_a``.
+
+    Maximizes ``sum_leaves <a, pi(b)>`` over the permutations ``pi`` described by ``spec``
+    (hidden units of a network can be reordered without changing its function) by
+    coordinate descent: for each permutation ``p`` in a random order, with all the others
+    fixed, the best ``p`` solves the linear assignment problem with the similarity matrix
+    ``S = sum_{(leaf, axis) of p} A_(axis) B_(axis)^T`` (``A_(axis)``: the leaf of ``a``
+    with ``axis`` first, flattened to ``(n, -1)``; ``B``: the leaf of ``b`` permuted on its
+    other axes), solved exactly (Hungarian algorithm in NumPy). Stops when a sweep
+    improves nothing, or after ``max_iter`` sweeps. Runs on the host in float64.
+
+    ``spec`` has the structure of the parameters; each leaf is a tuple with one entry per
+    axis, the name of the permutation acting on that axis or ``None`` (or ``None`` for a
+    leaf never permuted), like the paper's ``PermutationSpec``. For an MLP see
+    :func:`optlab.mlp_permutation_spec`.
+
+    Args:
+      params_a: the reference model.
+      params_b: the model to align (same structure and shapes).
+      spec: the permutation spec.
+      max_iter: the maximum number of sweeps (a Python int >= 1).
+      seed: seed of the random order of the permutations in each sweep.
+      init_perms: the starting permutations (default: identities).
+
+    Returns:
+      A dict ``{name: int64 NumPy permutation}``; ``optlab.apply_permutation(params_b,
+      spec, perms)`` is the aligned ``b``.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> a = {"w1": jnp.array([[1.0, 2.0, 3.0]]), "w2": jnp.array([[1.0], [0.0], [-1.0]])}
+      >>> spec = {"w1": (None, "H"), "w2": ("H", None)}
+      >>> b = optlab.apply_permutation(a, spec, {"H": jnp.array([2, 0, 1])})
+      >>> perms = optlab.weight_matching(a, b, spec)
+      >>> perms["H"]
+      array([1, 2, 0])
+      >>> optlab.apply_permutation(b, spec, perms)["w1"]
+      Array([[1., 2., 3.]], dtype=float32)
+
+    References:
+      Ainsworth, Hayase and Srinivasa, `Git Re-Basin: Merging Models modulo Permutation
+      Symmetries <https://arxiv.org/abs/2209.04836>`_, 2023 (Algorithm 1).
+    """
+    fn = "weight_matching"
+    _check_compatible(fn, params_a, params_b, "params_a", "params_b")
+    _base.check_int(fn, max_iter=max_iter)
+    treedef, axes, perm_axes, sizes = _parse_spec(fn, params_a, spec)
+    leaves_a = [np.asarray(x, np.float64) for x in treedef.flatten_up_to(params_a)]
+    leaves_b = [np.asarray(x, np.float64) for x in treedef.flatten_up_to(params_b)]
+    for name, leaves in (("params_a", leaves_a), ("params_b", leaves_b)):
+        if not all(np.all(np.isfinite(x)) for x in leaves):
+            raise ValueError(f"`optlab.{fn}`: `{name}` has non-finite values.")
+    if init_perms is None:
+        perms = {p: np.arange(n) for p, n in sizes.items()}
+    else:
+        perms = {p: q.copy() for p, q in _check_perms(fn, init_perms, sizes).items()}
+    names = sorted(perm_axes)
+    rng = np.random.default_rng(seed)
+    for _ in range(max_iter):
+        progress = False
+        for i in rng.permutation(len(names)):
+            p, n = names[i], sizes[names[i]]
+            sim = np.zeros((n, n))
+            for k, axis in perm_axes[p]:
+                wa = np.moveaxis(leaves_a[k], axis, 0).reshape(n, -1)
+                wb = _permute_leaf(leaves_b[k], axes[k], perms, except_axis=axis)
+                sim += wa @ np.moveaxis(wb, axis, 0).reshape(n, -1).T
+            new = _linear_sum_assignment(-sim)
+            old_score = sim[np.arange(n), perms[p]].sum()
+            new_score = sim[np.arange(n), new].sum()
+            if new_score > old_score + 1e-12 * max(1.0, abs(old_score)):
+                progress = True
+                perms[p] = new
+        if not progress:
+            break
+    return perms
+
+
+def align_and_interpolate(
+    params_a: Any,
+    params_b: Any,
+    spec: Any,
+    t: float = 0.5,
+    *,
+    max_iter: int = 100,
+    seed: int = 0,
+) -> Any:
+    """Merges two models after permutation alignment: ``(1 - t) a + t pi(b)`` (Git Re-Basin).
+
+    Aligns ``params_b`` to ``params_a`` with :func:`optlab.weight_matching`, applies the
+    permutations (:func:`optlab.apply_permutation`) and interpolates linearly
+    (:func:`optlab.interpolate`). Without alignment, the midpoint of two independently
+    trained networks usually has a high loss; after it, often a low one.
+
+    Args:
+      params_a: the reference model.
+      params_b: the model to align and merge.
+      spec: the permutation spec (see :func:`optlab.weight_matching`).
+      t: the interpolation coefficient (0 gives ``a``, 1 the aligned ``b``).
+      max_iter: weight matching's maximum number of sweeps.
+      seed: weight matching's seed.
+
+    Returns:
+      The merged tree, with the dtypes of ``params_a``.
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> a = {"w1": jnp.array([[1.0, 2.0]]), "w2": jnp.array([[1.0], [-1.0]])}
+      >>> spec = {"w1": (None, "H"), "w2": ("H", None)}
+      >>> b = optlab.apply_permutation(a, spec, {"H": jnp.array([1, 0])})
+      >>> optlab.align_and_interpolate(a, b, spec)["w1"]  # b is a up to a permutation
+      Array([[1., 2.]], dtype=float32)
+
+    References:
+      Ainsworth, Hayase and Srinivasa, `Git Re-Basin: Merging Models modulo Permutation
+      Symmetries <https://arxiv.org/abs/2209.04836>`_, 2023.
+    """
+    fn = "align_and_interpolate"
+    _check_scalar(fn, t=t)
+    perms = weight_matching(params_a, params_b, spec, max_iter=max_iter, seed=seed)
+    return interpolate(params_a, apply_permutation(params_b, spec, perms), t)
+
+
+@jax.jit
+def _regmean_kernel(alpha, grams, ws):
+    """``(sum_i G~_i)^-1 sum_i G~_i W_i`` with ``G~ = alpha G + (1 - alpha) diag(G)``."""
+    acc = jnp.promote_types(ws[0].dtype, jnp.float32)
+    d = ws[0].shape[0]
+    a = alpha.astype(acc)
+    lhs = jnp.zeros((d, d), acc)
+    rhs = jnp.zeros((d, ws[0].size // max(d, 1)), acc)
+    for g, w in zip(grams, ws):
+        g = g.astype(acc)
+        g = a * g + (1 - a) * jnp.diag(jnp.diag(g))
+        lhs = lhs + g
+        rhs = rhs + g @ w.astype(acc).reshape(d, -1)
+    return jnp.linalg.solve(lhs, rhs).reshape(ws[0].shape).astype(ws[0].dtype)
+
+
+def regmean(
+    models: Sequence[Any], grams: Sequence[Any], *, alpha: float = 1.0, input_axis: int = 0
+) -> Any:
+    """RegMean: merge linear layers by the closed-form least-squares fit to every model.
+
+    For a linear layer ``y = x W`` (``W``: ``(d_in, ...)``) fine-tuned into ``W_i`` on
+    inputs ``X_i`` with Gram matrix ``G_i = X_i^T X_i``, the merged weight minimizing
+    ``sum_i ||X_i W - X_i W_i||^2`` is::
+
+        W = (sum_i G~_i)^{-1} sum_i G~_i W_i,    G~_i = alpha G_i + (1 - alpha) diag(G_i)
+
+    (the paper scales the off-diagonal entries of each Gram matrix by ``alpha``; ``alpha
+    = 1`` is the exact least-squares merge, ``alpha = 0`` a per-input-feature weighted
+    mean, smaller ``alpha`` regularizes a poorly conditioned sum). Only the Gram
+    matrices are needed, not the data. Leaves without Gram matrices (biases,
+    normalization scales, embeddings...) are averaged uniformly.
+
+    Args:
+      models: a non-empty list of parameter trees with the same structure and shapes.
+      grams: one tree per model, with the parameters' structure, holding at each leaf
+        the ``(d_in, d_in)`` Gram matrix of that layer's inputs (``d_in`` the leaf's size
+        along ``input_axis``) or ``None``; a leaf has Gram matrices in all models or in
+        none.
+      alpha: the off-diagonal scaling, in ``[0, 1]``.
+      input_axis: the leaf axis contracted with the inputs (0 for Flax kernels
+        ``(in, out)``; 1 for PyTorch-style ``(out, in)`` weights).
+
+    Returns:
+      The merged tree, with the dtypes of ``models[0]``.
+
+    Raises:
+      ValueError: on mismatched models or Gram trees, Gram matrices of the wrong shape,
+        a leaf with Gram matrices in some models only, or a singular sum of Gram
+        matrices (then use ``alpha < 1`` or more data).
+
+    Example:
+      >>> import jax.numpy as jnp, optlab
+      >>> m1 = {"kernel": jnp.array([[1.0], [0.0]]), "bias": jnp.array([1.0])}
+      >>> m2 = {"kernel": jnp.array([[0.0], [1.0]]), "bias": jnp.array([3.0])}
+      >>> g1 = {"kernel": jnp.diag(jnp.array([3.0, 1.0])), "bias": None}
+      >>> g2 = {"kernel": jnp.diag(jnp.array([1.0, 3.0])), "bias": None}
+      >>> optlab.regmean([m1, m2], [g1, g2])
+      {'bias': Array([2.], dtype=float32), 'kernel': Array([[0.75],
+             [0.75]], dtype=float32)}
+
+    References:
+      Jin, Ren, Preotiuc-Pietro and Cheng, `Dataless Knowledge Fusion by Merging Weights
+      of Language Models <https://arxiv.org/abs/2212.09849>`_, 2023.
+    """
+    fn = "regmean"
+    models = _check_models(fn, models)
+    _check_all(fn, models[0], models[1:], "models[0]", "models[1:]")
+    _base.check_unit_interval(fn, alpha=alpha)
+    if isinstance(input_axis, bool) or not isinstance(input_axis, int):
+        raise TypeError(f"`optlab.{fn}`: `input_axis` must be an int, got {input_axis!r}.")
+    if not isinstance(grams, (list, tuple)) or len(grams) != len(models):
+        raise ValueError(
+            f"`optlab.{fn}`: `grams` must be a list with one tree per model ({len(models)}),"
+            f" got {type(grams).__name__}"
+            + (f" of length {len(grams)}." if isinstance(grams, (list, tuple)) else ".")
+        )
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(models[0])
+    per_model = []
+    for i, g in enumerate(grams):
+        try:
+            per_model.append(treedef.flatten_up_to(g))
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"`optlab.{fn}`: `grams[{i}]` must have the structure of the parameters"
+                f" (a Gram matrix or None per leaf): {e}"
+            ) from None
+    model_leaves = [treedef.flatten_up_to(m) for m in models]
+    alpha_arr = jnp.asarray(alpha, jnp.float32)
+    out = []
+    for k, (path, leaf) in enumerate(leaves_with_path):
+        where = jax.tree_util.keystr(path) or "<root>"
+        gs = [pm[k] for pm in per_model]
+        ws = [jnp.asarray(ml[k]) for ml in model_leaves]
+        present = [g is not None for g in gs]
+        if not any(present):
+            out.append(ws[0] if len(ws) == 1 else _uniform_kernel(*ws))
+            continue
+        if not all(present):
+            raise ValueError(
+                f"`optlab.{fn}`: the leaf at {where} has Gram matrices in some models only"
+                f" (models {[i for i, h in enumerate(present) if h]})."
+            )
+        ndim = jnp.ndim(leaf)
+        if ndim < 2 or not -ndim <= input_axis < ndim:
+            raise ValueError(
+                f"`optlab.{fn}`: a Gram matrix at {where} needs a leaf with at least two axes"
+                f" and input_axis={input_axis}, got shape {jnp.shape(leaf)}."
+            )
+        ws = [jnp.moveaxis(w, input_axis, 0) for w in ws]
+        d = ws[0].shape[0]
+        for i, g in enumerate(gs):
+            if jnp.shape(g) != (d, d):
+                raise ValueError(
+                    f"`optlab.{fn}`: `grams[{i}]` at {where} must have shape ({d}, {d}) (the"
+                    f" leaf's size along input_axis={input_axis}), got {jnp.shape(g)}."
+                )
+        merged = _regmean_kernel(alpha_arr, [jnp.asarray(g) for g in gs], ws)
+        if not bool(jnp.all(jnp.isfinite(merged))):
+            raise ValueError(
+                f"`optlab.{fn}`: the sum of Gram matrices at {where} is singular or the"
+                " inputs are not finite; use alpha < 1 or Gram matrices of more data."
+            )
+        out.append(jnp.moveaxis(merged, 0, input_axis))
+    return treedef.unflatten(out)

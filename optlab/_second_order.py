@@ -553,6 +553,21 @@ __all__ += [
 ]
 
 
+def _replicated_sharding(x: jax.Array) -> Any:
+    """A replicated ``NamedSharding`` on the mesh of ``x`` when ``x`` is explicitly sharded
+    over a mesh axis (for the output of a contraction over its sharded axes), else ``None``."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    explicit = set(getattr(mesh, "explicit_axes", ()) or ())
+    used = set()
+    for entry in getattr(sharding, "spec", None) or ():
+        if entry is not None:
+            used.update(entry if isinstance(entry, tuple) else (entry,))
+    if not used & explicit:
+        return None
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 class ScaleByMFACState(NamedTuple):
     """State for :func:`optlab.scale_by_m_fac`.
 
@@ -624,9 +639,8 @@ def scale_by_m_fac(
         _base.check_float_tree(name, params)
         return ScaleByMFACState(
             count=jnp.zeros([], jnp.int32),
-            grads=_tree.tree_map(
-                lambda p: jnp.zeros((m,) + jnp.shape(p), jnp.result_type(p)), params
-            ),
+            # stacked zeros_like: each slot carries the params' sharding (explicit mode too)
+            grads=_tree.tree_map(lambda p: jnp.stack([jnp.zeros_like(p)] * m), params),
             gram=jnp.zeros((m, m), jnp.float32),
         )
 
@@ -640,8 +654,14 @@ def scale_by_m_fac(
         )
 
         def dots(g, buf):  # G g for one leaf, float32
-            b32 = _tree.to_acc(buf).reshape(m, -1)
-            return b32 @ _tree.to_acc(g).reshape(-1)
+            # No reshape of (possibly sharded) axes; with explicit sharding the contraction
+            # over sharded axes needs its (replicated) output sharding spelled out.
+            return jnp.einsum(
+                "m...,...->m",
+                _tree.to_acc(buf),
+                _tree.to_acc(g),
+                out_sharding=_replicated_sharding(buf),
+            )
 
         per_leaf = [x for x in jax.tree.leaves(_tree.tree_map(dots, updates, grads))]
         gx = sum(per_leaf) if per_leaf else jnp.zeros((m,), jnp.float32)
@@ -650,9 +670,8 @@ def scale_by_m_fac(
         coef = jnp.linalg.solve(m * lam * jnp.eye(m, dtype=jnp.float32) + gram, gx)
 
         def apply(g, buf):
-            b32 = _tree.to_acc(buf).reshape(m, -1)
-            out = (_tree.to_acc(g).reshape(-1) - coef @ b32) / lam
-            return out.reshape(g.shape).astype(g.dtype)
+            out = (_tree.to_acc(g) - jnp.einsum("m,m...->...", coef, _tree.to_acc(buf))) / lam
+            return out.astype(g.dtype)
 
         new_updates = _tree.tree_map(apply, updates, grads)
         new_state = ScaleByMFACState(

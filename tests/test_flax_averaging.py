@@ -187,3 +187,20 @@ def test_every_wrapper_runs_in_nnx_optimizer(make_tx):
     assert jax.tree.structure(avg) == jax.tree.structure(nnx.as_pure(nnx.state(model, nnx.Param)))
     nnx.update(model, avg)
     np.testing.assert_array_equal(model.kernel[...], avg["kernel"])
+
+
+def test_posthoc_ema_snapshots_from_an_nnx_optimizer():
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    tx = optlab.power_ema_profiles(optax.sgd(0.1), (0.05, 0.1), snapshot_every=2)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x = jnp.ones((1, 3))
+    snapshots = []
+    for _ in range(4):
+        grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+        optimizer.update(model, grads)
+        snapshots += optlab.power_ema_snapshots(optimizer)
+    assert [(s.step, s.sigma_rel) for s in snapshots] == [(2, 0.05), (2, 0.1), (4, 0.05), (4, 0.1)]
+    avg = optlab.posthoc_ema(snapshots, sigma_rel=0.1)
+    np.testing.assert_allclose(avg["kernel"], snapshots[-1].params["kernel"], rtol=1e-5)
+    nnx.update(model, avg)  # loads into the model
+    np.testing.assert_allclose(model.kernel[...], avg["kernel"])

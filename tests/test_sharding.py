@@ -153,29 +153,10 @@ EXPLICIT_MODE = [
 
 # Known failures, each with its reason (open work, listed in the session notes).
 SHARDING_GAPS = {
-    **{
-        n: "M-FAC's gradient window is not created with the params' sharding (issue 12 leftover)"
-        for n in ("m_fac", "scale_by_m_fac")
-    },
     "muon[hidden_mask]": "rank > 2 leaves selected by the mask keep momentum as 2-D views,"
     " which do not carry the parameter's sharding (open)",
     "scale_by_projected_adam[online_pca_full_rank]": "full-rank online PCA moments on"
     " sharded matrices: not yet resharded like the other projectors (issue 11 leftover)",
-    **{
-        n: "explicit sharding mode: the replica combinators and compressors (top_k on a"
-        " sharded leaf) do not reshard yet (issue 17 leftover)"
-        for n in (
-            "compressed_all_reduce",
-            "diloco",
-            "fedavg",
-            "fedopt",
-            "fedprox",
-            "gossip",
-            "noloco",
-            "outer_optimizer",
-            "streaming_diloco",
-        )
-    },
 }
 
 

@@ -13,6 +13,9 @@ import optlab
 from helpers import Case, register_not_transform
 
 register_not_transform("averaged_params", "swa_schedule", "update_bn", "sigma_rel_to_gamma")
+register_not_transform(
+    "PowerEMASnapshot", "power_ema_snapshots", "posthoc_ema", "posthoc_ema_coefficients"
+)
 
 
 def _swa(learning_rate=0.1, start_step=2, every_k=1):
@@ -75,6 +78,10 @@ def _power_ema(learning_rate=0.1, sigma_rel=0.1):
     return optlab.power_ema(optax.sgd(learning_rate), sigma_rel=sigma_rel)
 
 
+def _power_ema_profiles(learning_rate=0.1, sigma_rels=(0.05, 0.1), snapshot_every=2):
+    return optlab.power_ema_profiles(optax.sgd(learning_rate), sigma_rels, snapshot_every)
+
+
 CASES = [
     Case(
         "swa",
@@ -133,5 +140,11 @@ CASES = [
         factory=_power_ema,
         static_args=("sigma_rel",),
         hparams=dict(sigma_rel=st.floats(0.02, 0.25), learning_rate=st.floats(0.01, 0.5)),
+    ),
+    Case(
+        "power_ema_profiles",
+        factory=_power_ema_profiles,
+        static_args=("sigma_rels", "snapshot_every"),
+        hparams=dict(learning_rate=st.floats(0.01, 0.5)),
     ),
 ]

@@ -13,3 +13,11 @@ register_not_transform(
 )
 
 CASES: list = []
+
+register_not_transform(
+    "mlp_permutation_spec",
+    "weight_matching",
+    "apply_permutation",
+    "align_and_interpolate",
+    "regmean",
+)
