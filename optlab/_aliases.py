@@ -104,14 +104,17 @@ _FLOAT32 = jnp.dtype(jnp.float32)
 
 
 def _chain(
-    name: str, *stages: tuple[str, Any] | None, needs: dict | None = None, lead_axes: int = 0
+    name: str,
+    *stages: tuple[str, Any] | None,
+    needs: dict | None = None,
+    lead_axes: int = 0,
+    real: bool = False,
 ):
     """The named optimizer ``optlab.<name>``: ``optax.named_chain`` of the stages that are
     not None (its state is a dict keyed by stage name, which ``optlab.describe`` prints),
     whose ``init`` refuses non-float params and ``update`` missing ``needs``, naming it."""
-    return _base.public(
-        name, optax.named_chain(*(s for s in stages if s is not None)), lead_axes, **(needs or {})
-    )
+    chain = optax.named_chain(*(s for s in stages if s is not None))
+    return _base.public(name, chain, lead_axes, real=real, **(needs or {}))
 
 
 def _lr(learning_rate: optax.ScalarOrSchedule, flip_sign: bool = True):
@@ -517,6 +520,14 @@ def adam(
     signature and numbers as :func:`optax.adam`; :func:`optlab.adamw` adds decoupled
     weight decay.
 
+    Overflow: a finite gradient entry beyond about 1.8e19 in float32 (256 in float16)
+    overflows :math:`g^2`, so that entry of :math:`v` becomes ``inf`` and its step is 0
+    from then on (:math:`\hat m / \sqrt{\infty}`): the coordinate is frozen without a
+    NaN. The whole Adam family (``adamw``, ``nadam``, ``amsgrad`` ...) behaves so, as
+    optax's does. Wrap the optimizer in :func:`optlab.skip_nonfinite` to skip such a
+    step instead: it refuses any step whose new state turns non-finite and keeps the
+    previous state (tested for every registered transform on gradients of 1e30).
+
     Args:
       learning_rate: step size (>= 0) or a schedule.
       b1: first-moment decay in [0, 1).
@@ -570,7 +581,9 @@ def adamw(
     r"""AdamW: Adam with decoupled weight decay.
 
     Step :math:`-\eta\,(\hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon) +
-    \lambda w)`. Same signature and numbers as :func:`optax.adamw`.
+    \lambda w)`. Same signature and numbers as :func:`optax.adamw`. A gradient entry
+    whose square overflows freezes that coordinate (see :func:`optlab.adam`; wrap in
+    :func:`optlab.skip_nonfinite` to skip such steps).
 
     Args:
       learning_rate: step size (>= 0) or a schedule.
@@ -1342,7 +1355,8 @@ def adafactor(
       min_dim_size_to_factor: factor only leaves whose two largest axes are at least
         this large (Python int).
       decay_rate: exponent of the second-moment decay schedule (> 0).
-      decay_offset: step offset of that schedule (for fine-tuning).
+      decay_offset: step offset of that schedule (for fine-tuning, >= 0); during the
+        first ``decay_offset`` steps the decay is 0 (optax's formula gives NaN there).
       multiply_by_parameter_scale: scale the step by the parameter's RMS.
       clipping_threshold: block-RMS clipping threshold (> 0), or None.
       momentum: EMA decay of the updates in [0, 1), or None for none.
@@ -1399,7 +1413,7 @@ def adafactor(
         # The learning rate comes before the parameter scale and the momentum, and the
         # sign flip last (optax.adafactor's order: decay is not scaled by the rate).
         ("scale_by_learning_rate", _lr(learning_rate, flip_sign=False)),
-        ("scale_by_param_block_rms", optax.scale_by_param_block_rms())
+        ("scale_by_param_block_rms", _mom._scale_by_param_block_rms())
         if multiply_by_parameter_scale
         else None,
         None
@@ -1510,6 +1524,7 @@ def sophia(
         ("add_decayed_weights", _decay(weight_decay, weight_decay_mask)),
         ("scale_by_learning_rate", _lr(learning_rate)),
         needs=hessian_needs(hessian_diagonal_fn),
+        real=True,  # clipping needs an ordering
     )
 
 
@@ -3319,7 +3334,7 @@ def m_fac(
         nonnegative={"weight_decay": weight_decay},
         positive={"damping": damping},
     )
-    _base.check_int(name, num_grads=num_grads)
+    _base.check_buffer_size(name, "a copy of the gradients", _base.MAX_COPIES, num_grads=num_grads)
     return _chain(
         name,
         ("scale_by_m_fac", _curv._scale_by_m_fac(num_grads, damping)),
@@ -3374,6 +3389,7 @@ def oasis(
       Second-Order Information <https://arxiv.org/abs/2109.05198>`_, 2021.
     """
     name = "oasis"
+    _base.check_int(name, minimum=0, seed=seed)
     if adaptive and callable(learning_rate):
         raise TypeError(
             f"`optlab.{name}`: with `adaptive=True`, `learning_rate` is the initial rate"

@@ -672,7 +672,8 @@ def lawa(
       `Early Weight Averaging meets High Learning Rates for LLM Pre-training
       <https://arxiv.org/abs/2306.03241>`_, 2023.
     """
-    _base.check_int("lawa", k=k, every_k=every_k)
+    _base.check_int("lawa", every_k=every_k)
+    _base.check_buffer_size("lawa", "a copy of the parameters", _base.MAX_COPIES, k=k)
     _base.check_int("lawa", minimum=0, start_step=start_step)
     inner = optax.with_extra_args_support(inner)
 

@@ -11,6 +11,7 @@ Messages always name the function, the parameter and the offending value::
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -164,6 +165,24 @@ def check_int(fn_name: str, minimum: int = 1, maximum: int = MAX_INT, **hparams:
             _fail(fn_name, name, f"<= {maximum}", value)
 
 
+MAX_COPIES = 2**12  # buffers holding one copy of the params (or gradients) per entry
+MAX_HISTORY = 2**24  # buffers of scalars (64 MiB of float32)
+
+
+def check_buffer_size(fn_name: str, holds: str, maximum: int, **sizes: Any) -> None:
+    """Raise unless each size is a Python int in ``[1, maximum]``: a buffer length whose
+    entries each hold ``holds`` (e.g. "a copy of the parameters"). The bound is about
+    memory: an absurd size (``10**12``) fails here with a clear message instead of an
+    ``OverflowError``, a ``MemoryError`` or XLA's ``RESOURCE_EXHAUSTED`` at ``init``."""
+    check_int(fn_name, **sizes)
+    for name, value in sizes.items():
+        if int(value) > maximum:
+            raise ValueError(
+                f"`optlab.{fn_name}`: `{name}` must be <= {maximum} (each entry of this buffer"
+                f" holds {holds}; a larger one would not fit in memory), got {name}={value!r}."
+            )
+
+
 def check_int_unless_traced(
     fn_name: str, minimum: int = 1, maximum: int = MAX_INT, **hparams: Any
 ) -> None:
@@ -198,6 +217,33 @@ def check_shapes(fn_name: str, tree: Any, params: Any, what: str, lead_axes: int
             )
 
 
+_SIGNATURES = {"grad_fn": "grad_fn(params) -> grads", "hvp_fn": "hvp_fn(params, v) -> H v"}
+
+
+def check_value_arg(fn_name: str, value: Any) -> None:
+    """The extra argument ``value`` (the loss at ``params``) must be a real scalar: a
+    number or a 0-d float array (a tracer under ``jit``); checked on dtype and shape only."""
+    if isinstance(value, (bool, np.bool_)) or not (
+        isinstance(value, numbers.Real) or hasattr(value, "dtype")
+    ):
+        raise TypeError(
+            f"`optlab.{fn_name}`: the extra argument `value` must be the loss at `params` (a"
+            f" real scalar), got value={value!r} of type {type(value).__name__}."
+        )
+    if hasattr(value, "dtype"):
+        dtype = jnp.result_type(value)
+        if not jnp.issubdtype(dtype, jnp.floating) and not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(
+                f"`optlab.{fn_name}`: the extra argument `value` must be a real scalar, got"
+                f" dtype {dtype}."
+            )
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"`optlab.{fn_name}`: the extra argument `value` must be a scalar (the mean"
+                f" loss), got shape {jnp.shape(value)}."
+            )
+
+
 def _checked_fn(fn_name: str, name: str, fn: Any, params: Any, lead_axes: int) -> Callable:
     """``fn`` (``grad_fn``/``hvp_fn``) with its output shapes checked against ``params``."""
     if not callable(fn):
@@ -207,7 +253,23 @@ def _checked_fn(fn_name: str, name: str, fn: Any, params: Any, lead_axes: int) -
         )
 
     def wrapped(*args, **kwargs):
+        try:
+            inspect.signature(fn).bind(*args, **kwargs)
+        except TypeError as e:  # wrong arity: say which argument and how it is called
+            raise TypeError(
+                f"`optlab.{fn_name}`: the extra argument `{name}` cannot be called with"
+                f" {len(args)} positional argument(s) ({_SIGNATURES.get(name, name)}): {e}."
+            ) from None
+        except ValueError:  # no signature (a builtin or C function): just call it
+            pass
         out = fn(*args, **kwargs)
+        if params is not None:
+            got, want = jax.tree.structure(out), jax.tree.structure(params)
+            if got != want:
+                raise ValueError(
+                    f"`optlab.{fn_name}`: the output of the extra argument `{name}` must have"
+                    f" the tree structure of `params`, got {got} for {want}."
+                )
         check_shapes(fn_name, out, params, f"the output of `{name}`")
         return out
 
@@ -226,6 +288,20 @@ def check_float_tree(fn_name: str, tree: Any, name: str = "params") -> None:
                 f"`optlab.{fn_name}`: every leaf of `{name}` must be floating point, got"
                 f" dtype {dtype} at {jax.tree_util.keystr(path) or '<root>'}. Cast it"
                 " (e.g. `x.astype(jnp.float32)`) or exclude it with a mask."
+            )
+
+
+def check_real_tree(fn_name: str, tree: Any, name: str) -> None:
+    """Raise a TypeError naming the leaf path if a leaf of ``tree`` is complex (for
+    transforms whose math needs an ordering: clipping, sorting, solvers). Dtypes only:
+    free under ``jit``."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                f"`optlab.{fn_name}` does not support complex numbers: `{name}` has dtype"
+                f" {dtype} at {jax.tree_util.keystr(path) or '<root>'}. Split real and"
+                " imaginary parts into separate real leaves."
             )
 
 
@@ -257,11 +333,13 @@ def require_extra_arg(fn_name: str, name: str, value: Any, how: str) -> Callable
             f"`optlab.{fn_name}`: the extra argument `{name}` must be callable, got"
             f" {name}={value!r} of type {type(value).__name__}: {how}"
         )
+    if name.endswith("_fn"):  # a clear error when it is called with the wrong arity
+        return _checked_fn(fn_name, name, value, None, 0)
     return value
 
 
 def public(
-    fn_name: str, tx: Any, lead_axes: int = 0, **needs: str
+    fn_name: str, tx: Any, lead_axes: int = 0, *, real: bool = False, **needs: str
 ) -> optax.GradientTransformationExtraArgs:
     """``tx``, built by a private builder, as the public factory ``optlab.<fn_name>`` returns it.
 
@@ -269,7 +347,8 @@ def public(
     non-callable required extra argument (``needs``: argument name -> how to pass it),
     updates not shaped like ``params`` (``lead_axes`` extra leading axes allowed, e.g.
     per-example or per-objective gradients) and ``grad_fn``/``hvp_fn`` outputs not shaped
-    like ``params``, all errors naming ``optlab.<fn_name>`` and the leaf path. The shape
+    like ``params`` (or called with the wrong arity), and, with ``real=True``, complex
+    ``params`` or ``updates``, all errors naming ``optlab.<fn_name>`` and the leaf path. The shape
     checks run at trace time: free under ``jit``. This is the validation-once pattern: a
     public factory checks its hyperparameters and returns ``public(name, _builder(...))``;
     named optimizers chain the unchecked ``_builder`` stages and wrap the chain in
@@ -279,12 +358,18 @@ def public(
 
     def init_fn(params):
         check_float_tree(fn_name, params)
+        if real:
+            check_real_tree(fn_name, params, "params")
         return tx.init(params)
 
     def update_fn(updates, state, params=None, **extra_args):
         for name, how in needs.items():
             require_extra_arg(fn_name, name, extra_args.get(name), how)
+        if "value" in needs:
+            check_value_arg(fn_name, extra_args["value"])
         check_shapes(fn_name, updates, params, "`updates`", lead_axes)
+        if real:
+            check_real_tree(fn_name, updates, "updates")
         for name in ("grad_fn", "hvp_fn"):
             if extra_args.get(name) is not None:
                 extra_args[name] = _checked_fn(fn_name, name, extra_args[name], params, 0)

@@ -130,6 +130,12 @@ def clip_by_leaf_norm(
       Networks <https://arxiv.org/abs/1211.5063>`_, ICML 2013 (norm clipping; here
       applied per layer).
     """
+    if max_norm is None:  # None means "no clipping" only as a leaf of a tree of thresholds
+        raise TypeError(
+            "`optlab.clip_by_leaf_norm`: `max_norm` must be a number, a tree of numbers (with"
+            " None leaves for no clipping) or a callable (path, leaf) -> number, got"
+            " max_norm=None."
+        )
     is_fn = callable(max_norm)
     if not is_fn:
         _check_leaf_thresholds(max_norm)
@@ -212,7 +218,7 @@ def clip_by_value(max_delta: jax.typing.ArrayLike) -> optax.GradientTransformati
         return jax.tree.map(clip_leaf, updates), state
 
     tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
-    return _base.public("clip_by_value", tx)
+    return _base.public("clip_by_value", tx, real=True)  # complex values have no order
 
 
 # ---------------------------------------------------------------------------
@@ -224,8 +230,19 @@ def _unit_norm(x: jax.Array, axis: int | Sequence[int] | None) -> jax.Array:
     """Unit-wise L2 norm (float32), broadcastable to ``x``."""
     if axis is None:
         return _tree.unitwise_norm(x)
-    x32 = _tree.to_acc(x)
-    return jnp.sqrt(jnp.sum(jnp.real(x32 * jnp.conj(x32)), axis=axis, keepdims=True))
+    return _tree.leaf_norm(x, axis=axis, keepdims=True)  # overflow-safe
+
+
+def _check_axes(fn: str, axis: int | Sequence[int], params: Any) -> None:
+    """Each axis of ``axis`` must index every leaf (a clear error instead of numpy's)."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for path, w in jax.tree_util.tree_leaves_with_path(params):
+        ndim = jnp.ndim(w)
+        if any(not -ndim <= a < ndim for a in axes):
+            raise ValueError(
+                f"`optlab.{fn}`: `axis` must index an axis of every leaf, got axis={axis!r} for"
+                f" a leaf of shape {jnp.shape(w)} at {jax.tree_util.keystr(path) or '<root>'}."
+            )
 
 
 def adaptive_grad_clip(
@@ -288,6 +305,8 @@ def adaptive_grad_clip(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _base.require_params(params)
+        if axis is not None:
+            _check_axes("adaptive_grad_clip", axis, params)
 
         def clip_leaf(g, w):
             if w is None:  # a gradient for a frozen (None) parameter: nothing to compare to
@@ -395,7 +414,8 @@ def clip_by_quantile(
       2020.
     """
     _base.check_unit_interval("clip_by_quantile", quantile=quantile)
-    _base.check_int("clip_by_quantile", window=window, warmup_steps=warmup_steps)
+    _base.check_int("clip_by_quantile", warmup_steps=warmup_steps)
+    _base.check_buffer_size("clip_by_quantile", "one norm", _base.MAX_HISTORY, window=window)
 
     def init_fn(params):
         _base.check_float_tree("clip_by_quantile", params)
@@ -419,7 +439,8 @@ def clip_by_quantile(
         count = jnp.where(finite, optax.safe_increment(state.count), state.count)
         return updates, ClipByQuantileState(count=count, norms=norms)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _base.public("clip_by_quantile", tx)  # shapes of updates checked against params
 
 
 class CenteredClipState(NamedTuple):
@@ -609,7 +630,8 @@ def clip_by_zscore(
         )
         return updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _base.public("clip_by_zscore", tx)  # shapes of updates checked against params
 
 
 # ---------------------------------------------------------------------------

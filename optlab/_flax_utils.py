@@ -97,11 +97,27 @@ def _default_inputs(batch: Any) -> tuple:
     return (batch,)
 
 
-def _inputs(batch: Any, input_fn: Callable | None) -> tuple:
+def _inputs(batch: Any, input_fn: Callable | None, index: int = 0) -> tuple:
     if input_fn is None:
-        return _default_inputs(batch)
-    out = input_fn(batch)
-    return out if isinstance(out, tuple) else (out,)
+        out = _default_inputs(batch)
+    else:
+        out = input_fn(batch)
+        out = out if isinstance(out, tuple) else (out,)
+    for leaf in jax.tree.leaves(out):
+        if jnp.ndim(leaf) and jnp.shape(leaf)[0] == 0:  # batch statistics of nothing: NaN
+            raise ValueError(
+                f"`optlab.update_bn`: batch {index} of `data` is empty (an input of shape"
+                f" {jnp.shape(leaf)}); BatchNorm statistics of an empty batch are undefined."
+            )
+    return out
+
+
+def _check_data(data: Any) -> None:
+    if data is None or isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        raise TypeError(
+            "`optlab.update_bn`: `data` must be an iterable of batches (a list, a data"
+            f" loader), got data={data!r} of type {type(data).__name__}."
+        )
 
 
 def update_bn(
@@ -159,7 +175,8 @@ def update_bn(
       ``batch_stats``.
 
     Raises:
-      ValueError: if ``data`` yields no batch.
+      ValueError: if ``data`` yields no batch or an empty batch (leading size 0).
+      TypeError: if ``data`` is not an iterable of batches (e.g. ``None``).
 
     Example:
       >>> import jax, jax.numpy as jnp, optlab
@@ -192,12 +209,14 @@ def update_bn(
                 "`optlab.update_bn`: keyword arguments "
                 f"{sorted(apply_kwargs)} are for Linen `apply`; with NNX use `input_fn`."
             )
+        _check_data(variables_or_data)
         return _update_bn_nnx(model_or_apply, variables_or_data, input_fn, jit)
     if data is None:
         raise TypeError(
             "`optlab.update_bn`: for Linen call `update_bn(module_or_apply, variables, data,"
             " train=True)`; for NNX pass an `nnx.Module`."
         )
+    _check_data(data)
     return _update_bn_linen(model_or_apply, variables_or_data, data, input_fn, jit, apply_kwargs)
 
 
@@ -224,8 +243,8 @@ def _update_bn_nnx(model, data, input_fn, jit):
     ]
     n = 0
     try:
-        for batch in data:
-            forward(model, *_inputs(batch, input_fn))
+        for i, batch in enumerate(data):
+            forward(model, *_inputs(batch, input_fn, i))
             sums = [
                 (s_m + _tree.to_acc(bn.mean[...]), s_v + _tree.to_acc(bn.var[...]))
                 for (s_m, s_v), bn in zip(sums, bns)
@@ -280,8 +299,8 @@ def _update_bn_linen(apply_or_module, variables, data, input_fn, jit, apply_kwar
         forward = jax.jit(forward)
     total, n = None, 0
     with nn.intercept_methods(interceptor):
-        for batch in data:
-            stats = forward(variables, *_inputs(batch, input_fn))
+        for i, batch in enumerate(data):
+            stats = forward(variables, *_inputs(batch, input_fn, i))
             stats = jax.tree.map(_tree.to_acc, stats)
             total = stats if total is None else jax.tree.map(jnp.add, total, stats)
             n += 1

@@ -110,7 +110,11 @@ class _Reducer(NamedTuple):
 
     def reduce(self, sq: jax.Array) -> jax.Array:
         if self.axes is not None:
-            return jnp.mean(sq, axis=self.axes, keepdims=True) if self.axes else sq
+            if not self.axes:
+                return sq
+            # The mean of an empty leaf is 0 (jnp.mean would give NaN, 0 / 0).
+            reduce = jnp.mean if sq.size else jnp.sum
+            return reduce(sq, axis=self.axes, keepdims=True)
         n = self.shape(sq.shape)[0]
         flat = jnp.pad(sq.reshape(-1), (0, n * self.subset_size - sq.size))
         # The padding zeros are not counted: divide by each subset's true size.
@@ -916,7 +920,7 @@ def scale_by_badam(
     _base.check_decay(fn, b1=b1, b2=b2)
     _base.check_nonnegative(fn, eps=eps)
     check_badam_order(fn, order)
-    return _badam(fn, switch_every, b1, b2, eps, blocks, order, seed)
+    return _base.public(fn, _badam(fn, switch_every, b1, b2, eps, blocks, order, seed))
 
 
 def check_badam_order(fn, order):
@@ -1255,7 +1259,7 @@ def quantized_moments(
     def decode(path, enc, like):
         return _tree.reshard_like(_dequantize(enc, like, code_for(path)), like)
 
-    return _compressed_state(fn, inner, min_size, encode, decode, seed=0)
+    return _base.public(fn, _compressed_state(fn, inner, min_size, encode, decode, seed=0))
 
 
 def stochastic_round(x: jax.Array, key: jax.Array, dtype: Any = jnp.bfloat16) -> jax.Array:

@@ -74,8 +74,50 @@ def _check_compatible(fn: str, ref: Any, other: Any, ref_name: str, other_name: 
 
 
 def _check_all(fn: str, ref: Any, models: Sequence[Any], ref_name: str, arg: str) -> None:
+    _check_float(fn, ref, ref_name)
     for i, m in enumerate(models):
         _check_compatible(fn, ref, m, ref_name, f"{arg}[{i}]")
+
+
+def _check_float(fn: str, tree: Any, name: str) -> None:
+    """Integer (or bool) leaves are refused: their average would be truncated silently
+    (the result keeps the first model's dtypes). Cast them, or merge the float subtree."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"`optlab.{fn}`: every leaf of `{name}` must be floating point (a merge of"
+                f" integers would be truncated), got dtype {dtype} at"
+                f" {jax.tree_util.keystr(path) or '<root>'}; cast it or merge only the float"
+                " leaves."
+            )
+
+
+def _as_weights(fn: str, name: str, values: Any, n: int | None) -> Any:
+    """``values`` as a real array (one per model when ``n`` is given), or a clear error."""
+    if isinstance(values, jax.core.Tracer):
+        return values
+    if values is None or isinstance(values, (str, bytes, dict, set)):
+        raise TypeError(
+            f"`optlab.{fn}`: `{name}` must be a sequence or 1-D array of real numbers, got"
+            f" {name}={values!r} of type {type(values).__name__}."
+        )
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`optlab.{fn}`: `{name}` must hold real numbers, got {values!r}.") from e
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(
+            f"`optlab.{fn}`: `{name}` must hold real numbers, got {name}={values!r} (dtype"
+            f" {arr.dtype})."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`optlab.{fn}`: `{name}` must be finite, got {name}={values!r}.")
+    if n is not None and (arr.ndim != 1 or arr.shape[0] != n):
+        raise ValueError(
+            f"`optlab.{fn}`: `{name}` must hold one weight per model ({n}), got shape {arr.shape}."
+        )
+    return arr
 
 
 def _check_scalar(fn: str, **values: Any) -> None:
@@ -186,8 +228,12 @@ def weighted_average(models: Sequence[Any], weights: Any, normalize: bool = True
 
     Raises:
       ValueError: on an empty list, mismatched structures or shapes, a number of
-        weights different from the number of models, or (concrete) weights summing
-        to zero with ``normalize=True``.
+        weights different from the number of models, non-finite weights, or
+        (concrete) weights summing to zero with ``normalize=True``. Concrete weights
+        are normalized in float64 after dividing by the largest ``|w_i|``, so tiny
+        weights (``[1e-45, 1e-45]``) give the mean.
+      TypeError: on integer leaves (their average would be truncated) or weights that
+        are not real numbers.
 
     Example:
       >>> import jax.numpy as jnp, optlab
@@ -205,21 +251,29 @@ def weighted_average(models: Sequence[Any], weights: Any, normalize: bool = True
     fn = "weighted_average"
     models = _check_models(fn, models)
     _check_all(fn, models[0], models[1:], "models[0]", "models[1:]")
-    w = jnp.asarray(weights)
-    if w.ndim != 1 or w.shape[0] != len(models):
-        raise ValueError(
-            f"`optlab.{fn}`: `weights` must hold one weight per model ({len(models)}), got"
-            f" shape {w.shape}."
-        )
-    w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
-    if normalize:
-        if not isinstance(w, jax.core.Tracer):
-            total = float(np.sum(np.asarray(w)))
+    w = _as_weights(fn, "weights", weights, len(models))
+    if isinstance(w, np.ndarray):  # concrete: normalized in float64 (tiny weights are fine)
+        w64 = w.astype(np.float64)
+        if normalize:
+            w64 = w64 / np.max(np.abs(w64)) if np.any(w64) else w64
+            total = float(np.sum(w64))
             if not np.isfinite(total) or total == 0.0:
                 raise ValueError(
-                    f"`optlab.{fn}`: `weights` must have a finite, nonzero sum, got sum={total}."
+                    f"`optlab.{fn}`: `weights` must have a finite, nonzero sum, got"
+                    f" weights={weights!r}."
                 )
-        w = w / jnp.sum(w)
+            w64 = w64 / total
+        w = jnp.asarray(w64, jnp.result_type(float))  # float32 unless x64 is enabled
+    else:  # traced: scaled by the largest |w_i| before summing (no under/overflow)
+        if w.ndim != 1 or w.shape[0] != len(models):
+            raise ValueError(
+                f"`optlab.{fn}`: `weights` must hold one weight per model ({len(models)}), got"
+                f" shape {w.shape}."
+            )
+        w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+        if normalize:
+            w = w / jnp.max(jnp.abs(w))
+            w = w / jnp.sum(w)
 
     # sum_i w_i theta_i = W theta_0 + sum_{i>=1} w_i (theta_i - theta_0), with W = 1 exactly
     # after normalisation (so identical models average to themselves exactly).
@@ -235,7 +289,9 @@ def uniform_soup(models: Sequence[Any]) -> Any:
     uniform soups.
 
     Args:
-      models: a non-empty list of parameter trees with the same structure and shapes.
+      models: a non-empty list of parameter trees with the same structure and shapes,
+        with floating-point leaves (integer leaves raise a ``TypeError``: their mean
+        would be truncated to the integer dtype).
 
     Returns:
       The averaged tree, with the dtypes of ``models[0]``.
@@ -273,8 +329,10 @@ def greedy_soup(
 
     Args:
       models: a non-empty list of parameter trees fine-tuned from the same model.
-      eval_fn: ``params -> score`` on held-out data (a Python float or a scalar array).
-      scores: the individual scores, if already known (skips those evaluations).
+      eval_fn: ``params -> score`` on held-out data (a Python float or a scalar array;
+        a non-scalar or non-finite score raises a ``ValueError``).
+      scores: the individual scores, if already known (skips those evaluations);
+        finite real numbers, one per model.
 
     Returns:
       ``(soup, indices)``: the uniform soup of the chosen models and their indices in
@@ -295,24 +353,48 @@ def greedy_soup(
     fn = "greedy_soup"
     models = _check_models(fn, models)
     _check_all(fn, models[0], models[1:], "models[0]", "models[1:]")
-    if scores is None:
-        scores = [float(eval_fn(m)) for m in models]
-    elif len(scores) != len(models):
-        raise ValueError(
-            f"`optlab.{fn}`: `scores` must hold one score per model ({len(models)}), got"
-            f" {len(scores)}."
+    if not callable(eval_fn):
+        raise TypeError(
+            f"`optlab.{fn}`: `eval_fn` must be a callable params -> score, got"
+            f" eval_fn={eval_fn!r} of type {type(eval_fn).__name__}."
         )
+
+    def score_of(model: Any, what: str) -> float:
+        return _as_score(fn, eval_fn(model), f"eval_fn({what})")
+
+    if scores is None:
+        scores = [score_of(m, f"models[{i}]") for i, m in enumerate(models)]
+    else:
+        scores = list(_as_weights(fn, "scores", scores, len(models)))
     scores = [float(s) for s in scores]
     order = sorted(range(len(models)), key=lambda i: -scores[i])
     chosen = [order[0]]
     soup, best = models[order[0]], scores[order[0]]
     for i in order[1:]:
         candidate = uniform_soup([models[j] for j in chosen + [i]])
-        score = float(eval_fn(candidate))
+        score = score_of(candidate, "soup")
         if score >= best:
             chosen.append(i)
             soup, best = candidate, score
     return soup, chosen
+
+
+def _as_score(fn: str, score: Any, what: str) -> float:
+    if np.ndim(score) != 0:
+        raise ValueError(
+            f"`optlab.{fn}`: `eval_fn` must return a scalar score, got shape"
+            f" {np.shape(score)} from {what}."
+        )
+    try:
+        value = _base.as_concrete_scalar(fn, "eval_fn", score)
+    except TypeError as e:
+        raise TypeError(f"{e} (the score returned by {what})") from None
+    if value is None or not np.isfinite(value):
+        raise ValueError(
+            f"`optlab.{fn}`: `eval_fn` must return a finite concrete score, got {score!r}"
+            f" from {what}."
+        )
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -365,7 +447,9 @@ def slerp(a: Any, b: Any, t: float, colinear_threshold: float = 0.9995) -> Any:
     Args:
       a: a parameter tree.
       b: a tree with the same structure and shapes.
-      t: the interpolation coefficient in ``[0, 1]`` (a scalar; may be traced).
+      t: the interpolation coefficient in ``[0, 1]`` (a scalar; may be traced; a
+        concrete value outside ``[0, 1]`` raises a ``ValueError``: the arc does not
+        extrapolate).
       colinear_threshold: ``|cos omega|`` above which the leaf is interpolated
         linearly.
 
@@ -385,7 +469,7 @@ def slerp(a: Any, b: Any, t: float, colinear_threshold: float = 0.9995) -> Any:
     """
     fn = "slerp"
     _check_scalar(fn, t=t)
-    _base.check_unit_interval(fn, colinear_threshold=colinear_threshold)
+    _base.check_unit_interval(fn, t=t, colinear_threshold=colinear_threshold)
     _check_compatible(fn, a, b, "a", "b")
     tt = jnp.asarray(t)
     thr = jnp.asarray(colinear_threshold, jnp.float32)
@@ -477,7 +561,7 @@ def task_arithmetic(base: Any, finetuned: Sequence[Any], scaling: Any = 1.0) -> 
     fn = "task_arithmetic"
     finetuned = _check_models(fn, finetuned, "finetuned")
     _check_all(fn, base, finetuned, "base", "finetuned")
-    s = jnp.asarray(scaling)
+    s = jnp.asarray(_as_weights(fn, "scaling", scaling, None))
     if s.ndim == 0:
         _base.check_finite(fn, scaling=scaling)
         s = jnp.broadcast_to(s, (len(finetuned),))

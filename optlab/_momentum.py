@@ -76,8 +76,11 @@ def _wrap_optax(
     init_cast: Callable[[Any], Any] | None = None,
     moment_fields: tuple[str, ...] = (),
     post: Callable[[Any, Any], Any] | None = None,
+    pre: Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Re-export an optax transform: extra args ignored, dtypes of state and updates kept.
+
+    ``pre``, when given, maps each incoming gradient leaf before ``inner`` sees it.
 
     ``init_cast`` may change the dtypes of the initial state (``mu_dtype`` /
     ``nu_dtype``); every later state is cast back to the dtypes of the state it
@@ -94,7 +97,8 @@ def _wrap_optax(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         work_state = _upcast_fields(state, updates, moment_fields) if moment_fields else state
-        new_updates, new_state = inner.update(updates, work_state, params)
+        inputs = updates if pre is None else _tree.tree_map(pre, updates)
+        new_updates, new_state = inner.update(inputs, work_state, params)
         if post is not None:
             new_updates = post(new_updates, new_state)
         return _tree.tree_cast_like(new_updates, updates), _tree.tree_cast_like(new_state, state)
@@ -1120,15 +1124,18 @@ def scale_by_adafactor(
     :math:`1 - (t+1)^{-\text{decay\_rate}}` (``decay_rate_fn``). The output is
     :math:`g / \sqrt{\hat V}`.
 
-    Same code as optax, plus extra-argument support, validation and updates in
-    the gradients' dtype. ``params`` must be passed to ``update``. Under
+    Same code as optax, plus extra-argument support, validation, updates in
+    the gradients' dtype, and finite output on finite input: finite gradient entries
+    beyond ``sqrt(dtype max) / 16`` (about 1e18 in float32) are clipped to it before
+    squaring, so the second moment does not overflow. ``params`` must be passed to ``update``. Under
     ``optax.inject_hyperparams`` keep ``min_dim_size_to_factor`` static
     (``static_args``): it decides shapes.
 
     Args:
       factored: whether to factor the second moment of 2-D (and larger) leaves.
       decay_rate: exponent of the decay schedule, ``> 0``.
-      step_offset: steps to subtract from the count (for fine-tuning), ``>= 0``.
+      step_offset: steps to subtract from the count (for fine-tuning), ``>= 0``. During
+        the first ``step_offset`` steps the decay is 0 (optax's formula would give NaN).
       min_dim_size_to_factor: factor only leaves whose two largest axes are at
         least this large, ``>= 1``.
       epsilon: added to the squared gradient, ``>= 0``.
@@ -1165,7 +1172,9 @@ def scale_by_adafactor(
 def _scale_by_adafactor(
     factored, decay_rate, step_offset, min_dim_size_to_factor, epsilon, decay_rate_fn
 ):
-    kwargs = {} if decay_rate_fn is None else {"decay_rate_fn": decay_rate_fn}
+    kwargs = {
+        "decay_rate_fn": _decay_rate_pow_from_offset if decay_rate_fn is None else decay_rate_fn
+    }
     inner = optax.scale_by_factored_rms(
         factored=factored,
         decay_rate=decay_rate,
@@ -1178,10 +1187,44 @@ def _scale_by_adafactor(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _base.require_params(params)
-        new_updates, new_state = inner.update(updates, state, params)
+        # Finite entries beyond sqrt(dtype max) / 16 are clipped to it before entering the
+        # second moment, whose g**2 would overflow to inf (and inf / inf = NaN in the
+        # factored statistics); smaller entries pass unchanged, non-finite ones stay visible.
+        safe = _tree.tree_map(_clip_to_square_range, updates)
+        new_updates, new_state = inner.update(safe, state, params)
         return _tree.tree_cast_like(new_updates, updates), _tree.tree_cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
+def _decay_rate_pow_from_offset(i: jax.Array, exponent: Any) -> jax.Array:
+    """optax's Adafactor decay ``1 - (i + 1)^(-exponent)`` with ``i = count - step_offset``
+    clamped at 0: during the first ``step_offset`` steps the decay is 0 (the second moment
+    is the current squared gradient), where optax's formula takes a negative base to a
+    fractional power and gives NaN updates."""
+    t = jnp.maximum(jnp.asarray(i, jnp.float32), 0.0) + 1.0
+    return 1.0 - t ** (-exponent)
+
+
+def _clip_to_square_range(g: jax.Array) -> jax.Array:
+    bound = float(jnp.finfo(g.dtype).max) ** 0.5 / 16
+    return jnp.where(jnp.isfinite(g), jnp.clip(g, -bound, bound), g)
+
+
+def _scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformationExtraArgs:
+    """:func:`optax.scale_by_param_block_rms` with an overflow-safe RMS of the parameter
+    (``leaf_norm / sqrt(size)``: params of 1e30 give a finite scale). Stateless."""
+
+    def scale(u, p):
+        rms = _tree.leaf_norm(p) / max(p.size, 1) ** 0.5
+        return (_tree.to_acc(u) * jnp.maximum(rms, min_scale)).astype(u.dtype)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _base.require_params(params)
+        return _tree.tree_map(scale, updates, params), state
+
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -1208,12 +1251,12 @@ def _gsnr(g: jax.Array, eps: Any) -> jax.Array:
     # Full reductions only (no reshape): traces with explicitly sharded leaves.
     g32 = g.astype(jnp.float32)
     n = g32.size
-    norm = jnp.sqrt(jnp.sum(g32 * g32))
+    norm = _tree.leaf_norm(g32)  # overflow-safe: gradients of 1e30 give a finite ratio
     if n <= 1:  # torch's unbiased std of one element is NaN, replaced by 0
         return norm
     centred = g32 - jnp.mean(g32)
-    std = jnp.sqrt(jnp.sum(centred * centred) / (n - 1))
-    return jnp.where(std > 0, norm / (std + eps), norm)
+    std = _tree.leaf_norm(centred) / (n - 1) ** 0.5
+    return jnp.where(std > 0, norm / (std + jnp.asarray(eps, jnp.float32)), norm)
 
 
 def scale_by_sgd_sai(
@@ -1354,7 +1397,9 @@ def scale_by_adopt(
     and the clipping threshold given by its exponent (optax's ``clip_value_fn`` is a
     callable, which ``optax.inject_hyperparams`` would mistake for a schedule); where the
     gradient is infinite the non-finite second moment is returned instead of the update,
-    which would otherwise silently freeze that coordinate.
+    which would otherwise silently freeze that coordinate. Finite gradient entries beyond
+    ``sqrt(dtype max) / 16`` (about 1e18 in float32) are clipped to it before squaring, so
+    a finite gradient keeps :math:`v` finite.
     It follows the authors' current code (clipped version, ``clip_lambda = step**0.25``
     with the 0-based step, ``exp_avg.lerp_``). An earlier version of that code set
     :math:`m_1` to the normalized gradient itself (no :math:`1 - b_1` factor) and had no
@@ -1413,6 +1458,9 @@ def _scale_by_adopt(b1, b2, eps, use_clipping, clip_exponent, mu_dtype):
         inner,
         moment_fields=("mu", "nu"),
         post=lambda u, new_state: _visible_nonfinite(u, new_state.nu),
+        # Finite entries beyond sqrt(dtype max) / 16 are clipped before g**2 (which
+        # would overflow v to inf and freeze the coordinate): finite in, finite out.
+        pre=_clip_to_square_range,
     )
 
 

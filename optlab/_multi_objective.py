@@ -160,7 +160,7 @@ def upgrad(
         return _combine(leaves, treedef, jnp.mean(v, axis=0)), state
 
     tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
-    return _base.public("upgrad", tx, lead_axes=1)
+    return _base.public("upgrad", tx, lead_axes=1, real=True)  # a real QP
 
 
 def mgda(max_iters: int = 500) -> optax.GradientTransformationExtraArgs:
@@ -220,7 +220,7 @@ def mgda(max_iters: int = 500) -> optax.GradientTransformationExtraArgs:
         return _combine(leaves, treedef, a), state
 
     tx = optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
-    return _base.public("mgda", tx, lead_axes=1)
+    return _base.public("mgda", tx, lead_axes=1, real=True)  # a real QP
 
 
 class PCGradState(NamedTuple):
@@ -303,7 +303,8 @@ def pcgrad(
         w = jnp.sum(coefs, axis=0) if reduction == "sum" else jnp.mean(coefs, axis=0)
         return _combine(leaves, treedef, w), PCGradState(key=key)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _base.public("pcgrad", tx, lead_axes=1, real=True)  # projections on real dots
 
 
 # ---------------------------------------------------------------------------

@@ -64,6 +64,11 @@ def check_channel_axis(fn_name: str, channel_axis: Any) -> None:
             f"`optlab.{fn_name}`: `channel_axis` must be a Python int, got"
             f" channel_axis={channel_axis!r} of type {type(channel_axis).__name__}."
         )
+    if not -64 <= channel_axis < 64:  # no array has more than 64 axes (XLA's limit)
+        raise ValueError(
+            f"`optlab.{fn_name}`: `channel_axis` must be an axis index in [-64, 64), got"
+            f" channel_axis={channel_axis}."
+        )
 
 
 def _reduction_axes(fn_name: str, ndim: int, channel_axis: int) -> tuple[int, ...]:
@@ -342,7 +347,7 @@ def _scale_by_muon_shape() -> optax.GradientTransformationExtraArgs:
     ``optax.contrib.muon``'s default); other leaves unchanged. Stateless."""
 
     def scale(u):
-        if u.ndim != 2:
+        if u.ndim != 2 or u.size == 0:  # an empty leaf has nothing to scale
             return u
         return (u * max(1.0, u.shape[1] / u.shape[0]) ** 0.5).astype(u.dtype)
 
@@ -786,7 +791,7 @@ def _radial_projection(inner, delta, wd_ratio, weight_decay, eps, channel_axis):
 
     def _leaf(d, g, w):
         d32, g32, w32 = _tree.to_acc(d), _tree.to_acc(g), _tree.to_acc(w)
-        if w.ndim > 1:
+        if w.ndim > 1 and w.size:  # an empty leaf has nothing to project
             # One pass of per-channel sums; the whole-leaf view's sums are sums of them
             # (issue 13: four reductions instead of eight, and one output pass).
             axes = _reduction_axes("radial_projection", w.ndim, channel_axis)
@@ -1017,6 +1022,8 @@ def _lmo_leaf_local(
     d: jax.Array, norm: str, coeffs, ns_steps: int, eps: float, fn: str
 ) -> jax.Array:
     """The (positive) LMO direction of one leaf under the norm ``norm`` (Flax layout)."""
+    if d.size == 0:  # an empty leaf has no direction (and no fan-in to divide by)
+        return d
     if norm == "auto":
         norm = "spectral" if d.ndim >= 2 else "rms"
     x = _acc(d)

@@ -104,6 +104,11 @@ def _dp_aggregate(l2_norm_clip, noise_multiplier, seed):
                 f" same leading batch axis, got leading sizes {sorted(map(str, batch))}."
             )
         (bsize,) = batch
+        if bsize == 0:  # the mean over no example is 0 / 0
+            raise ValueError(
+                "`optlab.dp_aggregate`: the per-example `updates` have an empty batch (leading"
+                " axis of size 0); pass at least one example."
+            )
         norms = _per_example_norms(leaves)
         clip = jnp.asarray(l2_norm_clip, jnp.float32)
         factors = jnp.minimum(1.0, _tree.safe_div(clip, norms, fallback=1.0))

@@ -307,7 +307,7 @@ def scale_by_sophia(
     tx = _scale_by_sophia(
         b1, b2, eps, gamma, clip_threshold, update_interval, seed, hessian_diagonal_fn, mu_dtype
     )
-    return _base.public(name, tx, **hessian_needs(hessian_diagonal_fn))
+    return _base.public(name, tx, real=True, **hessian_needs(hessian_diagonal_fn))
 
 
 def _scale_by_sophia(
@@ -628,7 +628,7 @@ def scale_by_m_fac(
       Second-Order Information <https://arxiv.org/abs/2107.03356>`_, 2021.
     """
     name = "scale_by_m_fac"
-    _base.check_int(name, num_grads=num_grads)
+    _base.check_buffer_size(name, "a copy of the gradients", _base.MAX_COPIES, num_grads=num_grads)
     _base.check_positive(name, damping=damping)
     return _base.public(name, _scale_by_m_fac(num_grads, damping))
 

@@ -418,7 +418,18 @@ def norm_layer_mask(
       Mueller et al., `Normalization Layers Are All That Sharpness-Aware Minimization
       Needs <https://arxiv.org/abs/2306.04226>`_, 2023
     """
-    regex = re.compile(layer_pattern)
+    if not isinstance(layer_pattern, str):
+        raise TypeError(
+            "`optlab.norm_layer_mask`: `layer_pattern` must be a regular expression string, got"
+            f" layer_pattern={layer_pattern!r} of type {type(layer_pattern).__name__}."
+        )
+    try:
+        regex = re.compile(layer_pattern)
+    except re.error as e:
+        raise ValueError(
+            "`optlab.norm_layer_mask`: `layer_pattern` is not a valid regular expression,"
+            f" got layer_pattern={layer_pattern!r}: {e}."
+        ) from None
 
     def flag(path, leaf):
         del leaf
@@ -1100,6 +1111,17 @@ def sharpness_diagnostics(
     """
     _base.check_nonnegative("sharpness_diagnostics", rho=rho)
     _base.check_int("sharpness_diagnostics", num_power_iters=num_power_iters)
+    if not callable(loss_fn):
+        raise TypeError(
+            "`optlab.sharpness_diagnostics`: `loss_fn` must be a callable params -> scalar loss,"
+            f" got loss_fn={loss_fn!r} of type {type(loss_fn).__name__}."
+        )
+    out = jax.eval_shape(loss_fn, params)  # traced once, abstractly: no compute
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        raise ValueError(
+            "`optlab.sharpness_diagnostics`: `loss_fn` must return a real scalar loss, got"
+            f" {jax.tree.map(lambda x: f'{x.dtype}{list(x.shape)}', out)}."
+        )
     if key is None:
         key = jax.random.PRNGKey(0)
     loss, g = jax.value_and_grad(loss_fn)(params)

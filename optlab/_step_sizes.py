@@ -628,7 +628,7 @@ def _scale_by_dog(init_step, eps):
         if kind == "distance":
             r_eps = jnp.asarray(init_value, jnp.float32)
         elif kind == "heuristic":
-            r_eps = init_value * (1.0 + jnp.sqrt(_sq_norm(params)))
+            r_eps = init_value * (1.0 + _tree.global_norm(params))  # overflow-safe
         else:
             r_eps = jnp.zeros([], jnp.float32)
         return DoGState(
@@ -641,11 +641,9 @@ def _scale_by_dog(init_step, eps):
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _base.require_params(params)
-        dist = jnp.sqrt(
-            _sq_norm(
-                jax.tree.map(
-                    lambda p, p0: _tree.to_acc(p) - _tree.to_acc(p0), params, state.init_params
-                )
+        dist = _tree.global_norm(  # overflow-safe: params of 1e30 give a finite distance
+            jax.tree.map(
+                lambda p, p0: _tree.to_acc(p) - _tree.to_acc(p0), params, state.init_params
             )
         )
         max_dist = jnp.maximum(state.max_dist, dist)
