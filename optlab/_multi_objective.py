@@ -441,8 +441,12 @@ def aligned_mtl(
     ``m``). ``lambda_R`` is the smallest eigenvalue (``scale_mode="min"``, the paper),
     the median or the mean (``"median"``, ``"rmse"``) of the ones above the numerical
     rank tolerance ``max(lambda) m eps``; a rank-deficient ``J`` is aligned on its range
-    (the null directions get weight 0). Orthogonal gradients are rescaled to equal norms;
-    no task dominates. Like the reference code, ``G`` is in float32 and ``B`` is
+    (the null directions get weight 0). Orthogonal gradients are rescaled to equal norms,
+    so no task dominates, and a small task that the plain sum would overrule is
+    respected; but ``d`` is not always free of conflict: with strongly opposed gradients
+    of very different norms (``J = [[1, 0], [-3, 0.5]]``), ``<d, g_1> < 0``
+    (:func:`upgrad` and :func:`mgda` guarantee it). On two opposed tasks it stops where
+    their gradients have equal norms. Like the reference code, ``G`` is in float32 and ``B`` is
     recomputed at every step (one ``m x m`` ``eigh``).
 
     Args:
