@@ -489,7 +489,12 @@ def aligned_mtl(
         leaves, treedef, m = _stacked_leaves("aligned_mtl", updates)
         if not leaves:
             return updates, state
-        balance = _aligned_weights(_normalized(_gramian(leaves, m)), scale_mode)
+        # B depends on G only up to scale: take G of J / max|J| (no overflow at 1e30,
+        # no underflow at 1e-30).
+        big = jnp.max(jnp.stack([jnp.max(jnp.abs(_tree.to_acc(g))) for g in leaves]))
+        big = jnp.where(jnp.isfinite(big) & (big > 0), big, 1.0)
+        gram = _gramian([_tree.to_acc(g) / big for g in leaves], m)
+        balance = _aligned_weights(_normalized(gram), scale_mode)
         pref = jnp.full((m,), 1.0 if reduction == "sum" else 1.0 / m, jnp.float32)
         return _combine(leaves, treedef, balance @ pref), state
 

@@ -7,7 +7,11 @@ Every method here evaluates a second gradient. At the current point ``w`` with g
 :func:`sharpness_aware` is that driver and :class:`PerturbationPolicy` the protocol;
 :func:`sam`, :func:`asam`, :func:`gsam`, :func:`fisher_sam`, :func:`masked_sam`,
 :func:`looksam`, :func:`multistep_sam`, :func:`random_sam` and :func:`unnormalized_sam`
-are thin calls of it with a built-in policy.
+are thin calls of it with a built-in policy. So are the other methods that take their
+gradient at a transformed point: :func:`awp_sam`, :func:`gradnorm_sam`, :func:`rwp`
+(random weight perturbation), :func:`extragradient` (a look-ahead), :func:`xgrad` (the
+weights predicted by the optimizer's own last update) and :func:`o2nc` (a random point
+of the last step).
 
 The second gradient comes from the keyword argument ``grad_fn(params) -> grads`` of
 ``update`` (the library-wide protocol), so one call is one full step::
@@ -1385,21 +1389,43 @@ def _keep_unselected(selected: Any, full: Any) -> Any:
     return treedef.unflatten([y if x is None else x for x, y in zip(leaves, other)])
 
 
-def _rwp(sigma, alpha, seed):
-    def perturb(grads, params, key, step, **unused):
+def _filter_sums(x: jax.Array) -> jax.Array:
+    """ARWP's per-filter sum: over every axis but the last for kernels, per element else."""
+    if x.ndim <= 1:
+        return x
+    return jnp.sum(x, axis=tuple(range(x.ndim - 1)), keepdims=True)
+
+
+def _rwp(sigma, alpha, seed, eta=None, beta=0.9):
+    adaptive = eta is not None
+
+    def init(params):
+        key = jax.random.PRNGKey(seed)
+        return (key, optax.tree.zeros_like(params)) if adaptive else key
+
+    def perturb(grads, params, state, step, **unused):
         del grads
+        key, fisher = state if adaptive else (state, None)
         key, sub = jax.random.split(key)
         z = optax.tree.random_like(sub, params)
         s = _at(sigma, step)
         e = jax.tree.map(lambda w, zl: s * _tree.unitwise_norm(w) * zl, params, z)
-        return optax.tree.add(params, e), key
+        if adaptive:  # ARWP: less noise along filters with large accumulated g_p^2
+            c = _at(eta, step)
+            e = _zip_selected(lambda el, f: el / jnp.sqrt(1.0 + c * _filter_sums(f)), e, fisher)
+        return optax.tree.add(params, e), ((key, fisher) if adaptive else key)
 
-    def combine(grads, perturbed_grads, key, step):
+    def combine(grads, perturbed_grads, state, step):
+        if adaptive:
+            b = _at(beta, step)
+            key, fisher = state
+            fisher = jax.tree.map(lambda f, gp: b * f + gp * gp, fisher, perturbed_grads)
+            state = (key, fisher)
         # (1 - alpha) g + alpha g_p, written so that g_p == g gives g exactly
         diff = optax.tree.sub(perturbed_grads, grads)
-        return optax.tree.add_scale(grads, _at(alpha, step), diff), key
+        return optax.tree.add_scale(grads, _at(alpha, step), diff), state
 
-    return PerturbationPolicy(lambda params: jax.random.PRNGKey(seed), perturb, combine)
+    return PerturbationPolicy(init, perturb, combine)
 
 
 def _xgrad(prediction_steps):
@@ -1412,8 +1438,8 @@ def _xgrad(prediction_steps):
 
 
 def _o2nc(seed, uniform=jax.random.uniform):
-    def init(params):
-        return jax.random.PRNGKey(seed), params
+    def init(params):  # a copy: the state must not alias (donated) parameter buffers
+        return jax.random.PRNGKey(seed), jax.tree.map(jnp.copy, params)
 
     def perturb(grads, params, state, step, **unused):
         del grads, step
@@ -1427,13 +1453,19 @@ def _o2nc(seed, uniform=jax.random.uniform):
 
 
 def rwp_policy(
-    sigma: optax.ScalarOrSchedule = 0.01, alpha: optax.ScalarOrSchedule = 0.5, seed: int = 0
+    sigma: optax.ScalarOrSchedule = 0.01,
+    alpha: optax.ScalarOrSchedule = 0.5,
+    seed: int = 0,
+    *,
+    eta: optax.ScalarOrSchedule | None = None,
+    beta: optax.ScalarOrSchedule = 0.9,
 ) -> PerturbationPolicy:
     """Mixed random weight perturbation's policy (see :func:`rwp`).
 
     ``sigma``: relative noise scale (>= 0) or a schedule; ``alpha``: weight of the
     perturbed gradient, in ``[0, 1]``, or a schedule; ``seed`` (int >= 0) of the key in
-    its state.
+    its state; ``eta`` (>= 0, ``None``: not adaptive) and ``beta`` (in ``[0, 1)``): the
+    adaptive noise of m-ARWP.
 
     Example:
       >>> import optax, optlab
@@ -1442,7 +1474,10 @@ def rwp_policy(
     _base.check_nonnegative("rwp_policy", sigma=sigma)
     _base.check_unit_interval("rwp_policy", alpha=alpha)
     _base.check_int("rwp_policy", minimum=0, seed=seed)
-    return _rwp(sigma, alpha, seed)
+    if eta is not None:
+        _base.check_nonnegative("rwp_policy", eta=eta)
+    _base.check_decay("rwp_policy", beta=beta)
+    return _rwp(sigma, alpha, seed, eta, beta)
 
 
 def rwp(
@@ -1451,6 +1486,8 @@ def rwp(
     alpha: optax.ScalarOrSchedule = 0.5,
     seed: int = 0,
     *,
+    eta: optax.ScalarOrSchedule | None = None,
+    beta: optax.ScalarOrSchedule = 0.9,
     mask: Any = None,
     axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -1473,11 +1510,19 @@ def rwp(
     gradients on the two halves of the batch: pass a ``grad_fn`` on the other half to
     do the same.
 
+    With ``eta`` (m-ARWP, the paper's adaptive perturbation) the noise of each filter is
+    divided by ``sqrt(1 + eta F_f)``, where ``F <- beta F + g_p^2`` accumulates the
+    squared perturbed gradients (a sum, not an average, as in the reference code) and
+    ``F_f`` is its sum over the filter (per element for vectors and scalars): directions
+    of high curvature get less noise. The state then also holds ``F``.
+
     Args:
       inner: the base optimizer.
       sigma: noise scale relative to each filter's norm (>= 0) or a schedule.
       alpha: weight of the perturbed gradient, in ``[0, 1]``, or a schedule.
       seed: PRNG seed (int >= 0).
+      eta: m-ARWP's strength (>= 0) or a schedule; ``None`` (default): m-RWP, no ``F``.
+      beta: m-ARWP's decay of ``F``, in ``[0, 1)``.
       mask: the perturbed leaves (see :func:`sharpness_aware`).
       axis_name: m-sharpness axis (see :func:`sharpness_aware`).
 
@@ -1498,7 +1543,8 @@ def rwp(
       True
 
     State:
-      :class:`SharpnessAwareState` ``(count, inner_state, key)``.
+      :class:`SharpnessAwareState` ``(count, inner_state, key)``; with ``eta``,
+      ``(count, inner_state, (key, F))``, ``F`` shaped like the params.
 
     References:
       Li et al., `Revisiting Random Weight Perturbation for Efficiently Improving
@@ -1507,7 +1553,10 @@ def rwp(
     _base.check_nonnegative("rwp", sigma=sigma)
     _base.check_unit_interval("rwp", alpha=alpha)
     _base.check_int("rwp", minimum=0, seed=seed)
-    return _sharpness_aware("rwp", inner, _rwp(sigma, alpha, seed), mask, axis_name)
+    if eta is not None:
+        _base.check_nonnegative("rwp", eta=eta)
+    _base.check_decay("rwp", beta=beta)
+    return _sharpness_aware("rwp", inner, _rwp(sigma, alpha, seed, eta, beta), mask, axis_name)
 
 
 def xgrad(

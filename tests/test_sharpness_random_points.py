@@ -38,10 +38,11 @@ def _eager(tx, params, steps, grad_fn=GRAD):
     "make",
     [
         lambda base: optlab.rwp(base, sigma=0.0, alpha=0.3),
+        lambda base: optlab.rwp(base, sigma=0.0, alpha=0.7, eta=1.0),
         lambda base: optlab.rwp(base, sigma=0.05, alpha=0.0),
         lambda base: optlab.xgrad(base, prediction_steps=0.0),
     ],
-    ids=["rwp_sigma0", "rwp_alpha0", "xgrad_steps0"],
+    ids=["rwp_sigma0", "arwp_sigma0", "rwp_alpha0", "xgrad_steps0"],
 )
 def test_zero_strength_equals_base_exactly(make):
     params = fixed_params()
@@ -104,6 +105,29 @@ def test_rwp_noise_is_filterwise_with_std_proportional_to_the_filter_norm():
     b_std = float(np.std(np.asarray(e["bias"])))
     np.testing.assert_allclose(b_std, sigma * float(jnp.linalg.norm(params["bias"])), rtol=0.1)
     assert float(jnp.max(jnp.abs(e["zero"]))) == 0.0  # a zero filter is not perturbed
+
+
+def test_arwp_divides_the_noise_by_the_accumulated_filter_curvature():
+    # A constant gradient c: after one step F = c^2, so the second step's noise of filter f
+    # has std sigma ||w_f|| / sqrt(1 + eta sum_f c^2) (per element for the bias).
+    k1, k2 = jax.random.split(jax.random.key(2))
+    params = {"kernel": jax.random.normal(k1, (2000, 3)), "bias": jax.random.normal(k2, (2000,))}
+    c = {
+        "kernel": jnp.broadcast_to(jnp.array([0.0, 0.01, 0.03]), (2000, 3)),
+        "bias": jnp.ones(2000),
+    }
+    sigma, eta, beta = 0.2, 5.0, 0.9
+    tx = optlab.rwp(optax.identity(), sigma=sigma, eta=eta, beta=beta)
+    out, points, states = _eager(tx, params, 2, lambda p: c)
+    tree_allclose(states[1].policy_state[1], jax.tree.map(jnp.square, c))
+    e = jax.tree.map(jnp.subtract, points[1], out[1])
+    fisher = eta * jnp.sum(c["kernel"] ** 2, axis=0)  # (3,): 0, 0.1, 0.9
+    want = sigma * jnp.linalg.norm(out[1]["kernel"], axis=0) / jnp.sqrt(1.0 + fisher)
+    np.testing.assert_allclose(np.std(np.asarray(e["kernel"]), axis=0), want, rtol=0.1)
+    b_scale = sigma * float(jnp.linalg.norm(out[1]["bias"])) / np.sqrt(1.0 + eta)
+    np.testing.assert_allclose(float(np.std(np.asarray(e["bias"]))), b_scale, rtol=0.1)
+    _, _, states = _eager(tx, params, 3, lambda p: c)
+    tree_allclose(states[3].policy_state[1], jax.tree.map(lambda x: (1 + beta + beta**2) * x**2, c))
 
 
 def test_rwp_mask_leaves_unselected_leaves_unperturbed():
@@ -207,11 +231,12 @@ def test_o2nc_with_the_random_weight_fixed():
     "make",
     [
         lambda: optlab.rwp(optax.sgd(0.1), sigma=0.05),
+        lambda: optlab.rwp(optax.sgd(0.1), sigma=0.05, eta=1.0),
         lambda: optlab.xgrad(optax.sgd(0.05, momentum=0.9)),
         lambda: optlab.xgrad(optax.adam(0.05)),
         lambda: optlab.o2nc(optax.sgd(0.1, momentum=0.5)),
     ],
-    ids=["rwp", "xgrad_sgdm", "xgrad_adam", "o2nc"],
+    ids=["rwp", "arwp", "xgrad_sgdm", "xgrad_adam", "o2nc"],
 )
 def test_converges_on_a_small_problem(make):
     params = fixed_params()
@@ -241,6 +266,10 @@ def test_bad_hyperparameters_raise():
         optlab.rwp_policy(alpha=float("nan"))
     with pytest.raises(TypeError, match="rwp_policy.*sigma"):
         optlab.rwp_policy(sigma="0.1")
+    with pytest.raises(ValueError, match="rwp.*eta.*-1"):
+        optlab.rwp(sgd, eta=-1.0)
+    with pytest.raises(ValueError, match="rwp.*beta.*1"):
+        optlab.rwp(sgd, eta=1.0, beta=1.0)
     with pytest.raises(ValueError, match="xgrad.*prediction_steps.*-1"):
         optlab.xgrad(sgd, prediction_steps=-1)
     with pytest.raises(ValueError, match="xgrad.*prediction_steps.*inf"):

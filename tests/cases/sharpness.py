@@ -164,6 +164,15 @@ CASES = [
         extra_args=GRAD_FN,
     ),
     Case(
+        "rwp",
+        id="arwp",
+        factory=_wrap("rwp"),
+        kwargs=dict(sigma=0.05, alpha=0.5, seed=0, eta=1.0, beta=0.9),
+        hparams=dict(eta=st.floats(0.0, 5.0), beta=st.floats(0.0, 0.99)),
+        static_args=("seed",),
+        extra_args=GRAD_FN,
+    ),
+    Case(
         "xgrad",
         factory=_wrap("xgrad", optax.sgd(0.1, momentum=0.9)),
         kwargs=dict(prediction_steps=1.0),
