@@ -206,6 +206,18 @@ def test_o2nc_point_is_uniform_on_the_last_segment_and_the_key_evolves():
     tree_allclose(states[-1].policy_state[1], out[-2], rtol=0, atol=0)  # the x_t of that step
 
 
+def test_o2nc_mask_keeps_unselected_leaves_at_the_current_point():
+    params = fixed_params()
+    mask = {"w": True, "b": False, "s": False}
+    out, points, states = _eager(optlab.o2nc(optax.sgd(0.1), seed=4, mask=mask), params, 3)
+    for t in (1, 2):
+        assert bool(jnp.all(points[t]["b"] == out[t]["b"])) and bool(points[t]["s"] == out[t]["s"])
+        assert float(jnp.max(jnp.abs(points[t]["w"] - out[t]["w"]))) > 1e-6
+    previous = states[-1].policy_state[1]
+    tree_allclose(previous["w"], out[-2]["w"], rtol=0, atol=0)
+    tree_allclose(previous["b"], params["b"], rtol=0, atol=0)  # never rewritten
+
+
 def _fixed(value):
     return lambda key, shape, dtype: jnp.full(shape, value, dtype)
 
@@ -285,3 +297,14 @@ def test_bad_hyperparameters_raise():
         tx = getattr(optlab, name)(sgd)
         with pytest.raises(ValueError, match=f"{name}.*grad_fn"):
             tx.update(GRAD(p), tx.init(p), p)
+
+
+def test_registry_wraps_any_named_optimizer():
+    params = fixed_params()
+    for name, wrapper, kwargs in (
+        ("rwp-sgd", optlab.rwp, dict(sigma=0.02, seed=1)),
+        ("xgrad-adamw", optlab.xgrad, dict(prediction_steps=2.0)),
+    ):
+        base = optlab.get(name.split("-")[1], 1e-2)
+        got = run(optlab.get(name, 1e-2, **kwargs), params, steps=2)
+        tree_allclose(got, run(wrapper(base, **kwargs), params, steps=2), rtol=0, atol=0)
