@@ -1572,7 +1572,9 @@ def xgrad(
     update rule of the optimizer, ``w_hat = w - s lr Delta_w``, with ``Delta_w`` the
     optimizer's direction from its state (SGD with momentum: the momentum; Adam:
     ``m_hat / (sqrt(v_hat) + eps)``). For any ``inner`` this is its last update ``u``
-    (its rule on its current state, with the learning rate of the last step)::
+    (its rule on its current state, with the learning rate of the last step: the
+    reference code's prediction for SGD with momentum and Adam at a constant learning
+    rate; here the predicted step also carries ``inner``'s weight decay, if any)::
 
         w_hat = w + s u_{t-1},   g_hat = grad_fn(w_hat),   u_t = inner(g_hat) at w
 
