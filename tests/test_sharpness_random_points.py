@@ -308,3 +308,37 @@ def test_registry_wraps_any_named_optimizer():
         base = optlab.get(name.split("-")[1], 1e-2)
         got = run(optlab.get(name, 1e-2, **kwargs), params, steps=2)
         tree_allclose(got, run(wrapper(base, **kwargs), params, steps=2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: optlab.rwp(optax.sgd(0.1), sigma=0.1, seed=3, **kw),
+        lambda **kw: optlab.xgrad(optax.sgd(0.1, momentum=0.9), **kw),
+        lambda **kw: optlab.o2nc(optax.sgd(0.1, momentum=0.9), seed=3, **kw),
+    ],
+    ids=["rwp", "xgrad", "o2nc"],
+)
+def test_data_parallel_axis_draws_one_point_for_every_replica(make):
+    # Four replicas (vmap with an axis name) with local batches and `axis_name`: every
+    # replica takes the same random/predicted point, so the step equals the one with the
+    # global (averaged) gradient function.
+    x = jnp.linspace(-1.0, 1.0, 8).reshape(4, 2)
+
+    def loss(p, xs):
+        return jnp.mean((jnp.tanh(xs * p["w"]) - 0.5) ** 2) + 0.1 * jnp.sum(p["w"] ** 2)
+
+    params = {"w": jnp.array(0.7)}
+    local_tx, global_tx = make(axis_name="data"), make()
+
+    def local_steps(xs):
+        p, s = params, local_tx.init(params)
+        grad_fn = jax.grad(lambda q: loss(q, xs))
+        for _ in range(3):
+            u, s = local_tx.update(grad_fn(p), s, p, grad_fn=grad_fn)
+            p = optax.apply_updates(p, u)
+        return p
+
+    got = jax.vmap(local_steps, axis_name="data")(x)
+    want = run(global_tx, params, steps=3, loss=lambda p: loss(p, x))[-1]
+    np.testing.assert_allclose(got["w"], jnp.full(4, want["w"]), rtol=1e-5)
