@@ -15,17 +15,24 @@ was not sent in a residual added to the next message (EF-SGD), ``"ef21"`` sends 
 compressed *change* of a running per-replica estimate (EF21). What travels through the
 collective is the payload itself: a ``psum`` of the values for dense and random-k
 messages (random-k indices come from a key shared by every replica), an ``all_gather``
-of the payloads (values + indices, packed sign bits + scale, int8 codes + scale) for the
+of the payloads (values + indices, packed sign bits + scale, bit-packed codes + scale) for the
 others, followed by a local decode and sum. :func:`bytes_on_the_wire` reads the running
 byte count from the state.
 
 Byte counts are *per replica and per message*: the size of the payload one replica
 contributes (``n * itemsize`` for a dense message; ``k * (itemsize + 4)`` for top-k
 values and int32 indices; ``k * itemsize`` for random-k; ``ceil(n / 8) + 4`` for scaled
-sign; ``ceil(n * bits / 8) + 4`` for quantization). How many times a collective
-algorithm forwards that payload (ring all-reduce: about twice) is a property of the
-network, not of the method, and is left out. Quantization with ``bits < 8`` is counted
-packed, but the simulation moves one int8 code per value.
+sign; ``ceil(n * bits / 8) + 4`` for quantization, whose codes travel bit-packed). How
+many times a collective algorithm forwards that payload (ring all-reduce: about twice)
+is a property of the network, not of the method, and is left out.
+
+Compressors act on whole leaves: ``top_k`` picks the largest entries of the entire
+leaf, as on one device. In jax's explicit sharding mode a sharded leaf is first
+gathered (within the replica, over the axes that shard it) and what is decoded goes
+back to the leaf's sharding, so the error-feedback memory keeps the parameters'
+sharding; in the default mode XLA places the same computation. Under a fully manual
+``shard_map`` that also splits the parameters (FSDP-style), the transform only sees
+this device's shard, and the selection is then per shard.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optlab import _base
+from optlab import _base, _tree
 
 __all__ = [
     "CompressionState",
@@ -219,7 +226,9 @@ def stochastic_quantization(bits: int = 8) -> Compressor:
 
     With ``s = 2**(bits-1) - 1`` levels and ``m = max|x|`` per leaf, each entry is sent as
     ``sign(x) * q`` where ``q = floor(s |x| / m + u)``, ``u ~ U[0, 1)``, and decoded as
-    ``sign(x) q m / s``: ``E[C(x)] = x``. Each replica draws its own noise.
+    ``sign(x) q m / s``: ``E[C(x)] = x``. Each replica draws its own noise. The payload
+    is the codes, ``bits`` bits each packed into ``ceil(n * bits / 8)`` bytes (one int8
+    per entry for ``bits=8``), and ``m`` as one float32.
 
     Args:
       bits: bits per entry, an int in ``[2, 8]``.
@@ -243,6 +252,7 @@ def stochastic_quantization(bits: int = 8) -> Compressor:
     if bits > 8:
         _base._fail("stochastic_quantization", "bits", "<= 8", bits)
     levels = 2 ** (bits - 1) - 1
+    shifts = jnp.arange(bits - 1, -1, -1, dtype=jnp.uint8)  # most significant bit first
 
     def encode(x, key):
         x32 = x.astype(jnp.float32)
@@ -251,11 +261,25 @@ def stochastic_quantization(bits: int = 8) -> Compressor:
         u = jax.random.uniform(key, x.shape, jnp.float32)
         q = jnp.minimum(jnp.floor(ratio * levels + u), levels)
         q = jnp.where(jnp.isfinite(x32), q, levels)  # NaN/inf stay visible through m
-        return (jnp.sign(x32) * q).astype(jnp.int8), m.reshape(1)
+        codes = jnp.sign(x32) * q
+        if bits == 8:
+            return codes.astype(jnp.int8), m.reshape(1)
+        # codes + levels in [0, 2**bits - 2]: `bits` bits each, packed into bytes
+        offset = (codes + levels).astype(jnp.uint8)
+        code_bits = (offset[:, None] >> shifts[None, :]) & 1
+        return jnp.packbits(code_bits.reshape(-1)), m.reshape(1)
 
     def decode(payload, size, dtype):
-        codes, m = payload
-        return (codes.astype(jnp.float32) * (m[0] / levels)).astype(dtype)
+        packed, m = payload
+        if bits == 8:
+            codes = packed.astype(jnp.float32)
+        else:
+            code_bits = jnp.unpackbits(packed, count=size * bits).reshape(size, bits)
+            offset = jnp.sum(
+                code_bits.astype(jnp.int32) << shifts[None, :].astype(jnp.int32), axis=1
+            )
+            codes = (offset - levels).astype(jnp.float32)
+        return (codes * (m[0] / levels)).astype(dtype)
 
     def nbytes(size, itemsize):
         del itemsize
@@ -333,22 +357,30 @@ def _replica_index(axis_name):
     return jnp.zeros([], jnp.int32) if axis_name is None else jax.lax.axis_index(axis_name)
 
 
-def _weighted_sum(leaf_payload, compressor, size, dtype, weight, axis_name):
-    """Sum over replicas of ``weight_r * decode(payload_r)`` (flat, ``dtype``)."""
-    if compressor is None:
+def _as_leaf(flat, like):
+    """A decoded flat message back in the shape (and explicit sharding) of ``like``."""
+    return _tree.reshard_like(flat.reshape(like.shape), like)
+
+
+def _weighted_sum(leaf_payload, compressor, like, weight, axis_name):
+    """Sum over replicas of ``weight_r * decode(payload_r)``, shaped and typed like ``like``."""
+    size, dtype = like.size, like.dtype
+    if compressor is None:  # the dense leaf itself, in its own shape and sharding
         (x,) = leaf_payload
         out = (weight * x.astype(jnp.float32)).astype(dtype)
         return out if axis_name is None else jax.lax.psum(out, axis_name)
     if axis_name is None:
-        return (weight * compressor.decode(leaf_payload, size, jnp.float32)).astype(dtype)
-    if compressor.summable:  # random-k: shared indices, sum the values only
+        flat = (weight * compressor.decode(leaf_payload, size, jnp.float32)).astype(dtype)
+    elif compressor.summable:  # random-k: shared indices, sum the values only
         values, key = leaf_payload
         summed = jax.lax.psum((weight * values.astype(jnp.float32)).astype(dtype), axis_name)
-        return compressor.decode((summed, key), size, dtype)
-    gathered = jax.lax.all_gather(leaf_payload, axis_name)  # each replica's payload
-    weights = jax.lax.all_gather(weight, axis_name)
-    decoded = jax.vmap(lambda p: compressor.decode(p, size, jnp.float32))(gathered)
-    return jnp.tensordot(weights, decoded, axes=1).astype(dtype)
+        flat = compressor.decode((summed, key), size, dtype)
+    else:
+        gathered = jax.lax.all_gather(leaf_payload, axis_name)  # each replica's payload
+        weights = jax.lax.all_gather(weight, axis_name)
+        decoded = jax.vmap(lambda p: compressor.decode(p, size, jnp.float32))(gathered)
+        flat = jnp.tensordot(weights, decoded, axes=1).astype(dtype)
+    return _as_leaf(flat, like)
 
 
 def communicate(
@@ -386,39 +418,32 @@ def communicate(
         key, keys = state.key, [None] * len(leaves)
     out, new_memory, new_estimate = [], [], []
     for i, x in enumerate(leaves):
-        shape, dtype, size = x.shape, x.dtype, x.size
-        flat = x.reshape(-1)
         if compressor is None:
-            payload, sent = (flat,), flat
+            payload = (x,)
         else:
             if error_feedback == "ef":
-                message = flat + memory[i].reshape(-1)  # add back what was not sent
+                message = x + memory[i]  # add back what was not sent
             elif error_feedback == "ef21":
-                message = flat - memory[i].reshape(-1)  # change of the running estimate
+                message = x - memory[i]  # change of the running estimate
             else:
-                message = flat
-            payload = compressor.encode(message, keys[i])
-            sent = compressor.decode(payload, size, dtype)
+                message = x
+            # The compressor sees the whole leaf (top-k over every entry), so an explicitly
+            # sharded leaf is gathered first; what it decodes goes back to x's sharding.
+            payload = compressor.encode(_tree.gathered(message).reshape(-1), keys[i])
+            sent = _as_leaf(compressor.decode(payload, x.size, x.dtype), x)
             if error_feedback == "ef":
-                new_memory.append(
-                    jnp.where(takes_part, message - sent, memory[i].reshape(-1)).reshape(shape)
-                )
+                new_memory.append(jnp.where(takes_part, message - sent, memory[i]))
             elif error_feedback == "ef21":
-                new_memory.append(
-                    jnp.where(
-                        takes_part, memory[i].reshape(-1) + sent, memory[i].reshape(-1)
-                    ).reshape(shape)
-                )
-        if size == 0:
-            mean = flat
+                new_memory.append(jnp.where(takes_part, memory[i] + sent, memory[i]))
+        if x.size == 0:
+            mean = x
         else:
-            mean = _weighted_sum(payload, compressor, size, dtype, weight32, axis_name)
-            mean = (mean.astype(jnp.float32) * inv_total).astype(dtype)
+            mean = _weighted_sum(payload, compressor, x, weight32, axis_name)
+            mean = (mean.astype(jnp.float32) * inv_total).astype(x.dtype)
         if estimate is not None:  # EF21: g <- g + mean_i c_i; the step uses g
-            g = estimate[i].reshape(-1) + jnp.where(total_weight > 0, mean, 0)
-            new_estimate.append(g.reshape(shape))
-            mean = g
-        out.append(mean.reshape(shape))
+            mean = estimate[i] + jnp.where(total_weight > 0, mean, 0)
+            new_estimate.append(mean)
+        out.append(mean)
     nbytes = float(message_bytes(compressor, tree))
     new_state = CompressionState(
         memory=jax.tree.unflatten(treedef, new_memory) if use_memory else (),

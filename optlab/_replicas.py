@@ -235,27 +235,57 @@ def _replica_count(axis_name):
 # ---------------------------------------------------------------------------
 
 
+class _Options(NamedTuple):
+    """The keyword options of :func:`optlab.outer_optimizer`, with its defaults.
+
+    The named methods (``diloco``, ``fedavg``, ...) take a subset of them under the same
+    names and pass them on with :func:`_options_in`.
+    """
+
+    weights: Any = None
+    participation: str = "uniform"
+    fedau_cutoff: int = 50
+    compressor: comm.Compressor | None = None
+    error_feedback: str | None = "ef"
+    max_pseudo_gradient_norm: Any = None
+    num_fragments: int = 1
+    overlap_steps: int = 0
+    overlap_mixing: Any = 0.0
+    averaging: str = "all_reduce"
+    peer_pull: Any = 0.0
+    seed: int = 0
+
+
+def _options_in(scope: dict[str, Any], **fixed: Any) -> _Options:
+    """The :class:`_Options` among a public factory's arguments (its ``locals()``), plus
+    ``fixed`` ones the method sets itself."""
+    return _Options(**{k: scope[k] for k in _Options._fields if k in scope}, **fixed)
+
+
 def _build_outer(
     name: str,
     inner: optax.GradientTransformation,
     outer: optax.GradientTransformation,
     sync_period: int,
     axis_name: Any,
-    *,
-    weights: np.ndarray | None,
-    participation: str,
-    fedau_cutoff: int,
-    compressor: comm.Compressor | None,
-    error_feedback: str | None,
-    max_pseudo_gradient_norm: Any,
-    num_fragments: int,
-    overlap_steps: int,
-    overlap_mixing: Any,
-    averaging: str,
-    peer_pull: Any,
-    seed: int,
+    options: _Options,
 ) -> optax.GradientTransformationExtraArgs:
-    """The unvalidated implementation behind every public outer-optimizer factory."""
+    """The implementation behind every public outer-optimizer factory (``options``
+    validated, ``weights`` an array or None)."""
+    (
+        weights,
+        participation,
+        fedau_cutoff,
+        compressor,
+        error_feedback,
+        max_pseudo_gradient_norm,
+        num_fragments,
+        overlap_steps,
+        overlap_mixing,
+        averaging,
+        peer_pull,
+        seed,
+    ) = options
     inner = optax.with_extra_args_support(inner)
     if compressor is None:
         error_feedback = None
@@ -588,92 +618,38 @@ def outer_optimizer(
     name = "outer_optimizer"
     _validate_common(name, inner, sync_period, axis_name)
     _check_transform(name, "outer", outer)
-    return _outer_checked(
-        name,
-        inner,
-        outer,
-        sync_period,
-        axis_name,
-        weights=weights,
-        participation=participation,
-        fedau_cutoff=fedau_cutoff,
-        compressor=compressor,
-        error_feedback=error_feedback,
-        max_pseudo_gradient_norm=max_pseudo_gradient_norm,
-        num_fragments=num_fragments,
-        overlap_steps=overlap_steps,
-        overlap_mixing=overlap_mixing,
-        averaging=averaging,
-        peer_pull=peer_pull,
-        seed=seed,
-    )
+    return _outer_checked(name, inner, outer, sync_period, axis_name, _options_in(locals()))
 
 
-def _outer_checked(
-    name,
-    inner,
-    outer,
-    sync_period,
-    axis_name,
-    *,
-    weights=None,
-    participation="uniform",
-    fedau_cutoff=50,
-    compressor=None,
-    error_feedback="ef",
-    max_pseudo_gradient_norm=None,
-    num_fragments=1,
-    overlap_steps=0,
-    overlap_mixing=0.0,
-    averaging="all_reduce",
-    peer_pull=0.0,
-    seed=0,
-):
+def _outer_checked(name, inner, outer, sync_period, axis_name, options: _Options):
     """Validate the options (once, under the public name) and build."""
-    w = _check_weights(name, weights)
-    _check_choice(name, "participation", participation, PARTICIPATION)
-    _check_choice(name, "averaging", averaging, AVERAGING)
-    _base.check_int(name, minimum=1, fedau_cutoff=fedau_cutoff, num_fragments=num_fragments)
-    _base.check_int(name, minimum=0, overlap_steps=overlap_steps, seed=seed)
-    if num_fragments > sync_period:
-        _base._fail(name, "num_fragments", f"<= sync_period={sync_period}", num_fragments)
-    if overlap_steps >= sync_period:
-        _base._fail(name, "overlap_steps", f"< sync_period={sync_period}", overlap_steps)
-    comm._check_error_feedback(name, error_feedback, compressor)
-    if max_pseudo_gradient_norm is not None:
-        _base.check_positive(name, max_pseudo_gradient_norm=max_pseudo_gradient_norm)
-    _base.check_unit_interval(name, overlap_mixing=overlap_mixing)
-    _base.check_nonnegative(name, peer_pull=peer_pull)
-    if averaging == "one_peer" and (
-        compressor is not None
+    o = options
+    w = _check_weights(name, o.weights)
+    _check_choice(name, "participation", o.participation, PARTICIPATION)
+    _check_choice(name, "averaging", o.averaging, AVERAGING)
+    _base.check_int(name, minimum=1, fedau_cutoff=o.fedau_cutoff, num_fragments=o.num_fragments)
+    _base.check_int(name, minimum=0, overlap_steps=o.overlap_steps, seed=o.seed)
+    if o.num_fragments > sync_period:
+        _base._fail(name, "num_fragments", f"<= sync_period={sync_period}", o.num_fragments)
+    if o.overlap_steps >= sync_period:
+        _base._fail(name, "overlap_steps", f"< sync_period={sync_period}", o.overlap_steps)
+    comm._check_error_feedback(name, o.error_feedback, o.compressor)
+    if o.max_pseudo_gradient_norm is not None:
+        _base.check_positive(name, max_pseudo_gradient_norm=o.max_pseudo_gradient_norm)
+    _base.check_unit_interval(name, overlap_mixing=o.overlap_mixing)
+    _base.check_nonnegative(name, peer_pull=o.peer_pull)
+    if o.averaging == "one_peer" and (
+        o.compressor is not None
         or w is not None
-        or participation != "uniform"
-        or num_fragments != 1
-        or overlap_steps != 0
+        or o.participation != "uniform"
+        or o.num_fragments != 1
+        or o.overlap_steps != 0
     ):
         raise ValueError(
             f"`optlab.{name}`: averaging='one_peer' (NoLoCo) supports no compressor, weights,"
             " FedAU, fragments or overlap."
         )
-    return _build_outer(
-        name,
-        inner,
-        outer,
-        sync_period,
-        axis_name,
-        weights=w,
-        participation=participation,
-        fedau_cutoff=fedau_cutoff,
-        compressor=compressor,
-        error_feedback=error_feedback,
-        max_pseudo_gradient_norm=max_pseudo_gradient_norm,
-        num_fragments=num_fragments,
-        overlap_steps=overlap_steps,
-        overlap_mixing=overlap_mixing,
-        averaging=averaging,
-        peer_pull=peer_pull,
-        seed=seed,
-    )
+    return _build_outer(name, inner, outer, sync_period, axis_name, o._replace(weights=w))
 
 
 def _nesterov(fn_name, outer_learning_rate, outer_momentum):
@@ -735,16 +711,7 @@ def diloco(
     name = "diloco"
     _validate_common(name, inner, sync_period, axis_name)
     outer = _nesterov(name, outer_learning_rate, outer_momentum)
-    return _outer_checked(
-        name,
-        inner,
-        outer,
-        sync_period,
-        axis_name,
-        compressor=compressor,
-        error_feedback=error_feedback,
-        max_pseudo_gradient_norm=max_pseudo_gradient_norm,
-    )
+    return _outer_checked(name, inner, outer, sync_period, axis_name, _options_in(locals()))
 
 
 def streaming_diloco(
@@ -804,18 +771,7 @@ def streaming_diloco(
     name = "streaming_diloco"
     _validate_common(name, inner, sync_period, axis_name)
     outer = _nesterov(name, outer_learning_rate, outer_momentum)
-    return _outer_checked(
-        name,
-        inner,
-        outer,
-        sync_period,
-        axis_name,
-        num_fragments=num_fragments,
-        overlap_steps=overlap_steps,
-        overlap_mixing=overlap_mixing,
-        compressor=compressor,
-        error_feedback=error_feedback,
-    )
+    return _outer_checked(name, inner, outer, sync_period, axis_name, _options_in(locals()))
 
 
 def fedavg(
@@ -872,18 +828,8 @@ def fedavg(
     """
     name = "fedavg"
     _validate_common(name, inner, sync_period, axis_name)
-    return _outer_checked(
-        name,
-        inner,
-        optax.sgd(1.0),
-        sync_period,
-        axis_name,
-        weights=weights,
-        participation=participation,
-        fedau_cutoff=fedau_cutoff,
-        compressor=compressor,
-        error_feedback=error_feedback,
-    )
+    outer = optax.sgd(1.0)
+    return _outer_checked(name, inner, outer, sync_period, axis_name, _options_in(locals()))
 
 
 def fedopt(
@@ -934,16 +880,7 @@ def fedopt(
     if outer is None:
         outer = optax.adam(1e-2, b1=0.9, b2=0.99, eps=1e-3)
     _check_transform(name, "outer", outer)
-    return _outer_checked(
-        name,
-        inner,
-        outer,
-        sync_period,
-        axis_name,
-        weights=weights,
-        participation=participation,
-        max_pseudo_gradient_norm=max_pseudo_gradient_norm,
-    )
+    return _outer_checked(name, inner, outer, sync_period, axis_name, _options_in(locals()))
 
 
 def noloco(
@@ -990,9 +927,8 @@ def noloco(
     name = "noloco"
     _validate_common(name, inner, sync_period, axis_name)
     outer = _nesterov(name, outer_learning_rate, outer_momentum)
-    return _outer_checked(
-        name, inner, outer, sync_period, axis_name, averaging="one_peer", peer_pull=peer_pull
-    )
+    options = _options_in(locals(), averaging="one_peer")
+    return _outer_checked(name, inner, outer, sync_period, axis_name, options)
 
 
 # ---------------------------------------------------------------------------

@@ -111,3 +111,41 @@ def tree_map(fn, tree: Any, *rest: Any) -> Any:
     return jax.tree.map(
         lambda x, *r: None if x is None else fn(x, *r), tree, *rest, is_leaf=lambda x: x is None
     )
+
+
+def explicit_sharding(x: jax.Array) -> Any:
+    """The sharding of ``x`` if its type shards an axis over an explicit mesh axis, else None.
+
+    Only arrays in jax's explicit sharding mode (``AxisType.Explicit``, sharding in the
+    type) qualify; in the default mode, and on manual axes inside ``shard_map``, this is
+    None and the helpers below do nothing (XLA, or the user, picks the layout).
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    explicit = set(getattr(getattr(sharding, "mesh", None), "explicit_axes", ()) or ())
+    if not spec or not explicit:
+        return None
+    used = set()
+    for entry in spec:
+        if entry is not None:
+            used.update(entry if isinstance(entry, tuple) else (entry,))
+    return sharding if used & explicit else None
+
+
+def gathered(x: jax.Array) -> jax.Array:
+    """``x`` resharded to a replicated copy if it is explicitly sharded (else ``x``).
+
+    For whole-leaf operations (a flattening reshape, ``top_k`` over every entry) that
+    explicit sharding refuses on a sharded axis.
+    """
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return x
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.sharding.reshard(x, replicated)
+
+
+def reshard_like(y: jax.Array, like: jax.Array) -> jax.Array:
+    """``y`` (shaped like ``like``) given the sharding of ``like`` if that is explicit."""
+    sharding = explicit_sharding(like)
+    return y if sharding is None else jax.sharding.reshard(y, sharding)

@@ -6,9 +6,14 @@ named checks (``true``/``false`` or numbers) to ``argv[1]``; the test asserts on
 * ``shard_map`` over an 8-way "replica" axis: DiLoCo + top-k/EF equals the ``vmap`` run,
   anchors bit-identical on every device after each sync; in the lowered HLO every
   collective sits in a branch of the sync conditional.
-* 2-D mesh ("replica" 4 x "data" 2): the inner gradient is averaged over "data" on every
-  step, the sync over "replica" only (checked on the HLO by replica-group size); equals
-  the ``vmap`` run over 4 replicas on the same global batch.
+* 2-D mesh ("replica" 4 x "data" 2), each replica data-parallel with its parameters,
+  anchor and optimizer state sharded over "data" (FSDP-style): outside the sync branch
+  the HLO has only "data" collectives (parameter all-gather, gradient reduce-scatter),
+  inside it only "replica" ones (checked by replica-group size); equals the ``vmap`` run
+  over 4 unsharded replicas on the same global batch.
+* explicit sharding mode, ``jax.jit(jax.vmap(..., spmd_axis_name="replica"))`` with the
+  parameters also sharded over "data": DiLoCo + top-k/EF equals the one-device ``vmap``
+  run and params, anchor and EF memory keep their shardings.
 * ``pmap`` over 8 devices equals the ``vmap`` run.
 * NoLoCo under ``shard_map``: the HLO has collective-permutes and no all-reduce.
 * gossip under ``shard_map``: one ring step keeps the replica mean.
@@ -24,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optlab
@@ -191,66 +196,159 @@ checks["shard_map_no_collective_outside_sync"] = bool(found) and all(c[2] for c 
 
 # --------------------------------------------------------------------------- 2-D mesh
 
+# Each replica is itself data-parallel over "data" with its parameters (and so the anchor
+# and every optimizer state leaf shaped like them) sharded over "data" along their first
+# axis, FSDP-style: a device holds 1/D of its replica's parameters and its slice of the
+# replica's batch. The inner step gathers the parameters and reduce-scatters the gradient
+# over "data" (the all-reduce of a sharded gradient); the transform only ever sees this
+# device's shard, and its sync reduces that shard over "replica".
 RR, D, B = 4, 2, 3
 mesh2 = jax.make_mesh((RR, D), ("replica", "data"))
-X = jnp.asarray(rng.normal(size=(RR, D, B, 3)).astype(np.float32))
+PARAMS2 = {"w": jnp.asarray(0.5 * rng.normal(size=(4, 2)).astype(np.float32)), "b": jnp.zeros(2)}
+X = jnp.asarray(rng.normal(size=(RR, D, B, 6)).astype(np.float32))  # 4 inputs, 2 targets
 
 
-def batch_loss(params, x):
-    return jnp.mean(jax.vmap(lambda xi: loss(params, xi))(x))
+def mlp_loss(params, batch):
+    pred = jnp.tanh(batch[:, :4] @ params["w"]) + params["b"]
+    return 0.5 * jnp.mean(jnp.sum((pred - batch[:, 4:]) ** 2, axis=1))
 
 
 tx2 = optlab.diloco(optax.sgd(0.1, momentum=0.5), sync_period=H)
 
 
-def step2(params, state, x):  # per device: one replica, one data shard of its batch
-    p, s, xb = jax.tree.map(lambda a: a[0], params), jax.tree.map(lambda a: a[0], state), x[0, 0]
-    # local gradient of this data shard (pcast: no implicit psum in the transpose), then
-    # the inner step's all-reduce over "data" only
-    g = jax.lax.pmean(jax.grad(batch_loss)(jax.lax.pcast(p, "data", to="varying"), xb), "data")
+def step2(params, state, x):  # per device: a "data" shard of one replica's params and batch
+    p, s = jax.tree.map(lambda a: a[0], (params, state))
+    full = jax.tree.map(lambda a: jax.lax.all_gather(a, "data", axis=0, tiled=True), p)
+    g = jax.tree.map(
+        lambda a: jax.lax.psum_scatter(a, "data", scatter_dimension=0, tiled=True) / D,
+        jax.grad(mlp_loss)(full, x[0, 0]),
+    )
     updates, s = tx2.update(g, s, p)
     return jax.tree.map(lambda a: a[None], (optax.apply_updates(p, updates), s))
 
 
+def specs2(tree):
+    """P("replica", "data") for stacked parameter-shaped float leaves, P("replica") else."""
+    return jax.tree.map(
+        lambda a: (
+            P("replica", "data")
+            if jnp.issubdtype(a.dtype, jnp.floating) and a.ndim >= 2
+            else P("replica")
+        ),
+        tree,
+    )
+
+
+s2 = tx2.init(PARAMS2)
+p2, st2 = optlab.replicate(PARAMS2, RR), optlab.replicate(s2, RR)
+sp2, ss2 = specs2(p2), specs2(st2)
 f2 = jax.jit(
     jax.shard_map(
         step2,
         mesh=mesh2,
-        in_specs=(P("replica"), P("replica"), P("replica", "data")),
-        out_specs=P("replica"),
+        in_specs=(sp2, ss2, P("replica", "data")),
+        out_specs=(sp2, ss2),
     )
 )
-put2 = lambda t, spec: jax.device_put(t, NamedSharding(mesh2, spec))
-s2 = tx2.init(PARAMS)
-p2, st2 = (
-    put2(optlab.replicate(PARAMS, RR), P("replica")),
-    put2(optlab.replicate(s2, RR), P("replica")),
-)
-x2 = put2(X, P("replica", "data"))
+put2 = lambda t, spec: jax.device_put(t, jax.tree.map(lambda q: NamedSharding(mesh2, q), spec))
+p2, st2, x2 = put2(p2, sp2), put2(st2, ss2), put2(X, P("replica", "data"))
 for _ in range(STEPS):
     p2, st2 = f2(p2, st2, x2)
 
 axes = optlab.replica_axes(s2)
 
 
-def ref_step(p, s, x):  # one replica, its whole global batch
-    updates, s = tx2.update(jax.grad(batch_loss)(p, x.reshape(-1, 3)), s, p)
+def ref_step(p, s, x):  # one replica, its whole batch, unsharded
+    updates, s = tx2.update(jax.grad(mlp_loss)(p, x.reshape(-1, 6)), s, p)
     return optax.apply_updates(p, updates), s
 
 
 ref = jax.jit(jax.vmap(ref_step, in_axes=(0, axes, 0), out_axes=(0, axes), axis_name="replica"))
-rp, rs = optlab.replicate(PARAMS, RR), optlab.replicate(s2, RR, axes)
+rp, rs = optlab.replicate(PARAMS2, RR), optlab.replicate(s2, RR, axes)
 for _ in range(STEPS):
     rp, rs = ref(rp, rs, X)
-checks["mesh2d_equals_vmap"] = close(p2, rp)
+checks["mesh2d_equals_vmap"] = close(p2, rp) and close(st2.anchor, rs.anchor)
+checks["mesh2d_moved"] = not close(rp, optlab.replicate(PARAMS2, RR))
+checks["mesh2d_shards"] = [
+    [str(x.sharding.spec), list(x.addressable_shards[0].data.shape)]
+    for x in jax.tree.leaves((p2, st2.anchor))
+]
+checks["mesh2d_params_and_anchor_sharded_over_data"] = all(
+    tuple(x.sharding.spec)[:2] == ("replica", "data")
+    and x.addressable_shards[0].data.shape == (1, x.shape[1] // D, *x.shape[2:])
+    for x in jax.tree.leaves((p2, st2.anchor))
+)
 found2 = collectives(f2.lower(p2, st2, x2).as_text(dialect="hlo"))
 checks["mesh2d_collectives"] = [list(map(str, c)) for c in found2]
-checks["mesh2d_data_reduce_every_step"] = any(
-    k == "all-reduce" and g == D and not b for k, g, b in found2
+outside = [(k, g) for k, g, b in found2 if not b]
+inside = [(k, g) for k, g, b in found2 if b]
+checks["mesh2d_inner_step_over_data_only"] = {k for k, _ in outside} == {
+    "all-gather",
+    "reduce-scatter",
+} and all(g == D for _, g in outside)
+checks["mesh2d_sync_over_replica_only"] = any(k == "all-reduce" for k, _ in inside) and all(
+    g == RR for _, g in inside
 )
-checks["mesh2d_replica_reduce_only_in_sync"] = any(g == RR for _, g, _ in found2) and all(
-    b for _, g, b in found2 if g == RR
-)
+
+# ------------------------------------------- the same placement with jit + NamedSharding
+
+# Explicit sharding mode, jax.jit(jax.vmap(..., spmd_axis_name="replica")): replicas along
+# "replica", every parameter-shaped leaf also sharded over "data"; DiLoCo with top-k + EF
+# (a whole-leaf selection, gathered over "data") equals the single-device vmap run and
+# keeps the shardings in params, anchor and error-feedback memory.
+mesh3 = jax.make_mesh((RR, D), ("replica", "data"), axis_types=(AxisType.Explicit,) * 2)
+tx3 = optlab.diloco(optax.sgd(0.1), sync_period=H, compressor=optlab.top_k(0.5))
+s3 = tx3.init(PARAMS2)
+axes3 = optlab.replica_axes(s3)
+G3 = {
+    k: jnp.asarray(rng.normal(size=(RR, *v.shape)).astype(np.float32)) for k, v in PARAMS2.items()
+}
+
+
+def step3(p, s, g):
+    updates, s = tx3.update(g, s, p)
+    return optax.apply_updates(p, updates), s
+
+
+vstep3 = jax.vmap(step3, in_axes=(0, axes3, 0), out_axes=(0, axes3), axis_name="replica")
+rp3, rs3 = optlab.replicate(PARAMS2, RR), optlab.replicate(s3, RR, axes3)
+p3, st3 = rp3, rs3
+f3 = jax.jit(vstep3)
+for _ in range(STEPS):
+    rp3, rs3 = f3(rp3, rs3, G3)
+
+
+_is_none = lambda x: x is None
+
+
+def put3(tree, mapped=True):
+    def one(x):
+        if not mapped:
+            return P()
+        return P("replica", "data") if x.ndim >= 2 and x.dtype == jnp.float32 else P("replica")
+
+    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh3, one(x))), tree)
+
+
+with jax.sharding.set_mesh(mesh3):
+    p3, g3 = put3(p3), put3(G3)
+    st3 = jax.tree.map(lambda a, t: put3(t, a is not None), axes3, st3, is_leaf=_is_none)
+    f3s = jax.jit(
+        jax.vmap(
+            step3,
+            in_axes=(0, axes3, 0),
+            out_axes=(0, axes3),
+            axis_name="replica",
+            spmd_axis_name="replica",
+        )
+    )
+    for _ in range(STEPS):
+        p3, st3 = f3s(p3, st3, g3)
+checks["explicit_vmap_equals_vmap"] = close(p3, rp3) and close(st3.anchor, rs3.anchor)
+checks["explicit_vmap_shardings"] = [
+    str(jax.typeof(x).sharding.spec)
+    for x in jax.tree.leaves((p3, st3.anchor, st3.communication[0].memory))
+]
 
 # --------------------------------------------------------------------------- pmap
 

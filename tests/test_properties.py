@@ -32,9 +32,9 @@ from helpers import (
     Case,
     all_cases,
     assert_same_state_layout,
-    fixed_params,
     make_grads,
     pytrees,
+    rich_tree,
     step_extra_args,
     tree_allclose,
 )
@@ -117,7 +117,7 @@ def test_finite_shapes_dtypes_state_no_retrace(case: Case, dtype, jit, data):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_jit_init_matches_eager_init(case: Case):
-    params = fixed_params(case.tree)
+    params = rich_tree(case.tree)
     tx = case.build()
     eager = tx.init(params)
     jitted = jax.jit(tx.init)(params)
@@ -128,11 +128,13 @@ def test_jit_init_matches_eager_init(case: Case):
 @functools.cache
 def _reference_updates(case_id: str):
     """The updates of ``N_STEPS`` jitted steps of the case as registered, on
-    ``fixed_params``: shared by the tests that compare another run with it (one compile
+    ``rich_tree`` (the tree of the default profile's example, so the main jitted run of
+    ``test_finite_shapes_dtypes_state_no_retrace`` builds the same program and the session's
+    compilation cache answers): shared by the tests that compare another run with it (one compile
     per case and pytest process). The no-retrace property is checked by
     ``test_finite_shapes_dtypes_state_no_retrace``."""
     case = _BY_ID[case_id]
-    updates, _, _ = _run(case.build(), case, fixed_params(case.tree), jit=True, max_traces=None)
+    updates, _, _ = _run(case.build(), case, rich_tree(case.tree), jit=True, max_traces=None)
     return updates
 
 
@@ -143,7 +145,7 @@ _BY_ID = {c.test_id: c for c in CASES}
     "case", [c for c in CASES if c.inject], ids=[c.test_id for c in CASES if c.inject]
 )
 def test_inject_hyperparams_matches(case: Case):
-    params = fixed_params(case.tree)
+    params = rich_tree(case.tree)
     plain = _reference_updates(case.test_id)
     injected, states, _ = _run(case.build_injected(), case, params, jit=True)
     assert states[0].hyperparams, (
@@ -160,7 +162,7 @@ def test_inject_hyperparams_matches(case: Case):
     "case", [c for c in CASES if c.multisteps], ids=[c.test_id for c in CASES if c.multisteps]
 )
 def test_multisteps(case: Case):
-    params = fixed_params(case.tree)
+    params = rich_tree(case.tree)
     tx = optax.MultiSteps(case.build(), every_k_schedule=2)
     all_updates, states, new_params = _run(tx, case, params, jit=True, steps=4)
     for s in states[1:]:
@@ -174,7 +176,7 @@ def test_multisteps(case: Case):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_ignores_unknown_extra_args(case: Case):
-    params = fixed_params(case.tree)
+    params = rich_tree(case.tree)
     ref = _reference_updates(case.test_id)
     got, _, _ = _run(
         case.build(), case, params, jit=True, extra={"some_flax_kwarg": 3.0, "rngs": None}
@@ -193,9 +195,9 @@ def test_empty_tree(case: Case):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_none_leaves(case: Case):
-    params = {**fixed_params(case.tree), "frozen": None}
+    params = {**rich_tree(case.tree), "frozen": None}
     tx = case.build()
-    grads = {**make_grads(case, fixed_params(case.tree), seed=1), "frozen": None}
+    grads = {**make_grads(case, rich_tree(case.tree), seed=1), "frozen": None}
     state = tx.init(params)
     kw = step_extra_args(case, {k: v for k, v in params.items() if v is not None})
     updates, new_state = jax.jit(lambda g, s, p: tx.update(g, s, p, **kw))(grads, state, params)

@@ -475,6 +475,24 @@ def test_stochastic_quantization_is_unbiased():
     np.testing.assert_allclose(np.asarray(mean), np.asarray(x), atol=0.03)
 
 
+def test_stochastic_quantization_payload_is_bit_packed_as_counted():
+    x = jax.random.normal(jax.random.key(4), (37,))
+    m = float(jnp.max(jnp.abs(x)))
+    for bits in (3, 8):  # packed bits, and one int8 per entry
+        c = optlab.stochastic_quantization(bits)
+        payload = jax.jit(c.encode)(x, jax.random.key(5))
+        # what would travel is exactly what is counted: ceil(37 * bits / 8) + 4 bytes
+        assert sum(a.size * a.dtype.itemsize for a in payload) == c.payload_bytes(37, 4)
+        assert c.payload_bytes(37, 4) == -(-37 * bits // 8) + 4
+        # unpacking gives codes on the grid, within one level of x
+        levels = 2 ** (bits - 1) - 1
+        codes = np.asarray(jax.jit(c.decode, static_argnums=(1, 2))(payload, 37, jnp.float32))
+        codes = codes * levels / m
+        np.testing.assert_allclose(codes, np.round(codes), atol=1e-4)
+        assert np.all(np.abs(codes) <= levels + 1e-4)
+        assert np.all(np.abs(codes - np.asarray(x) * levels / m) < 1 + 1e-4)
+
+
 def test_diloco_with_top_k_counts_bytes_and_still_converges():
     # EF21 here: plain EF under the outer Nesterov momentum 0.9 oscillates on this problem
     tx = optlab.diloco(

@@ -2,9 +2,10 @@
 
 * ``tests/_replicas_worker.py`` on 8 simulated CPU devices (a subprocess: the device
   count is fixed when jax starts): ``shard_map`` over a "replica" axis, a 2-D
-  ("replica", "data") mesh, ``pmap``, NoLoCo and gossip, each compared with the ``vmap``
-  run, plus the lowered-HLO check that every collective on the replica axis sits inside
-  a branch of the sync conditional.
+  ("replica", "data") mesh with each replica's parameters sharded over "data", ``pmap``,
+  NoLoCo and gossip, each compared with the ``vmap`` run, plus the lowered-HLO check
+  that every collective on the replica axis sits inside a branch of the sync
+  conditional.
 * ``tests/_replicas_multihost_worker.py`` twice: two processes joined by
   ``jax.distributed.initialize`` on 127.0.0.1 (gloo CPU collectives), one replica each,
   a few DiLoCo rounds; anchors bit-identical across processes after every sync and equal
@@ -76,10 +77,20 @@ def test_hlo_has_no_replica_collective_outside_the_sync_branch(eight_devices):
     assert eight_devices["shard_map_no_collective_outside_sync"], found
 
 
-def test_2d_mesh_inner_step_reduces_over_data_and_sync_over_replica(eight_devices):
-    assert eight_devices["mesh2d_equals_vmap"]
-    assert eight_devices["mesh2d_data_reduce_every_step"], eight_devices["mesh2d_collectives"]
-    assert eight_devices["mesh2d_replica_reduce_only_in_sync"], eight_devices["mesh2d_collectives"]
+def test_2d_mesh_params_sharded_over_data_inner_step_over_data_sync_over_replica(eight_devices):
+    assert eight_devices["mesh2d_equals_vmap"] and eight_devices["mesh2d_moved"]
+    assert eight_devices["mesh2d_params_and_anchor_sharded_over_data"], eight_devices[
+        "mesh2d_shards"
+    ]
+    found = eight_devices["mesh2d_collectives"]
+    assert eight_devices["mesh2d_inner_step_over_data_only"], found
+    assert eight_devices["mesh2d_sync_over_replica_only"], found
+
+
+def test_explicit_sharding_vmap_over_replica_axis_with_top_k_keeps_shardings(eight_devices):
+    assert eight_devices["explicit_vmap_equals_vmap"]
+    specs = eight_devices["explicit_vmap_shardings"]
+    assert len(specs) == 6 and all(s.startswith("P('replica', 'data'") for s in specs), specs
 
 
 def test_pmap_equals_vmap(eight_devices):

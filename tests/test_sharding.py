@@ -161,21 +161,6 @@ SHARDING_GAPS = {
     " which do not carry the parameter's sharding (open)",
     "scale_by_projected_adam[online_pca_full_rank]": "full-rank online PCA moments on"
     " sharded matrices: not yet resharded like the other projectors (issue 11 leftover)",
-    **{
-        n: "explicit sharding mode: the replica combinators and compressors (top_k on a"
-        " sharded leaf) do not reshard yet (issue 17 leftover)"
-        for n in (
-            "compressed_all_reduce",
-            "diloco",
-            "fedavg",
-            "fedopt",
-            "fedprox",
-            "gossip",
-            "noloco",
-            "outer_optimizer",
-            "streaming_diloco",
-        )
-    },
 }
 
 
