@@ -13,7 +13,7 @@ module                 concern
 ``_averaging``         weight averaging inside the optimizer (SWA, EMA, LAWA, Lookahead)
 ``_sharpness``         sharpness-aware minimization family
 ``_privacy``           differential privacy (DP-SGD)
-``_multi_objective``   combining per-objective gradients (UPGrad, PCGrad, MGDA)
+``_multi_objective``   combining per-objective gradients (UPGrad, PCGrad, MGDA, Aligned-MTL)
 ``_merging``           offline model merging (soups, SLERP, Model Stock)
 ``_memory_efficient``  memory-efficient state (Subset-Norm, GaLore, FRUGAL, BAdam, 8-bit)
 ``_combinators``       generic wrappers (skip non-finite steps ...)

@@ -217,6 +217,8 @@ _WRAPPERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "asam": _sharpness.asam,
     "gsam": _sharpness.gsam,
     "looksam": _sharpness.looksam,
+    "rwp": _sharpness.rwp,
+    "xgrad": _sharpness.xgrad,
     "lookahead": _averaging.lookahead,
     "swa": _averaging.swa,
     "ema_params": _averaging.ema_params,
@@ -316,7 +318,8 @@ def get(name: str, /, *args: Any, **kwargs: Any) -> optax.GradientTransformation
     Args:
       name: a name listed by :func:`optlab.available` (case-insensitive), or
         ``"<wrapper>-<name>"`` with a wrapper among ``sam``, ``asam``, ``gsam``,
-        ``looksam``, ``lookahead``, ``swa``, ``ema_params``: ``"sam-adamw"`` is
+        ``looksam``, ``rwp``, ``xgrad``, ``lookahead``, ``swa``, ``ema_params``:
+        ``"sam-adamw"`` is
         ``optlab.sam(optlab.adamw(...), ...)``.
       *args: positional hyperparameters of the optimizer (``learning_rate`` first).
       **kwargs: keyword hyperparameters. With a wrapper, the keywords its signature

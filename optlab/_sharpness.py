@@ -7,7 +7,11 @@ Every method here evaluates a second gradient. At the current point ``w`` with g
 :func:`sharpness_aware` is that driver and :class:`PerturbationPolicy` the protocol;
 :func:`sam`, :func:`asam`, :func:`gsam`, :func:`fisher_sam`, :func:`masked_sam`,
 :func:`looksam`, :func:`multistep_sam`, :func:`random_sam` and :func:`unnormalized_sam`
-are thin calls of it with a built-in policy.
+are thin calls of it with a built-in policy. So are the other methods that take their
+gradient at a transformed point: :func:`awp_sam`, :func:`gradnorm_sam`, :func:`rwp`
+(random weight perturbation), :func:`extragradient` (a look-ahead), :func:`xgrad` (the
+weights predicted by the optimizer's own last update) and :func:`o2nc` (a random point
+of the last step).
 
 The second gradient comes from the keyword argument ``grad_fn(params) -> grads`` of
 ``update`` (the library-wide protocol), so one call is one full step::
@@ -1368,3 +1372,338 @@ def extragradient(
     return _sharpness_aware(
         "extragradient", inner, _unnormalized(_neg(learning_rate)), mask, axis_name
     )
+
+
+# ---------------------------------------------------------------------------
+# Issue 12: random weight perturbation, weight prediction, online-to-non-convex
+# ---------------------------------------------------------------------------
+
+__all__ += [
+    "o2nc",
+    "o2nc_policy",
+    "rwp",
+    "rwp_policy",
+    "xgrad",
+]
+
+
+def _zip_selected(fn: Callable, selected: Any, full: Any) -> Any:
+    """``fn(x, y)`` on the leaves ``x`` of ``selected`` that are not ``None`` (the driver's
+    masked trees) and the matching leaves ``y`` of ``full`` (a state shaped like the
+    params); ``None`` where ``selected`` is ``None``."""
+    leaves, treedef = jax.tree.flatten(selected, is_leaf=lambda x: x is None)
+    other = treedef.flatten_up_to(full)
+    return treedef.unflatten([None if x is None else fn(x, y) for x, y in zip(leaves, other)])
+
+
+def _keep_unselected(selected: Any, full: Any) -> Any:
+    """``full`` with its selected leaves replaced by those of ``selected``."""
+    leaves, treedef = jax.tree.flatten(selected, is_leaf=lambda x: x is None)
+    other = treedef.flatten_up_to(full)
+    return treedef.unflatten([y if x is None else x for x, y in zip(leaves, other)])
+
+
+def _filter_sums(x: jax.Array) -> jax.Array:
+    """ARWP's per-filter sum: over every axis but the last for kernels, per element else."""
+    if x.ndim <= 1:
+        return x
+    return jnp.sum(x, axis=tuple(range(x.ndim - 1)), keepdims=True)
+
+
+def _rwp(sigma, alpha, seed, eta=None, beta=0.9):
+    adaptive = eta is not None
+
+    def init(params):
+        key = jax.random.PRNGKey(seed)
+        return (key, optax.tree.zeros_like(params)) if adaptive else key
+
+    def perturb(grads, params, state, step, **unused):
+        del grads
+        key, fisher = state if adaptive else (state, None)
+        key, sub = jax.random.split(key)
+        z = optax.tree.random_like(sub, params)
+        s = _at(sigma, step)
+        e = jax.tree.map(lambda w, zl: s * _tree.unitwise_norm(w) * zl, params, z)
+        if adaptive:  # ARWP: less noise along filters with large accumulated g_p^2
+            c = _at(eta, step)
+            e = _zip_selected(lambda el, f: el / jnp.sqrt(1.0 + c * _filter_sums(f)), e, fisher)
+        return optax.tree.add(params, e), ((key, fisher) if adaptive else key)
+
+    def combine(grads, perturbed_grads, state, step):
+        if adaptive:
+            b = _at(beta, step)
+            key, fisher = state
+            fisher = jax.tree.map(lambda f, gp: b * f + gp * gp, fisher, perturbed_grads)
+            state = (key, fisher)
+        # (1 - alpha) g + alpha g_p, written so that g_p == g gives g exactly
+        diff = optax.tree.sub(perturbed_grads, grads)
+        return optax.tree.add_scale(grads, _at(alpha, step), diff), state
+
+    return PerturbationPolicy(init, perturb, combine)
+
+
+def _xgrad(prediction_steps):
+    def perturb(grads, params, last_update, step, **unused):
+        del grads
+        s = _at(prediction_steps, step)
+        return _zip_selected(lambda w, u: w + s * u, params, last_update), last_update
+
+    return PerturbationPolicy(optax.tree.zeros_like, perturb)
+
+
+def _o2nc(seed, uniform=jax.random.uniform):
+    def init(params):  # a copy: the state must not alias (donated) parameter buffers
+        return jax.random.PRNGKey(seed), jax.tree.map(jnp.copy, params)
+
+    def perturb(grads, params, state, step, **unused):
+        del grads, step
+        key, previous = state
+        key, sub = jax.random.split(key)
+        s = jnp.asarray(uniform(sub, (), jnp.float32), jnp.float32)
+        point = _zip_selected(lambda w, p: p + s * (w - p), params, previous)
+        return point, (key, _keep_unselected(params, previous))
+
+    return PerturbationPolicy(init, perturb)
+
+
+def rwp_policy(
+    sigma: optax.ScalarOrSchedule = 0.01,
+    alpha: optax.ScalarOrSchedule = 0.5,
+    seed: int = 0,
+    *,
+    eta: optax.ScalarOrSchedule | None = None,
+    beta: optax.ScalarOrSchedule = 0.9,
+) -> PerturbationPolicy:
+    """Mixed random weight perturbation's policy (see :func:`rwp`).
+
+    ``sigma``: relative noise scale (>= 0) or a schedule; ``alpha``: weight of the
+    perturbed gradient, in ``[0, 1]``, or a schedule; ``seed`` (int >= 0) of the key in
+    its state; ``eta`` (>= 0, ``None``: not adaptive) and ``beta`` (in ``[0, 1)``): the
+    adaptive noise of m-ARWP.
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.rwp_policy(sigma=0.01))
+    """
+    _base.check_nonnegative("rwp_policy", sigma=sigma)
+    _base.check_unit_interval("rwp_policy", alpha=alpha)
+    _base.check_int("rwp_policy", minimum=0, seed=seed)
+    if eta is not None:
+        _base.check_nonnegative("rwp_policy", eta=eta)
+    _base.check_decay("rwp_policy", beta=beta)
+    return _rwp(sigma, alpha, seed, eta, beta)
+
+
+def rwp(
+    inner: optax.GradientTransformation,
+    sigma: optax.ScalarOrSchedule = 0.01,
+    alpha: optax.ScalarOrSchedule = 0.5,
+    seed: int = 0,
+    *,
+    eta: optax.ScalarOrSchedule | None = None,
+    beta: optax.ScalarOrSchedule = 0.9,
+    mask: Any = None,
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Mixed random weight perturbation (m-RWP): a gradient at Gaussian-perturbed weights.
+
+    The perturbation is filter-wise Gaussian, scaled by the weights' norm::
+
+        e ~ N(0, sigma^2 ||w_f||^2)  for each filter (output unit) f
+        d = (1 - alpha) grad L(w) + alpha grad L(w + e)
+
+    and ``inner`` is applied to ``d`` at ``w``. ``||w_f||`` is the norm of the filter:
+    over every axis but the last for kernels (the output axis in Flax's ``(..., in,
+    out)`` layout; PyTorch's first axis), over the whole leaf for vectors and scalars
+    (biases, norm scales); a zero filter is not perturbed. The PRNG key is in the state
+    and split at every step; under ``axis_name`` every device draws the same noise.
+    ``sigma = 0`` is exactly ``inner``, and so is ``alpha = 0`` (``alpha`` is the
+    paper's mixing weight lambda). The mixture keeps the
+    clean-loss gradient in the direction (RWP alone, ``alpha = 1``, converges slowly at
+    the large ``sigma`` that helps generalization). The reference code takes the two
+    gradients on the two halves of the batch: pass a ``grad_fn`` on the other half to
+    do the same.
+
+    With ``eta`` (m-ARWP, the paper's adaptive perturbation) the noise of each filter is
+    divided by ``sqrt(1 + eta F_f)``, where ``F <- beta F + g_p^2`` accumulates the
+    squared perturbed gradients (a sum, not an average, as in the reference code) and
+    ``F_f`` is its sum over the filter (per element for vectors and scalars): directions
+    of high curvature get less noise. The state then also holds ``F``.
+
+    Args:
+      inner: the base optimizer.
+      sigma: noise scale relative to each filter's norm (>= 0) or a schedule.
+      alpha: weight of the perturbed gradient, in ``[0, 1]``, or a schedule.
+      seed: PRNG seed (int >= 0).
+      eta: m-ARWP's strength (>= 0) or a schedule; ``None`` (default): m-RWP, no ``F``.
+      beta: m-ARWP's decay of ``F``, in ``[0, 1)``.
+      mask: the perturbed leaves (see :func:`sharpness_aware`).
+      axis_name: m-sharpness axis (see :func:`sharpness_aware`).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
+      >>> tx = optlab.rwp(optax.sgd(0.1), sigma=0.01, alpha=0.5)
+      >>> params = jnp.full(3, 0.5)
+      >>> state = tx.init(params)
+      >>> for _ in range(50):
+      ...     grads = jax.grad(loss)(params)
+      ...     updates, state = tx.update(grads, state, params, grad_fn=jax.grad(loss))
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(jnp.allclose(params, 1.0, atol=0.05))
+      True
+
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, key)``; with ``eta``,
+      ``(count, inner_state, (key, F))``, ``F`` shaped like the params.
+
+    References:
+      Li et al., `Revisiting Random Weight Perturbation for Efficiently Improving
+      Generalization <https://arxiv.org/abs/2404.00357>`_, 2024
+    """
+    _base.check_nonnegative("rwp", sigma=sigma)
+    _base.check_unit_interval("rwp", alpha=alpha)
+    _base.check_int("rwp", minimum=0, seed=seed)
+    if eta is not None:
+        _base.check_nonnegative("rwp", eta=eta)
+    _base.check_decay("rwp", beta=beta)
+    return _sharpness_aware("rwp", inner, _rwp(sigma, alpha, seed, eta, beta), mask, axis_name)
+
+
+def xgrad(
+    inner: optax.GradientTransformation,
+    prediction_steps: optax.ScalarOrSchedule = 1.0,
+    *,
+    mask: Any = None,
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """XGrad: ``inner`` applied to the gradient at the weights it predicts ``s`` steps ahead.
+
+    Before the gradient is taken, the weights ``s`` steps ahead are predicted by the
+    update rule of the optimizer, ``w_hat = w - s lr Delta_w``, with ``Delta_w`` the
+    optimizer's direction from its state (SGD with momentum: the momentum; Adam:
+    ``m_hat / (sqrt(v_hat) + eps)``). For any ``inner`` this is its last update ``u``
+    (its rule on its current state, with the learning rate of the last step: the
+    reference code's prediction for SGD with momentum and Adam at a constant learning
+    rate; here the predicted step also carries ``inner``'s weight decay, if any)::
+
+        w_hat = w + s u_{t-1},   g_hat = grad_fn(w_hat),   u_t = inner(g_hat) at w
+
+    The gradient passed as ``update``'s first argument (at ``w``) is only checked, not
+    used: XGrad takes one gradient per step, at ``w_hat`` (zeros shaped like the params
+    may be passed instead). ``prediction_steps = 0`` is exactly ``inner``, and so is the
+    first step (``u_{-1} = 0``).
+
+    Args:
+      inner: the base optimizer (whose update rule predicts the weights).
+      prediction_steps: ``s``, the number of steps predicted (>= 0) or a schedule.
+      mask: the predicted leaves (see :func:`sharpness_aware`).
+      axis_name: data-parallel axis (see :func:`sharpness_aware`).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum((p - 1.0) ** 2)
+      >>> tx = optlab.xgrad(optax.sgd(0.05, momentum=0.9), prediction_steps=1)
+      >>> params = jnp.zeros(3)
+      >>> state = tx.init(params)
+      >>> for _ in range(100):
+      ...     grads = jax.grad(loss)(params)
+      ...     updates, state = tx.update(grads, state, params, grad_fn=jax.grad(loss))
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(jnp.allclose(params, 1.0, atol=0.01))
+      True
+
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, last_update)``,
+      ``last_update`` shaped like the params.
+
+    References:
+      Guan, Li, Shi and Meng, `XGrad: Boosting Gradient-Based Optimizers With Weight
+      Prediction <https://arxiv.org/abs/2305.18240>`_, 2023
+    """
+    _base.check_nonnegative("xgrad", prediction_steps=prediction_steps)
+    driver = _sharpness_aware("xgrad", inner, _xgrad(prediction_steps), mask, axis_name)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        new_updates, new_state = driver.update(updates, state, params, **extra_args)
+        last = _tree.tree_cast_like(new_updates, state.policy_state)
+        return new_updates, new_state._replace(policy_state=last)
+
+    return optax.GradientTransformationExtraArgs(driver.init, update_fn)
+
+
+def o2nc_policy(seed: int = 0) -> PerturbationPolicy:
+    """Online-to-non-convex conversion's policy: a uniform point on the last segment.
+
+    See :func:`o2nc`. ``seed`` (int >= 0) of the key in its state; the state is
+    ``(key, previous_params)``.
+
+    Example:
+      >>> import optax, optlab
+      >>> tx = optlab.sharpness_aware(optax.sgd(0.1), optlab.o2nc_policy(seed=0))
+    """
+    _base.check_int("o2nc_policy", minimum=0, seed=seed)
+    return _o2nc(seed)
+
+
+def o2nc(
+    inner: optax.GradientTransformation,
+    seed: int = 0,
+    *,
+    mask: Any = None,
+    axis_name: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Online-to-non-convex conversion (O2NC): the gradient at a random point of the last step.
+
+    With ``x_{t-1}`` the previous iterate and ``x_t = w`` the current one, the gradient is
+    taken at a uniformly random point of the segment between them::
+
+        s ~ U[0, 1],   y = x_{t-1} + s (x_t - x_{t-1}),   g_hat = grad_fn(y)
+
+    and ``inner`` (the online learner of the conversion, which outputs the next step
+    ``x_{t+1} - x_t``) is applied to ``g_hat``. Then ``g_hat`` is an unbiased estimate of
+    the average gradient along the step (``F(x_t) - F(x_{t-1}) = E <g_hat, x_t -
+    x_{t-1}>``), which the conversion's guarantees for non-smooth non-convex losses rest
+    on. The paper's learner is online gradient descent on the steps, projected on a ball
+    ``||Delta|| <= D``. The first step (``x_{-1} = x_0``) is exactly ``inner``. The key
+    is in the state and split at every step; under ``axis_name`` every device draws the
+    same ``s``.
+
+    Args:
+      inner: the online learner producing the steps (any optax transformation).
+      seed: PRNG seed (int >= 0).
+      mask: the leaves evaluated on the segment (the others at ``x_t``; see
+        :func:`sharpness_aware`).
+      axis_name: data-parallel axis (see :func:`sharpness_aware`).
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` (``update`` takes ``grad_fn``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, optlab
+      >>> loss = lambda p: jnp.sum(jnp.abs(p - 1.0))  # non-smooth
+      >>> tx = optlab.o2nc(optax.sgd(optax.linear_schedule(0.1, 0.0, 200), 0.9))
+      >>> params = jnp.zeros(3)
+      >>> state = tx.init(params)
+      >>> for _ in range(200):
+      ...     grads = jax.grad(loss)(params)
+      ...     updates, state = tx.update(grads, state, params, grad_fn=jax.grad(loss))
+      ...     params = optax.apply_updates(params, updates)
+      >>> bool(jnp.allclose(params, 1.0, atol=0.1))
+      True
+
+    State:
+      :class:`SharpnessAwareState` ``(count, inner_state, (key, previous_params))``.
+
+    References:
+      Cutkosky, Mehta and Orabona, `Optimal Stochastic Non-smooth Non-convex Optimization
+      through Online-to-Non-convex Conversion <https://arxiv.org/abs/2302.03775>`_, 2023
+    """
+    _base.check_int("o2nc", minimum=0, seed=seed)
+    return _sharpness_aware("o2nc", inner, _o2nc(seed), mask, axis_name)

@@ -88,6 +88,10 @@ IGNORES_GRADIENT = {
     "hutchinson_diag_hessian": "returns z * (H z) from hvp_fn; of the incoming updates it uses"
     " only the tree structure",
     "random_sam": "perturbs along random noise; the update is grad_fn at the perturbed point",
+    "xgrad": "the update is grad_fn at the predicted weights w + s u_{t-1}; the gradient at w"
+    " is never used (XGrad takes one gradient per step)",
+    "o2nc": "the update is grad_fn at a random point of the last step; the gradient at w is"
+    " never used",
     "masked_sam[sam_on]": "the default SAM-ON mask selects no leaf of the test tree (it has no"
     " normalization layer), so nothing is perturbed and the update is grad_fn at params",
 }

@@ -34,4 +34,6 @@ CASES = [
         hparams=dict(decay=st.floats(0.0, 0.99), aux_weight=st.floats(0.0, 2.0)),
         **_STACKED,
     ),
+    # aligned_mtl has no float hyperparameter: nothing for inject_hyperparams.
+    Case("aligned_mtl", kwargs=dict(scale_mode="min"), inject=False, **_STACKED),
 ]

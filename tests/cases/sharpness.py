@@ -30,6 +30,8 @@ register_not_transform(
     "awp_policy",
     "gradnorm_policy",
     "extragradient_policy",
+    "rwp_policy",
+    "o2nc_policy",
 )
 
 GRAD_FN = ("grad_fn",)
@@ -153,4 +155,30 @@ CASES = [
         hparams=dict(learning_rate=st.floats(0.0, 0.5)),
         extra_args=GRAD_FN,
     ),
+    Case(
+        "rwp",
+        factory=_wrap("rwp"),
+        kwargs=dict(sigma=0.05, alpha=0.5, seed=0),
+        hparams=dict(sigma=st.floats(0.0, 0.2), alpha=st.floats(0.0, 1.0)),
+        static_args=("seed",),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "rwp",
+        id="arwp",
+        factory=_wrap("rwp"),
+        kwargs=dict(sigma=0.05, alpha=0.5, seed=0, eta=1.0, beta=0.9),
+        hparams=dict(eta=st.floats(0.0, 5.0), beta=st.floats(0.0, 0.99)),
+        static_args=("seed",),
+        extra_args=GRAD_FN,
+    ),
+    Case(
+        "xgrad",
+        factory=_wrap("xgrad", optax.sgd(0.1, momentum=0.9)),
+        kwargs=dict(prediction_steps=1.0),
+        hparams=dict(prediction_steps=st.floats(0.0, 2.0)),
+        extra_args=GRAD_FN,
+    ),
+    # o2nc has no float hyperparameter: nothing for inject_hyperparams.
+    Case("o2nc", factory=_wrap("o2nc"), kwargs=dict(seed=0), inject=False, extra_args=GRAD_FN),
 ]
