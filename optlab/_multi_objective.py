@@ -492,7 +492,7 @@ def aligned_mtl(
             return updates, state
         # B depends on G only up to scale: take G of J / max|J| (no overflow at 1e30,
         # no underflow at 1e-30).
-        big = jnp.max(jnp.stack([jnp.max(jnp.abs(_tree.to_acc(g))) for g in leaves]))
+        big = jnp.max(jnp.stack([jnp.max(jnp.abs(_tree.to_acc(g)), initial=0.0) for g in leaves]))
         big = jnp.where(jnp.isfinite(big) & (big > 0), big, 1.0)
         gram = _gramian([_tree.to_acc(g) / big for g in leaves], m)
         balance = _aligned_weights(_normalized(gram), scale_mode)
