@@ -116,5 +116,5 @@ CASES = [
         hparams=dict(damping=st.floats(1e-3, 1.0), momentum=B1),
         static_args=("num_grads",),
     ),
-    _opt("oasis", hparams=dict(b2=B2), extra_args=("hvp_fn",)),
+    _opt("oasis", hparams=dict(b2=B2), extra_args=("hvp_fn",), static_args=("seed",)),
 ]
